@@ -1,0 +1,28 @@
+"""livephoto_core: LivePhoto (arXiv 2312.02928) on SD-1.5, as a standalone library.
+
+Imports are lazy so that ``livephoto --help`` starts without loading torch.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "LivePhotoPipeline": "pipeline",
+    "LivePhotoOutput": "pipeline",
+    "LivePhotoConfig": "config",
+    "LivePhotoError": "errors",
+    "InvalidInputError": "errors",
+    "ModelFileError": "errors",
+    "OutputExistsError": "errors",
+    "Cancelled": "errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
