@@ -1,0 +1,76 @@
+"""Prior inversion (paper §3.3, eq. 3): start sampling from noise that already knows the photo.
+
+The reference latent r0 is DDIM-inverted, deterministically, through the same conditioned UNet
+(empty prompt, no guidance) up to the first sampling timestep; frame n then starts from
+a_n * Inv(r0) + (1 - a_n) * noise_n, with a_n falling linearly from 0.033 to 0.016.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sampling import ProgressCallback, ProgressEvent, VideoConditioning
+from .modules.unet import LivePhotoUNet
+
+
+def inversion_timesteps(target_timestep: int, steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """`steps` ascending timesteps ending exactly at the first sampling timestep.
+
+    Spaced like DDIM's "leading" grid, so that with DDIM and as many inversion as sampling steps
+    the inversion retraces the sampler's own timesteps; where that grid would go below 0 (more
+    inversion than sampling steps), evenly spaced from 0 instead.
+    """
+    ratio = num_train_timesteps // steps
+    if target_timestep - ratio * (steps - 1) >= 0:
+        return [target_timestep - ratio * (steps - 1 - i) for i in range(steps)]
+    return [round(target_timestep * (i + 1) / steps) for i in range(steps)]
+
+
+def to_epsilon(prediction: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
+    if prediction_type == "epsilon":
+        return prediction
+    if prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0  =>  eps = sqrt(a) v + sqrt(1 - a) x
+        return alpha_prod.sqrt() * prediction + (1 - alpha_prod).sqrt() * sample
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
+
+
+def ddim_invert(
+    unet: LivePhotoUNet,
+    reference_latent: torch.Tensor,
+    cond: VideoConditioning,
+    alphas_cumprod: torch.Tensor,
+    timesteps: list[int],
+    prediction_type: str,
+    callback: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """DDIM inversion x0 -> x_T along ascending `timesteps`.
+
+    reference_latent [B, 1, 4, h, w] (scaled); `cond` is unguided, for the same one frame.
+    Each step takes the noise predicted at the current point and moves to the next, noisier,
+    timestep on the deterministic DDIM path (eta = 0).
+    """
+    alphas = alphas_cumprod.to(device=reference_latent.device, dtype=torch.float32)
+    latent = reference_latent.float()
+    alpha_prev = alphas[0]  # the clean end of the schedule, as DDIM sampling (set_alpha_to_one=False) ends
+    for step, timestep in enumerate(timesteps, start=1):
+        t = torch.tensor(timestep, device=latent.device)
+        alpha = alphas[timestep]
+        prediction = unet(latent.to(unet.dtype), t, cond.context, cond.channels).float()
+        epsilon = to_epsilon(prediction, latent, alpha, prediction_type)
+        original = (latent - (1 - alpha_prev).sqrt() * epsilon) / alpha_prev.sqrt()
+        latent = alpha.sqrt() * original + (1 - alpha).sqrt() * epsilon
+        alpha_prev = alpha
+        if callback is not None:
+            callback(ProgressEvent("inversion", step, len(timesteps)))
+    return latent.to(reference_latent.dtype)
+
+
+def prior_weights(num_frames: int, start: float = 0.033, end: float = 0.016) -> torch.Tensor:
+    """a_n, linear from `start` (first frame) to `end` (last frame)."""
+    return torch.linspace(start, end, num_frames) if num_frames > 1 else torch.tensor([start])
+
+
+def mix_prior(inverted: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """inverted [B, 1, 4, h, w], noise [B, F, 4, h, w], weights [F] -> a_n Inv(r0) + (1 - a_n) z_n."""
+    a = weights.to(noise).view(1, -1, 1, 1, 1)
+    return a * inverted + (1 - a) * noise

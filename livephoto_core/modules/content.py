@@ -1,0 +1,96 @@
+"""Content encoder (paper §3.3): DINOv2 tokens of the photo, injected by new cross-attention layers.
+
+The photo's CLS + patch tokens from a frozen DINOv2 are projected to the UNet's cross-attention
+width by one Linear. Each SD cross-attention layer (attn2) gets a parallel, decoupled attention
+over those tokens whose output projection starts at zero, so an untrained model is exactly SD.
+The content tokens ride at the end of ``encoder_hidden_states``; the processor splits them off.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ContentEncoder(nn.Module):
+    """Frozen DINOv2 + trainable projection: photo pixels -> content tokens."""
+
+    def __init__(self, dinov2: nn.Module, cross_attention_dim: int, image_size: int = 224):
+        super().__init__()
+        self.dinov2 = dinov2.eval().requires_grad_(False)
+        self.image_size = image_size
+        self.proj = nn.Linear(dinov2.config.hidden_size, cross_attention_dim)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.dinov2.eval()  # frozen: no dropout, whatever the caller's mode
+        return self
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, H, W] in 0..1 -> tokens [B, 1 + (size/patch)^2, cross_attention_dim]."""
+        pixels = F.interpolate(
+            pixels.float(), size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False
+        ).clamp(0, 1)
+        pixels = ((pixels - self.mean) / self.std).to(self.dinov2.dtype)
+        with torch.no_grad():
+            features = self.dinov2(pixel_values=pixels).last_hidden_state
+        return self.proj(features.to(self.proj.weight.dtype))
+
+
+class ContentAttnProcessor(nn.Module):
+    """SD cross-attention over text plus a decoupled attention over content tokens.
+
+    ``encoder_hidden_states`` is ``[text tokens ; content tokens]`` with exactly ``num_content_tokens``
+    content tokens at the end. Output = attn2(text) + scale * to_out(attention(q, content)).
+    """
+
+    def __init__(self, attn: nn.Module, num_content_tokens: int, scale: float = 1.0):
+        super().__init__()
+        if attn.residual_connection or attn.rescale_output_factor != 1.0 or attn.group_norm is not None:
+            raise ValueError("ContentAttnProcessor supports SD-style cross-attention only")
+        cross_dim = attn.to_k.in_features
+        self.num_content_tokens = num_content_tokens
+        self.scale = scale
+        self.to_k = nn.Linear(cross_dim, attn.inner_dim, bias=False)
+        self.to_v = nn.Linear(cross_dim, attn.inner_dim, bias=False)
+        self.to_out = nn.Linear(attn.inner_dim, attn.out_dim)
+        with torch.no_grad():
+            # Start from the text projections (as IP-Adapter does) so the new branch attends sensibly,
+            # and from a zero output so that it changes nothing until trained.
+            self.to_k.weight.copy_(attn.to_k.weight)
+            self.to_v.weight.copy_(attn.to_v.weight)
+            self.to_out.weight.zero_()
+            self.to_out.bias.zero_()
+
+    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+        if attention_mask is not None:
+            raise ValueError("ContentAttnProcessor does not take an attention mask (SD-1.5 uses none)")
+        if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.num_content_tokens:
+            raise ValueError(
+                f"LivePhoto cross-attention needs text tokens followed by {self.num_content_tokens} content tokens"
+            )
+        text = encoder_hidden_states[:, : -self.num_content_tokens]
+        content = encoder_hidden_states[:, -self.num_content_tokens :]
+        batch, heads = hidden_states.shape[0], attn.heads
+
+        def split_heads(x):
+            return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+        def merge_heads(x):
+            return x.transpose(1, 2).reshape(batch, -1, x.shape[1] * x.shape[-1])
+
+        query = split_heads(attn.to_q(hidden_states))
+        text_out = F.scaled_dot_product_attention(query, split_heads(attn.to_k(text)), split_heads(attn.to_v(text)))
+        out = attn.to_out[1](attn.to_out[0](merge_heads(text_out)))
+        if self.scale == 0:
+            return out
+        content_out = F.scaled_dot_product_attention(
+            query, split_heads(self.to_k(content)), split_heads(self.to_v(content))
+        )
+        return out + self.scale * self.to_out(merge_heads(content_out))

@@ -1,0 +1,162 @@
+"""The LivePhoto UNet: SD-1.5 UNet + AnimateDiff motion modules, 10 input channels, content attention.
+
+Per frame the UNet reads [noisy latent (4), reference latent (4), frame embedding (1), intensity
+map (1)] (paper §3.2-3.4, Fig. 2). conv_in keeps SD's weights on the first 4 channels and starts
+at zero on the 6 new ones; the content attention starts with a zero output; so with the new layers
+at their initial values the model is exactly SD + motion modules.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from torch import nn
+
+from ..config import CONDITIONING_CHANNELS, LivePhotoConfig
+from .content import ContentAttnProcessor
+
+
+def build_motion_adapter(config: LivePhotoConfig, unet2d: UNet2DConditionModel) -> MotionAdapter:
+    """Fresh (AnimateDiff-initialised: zero proj_out) motion modules shaped for this base UNet."""
+    adapter = MotionAdapter(
+        block_out_channels=tuple(unet2d.config.block_out_channels),
+        motion_layers_per_block=unet2d.config.layers_per_block,
+        motion_num_attention_heads=config.motion_num_attention_heads,
+        motion_norm_num_groups=config.motion_norm_num_groups,
+        motion_max_seq_length=config.motion_max_seq_length,
+        use_motion_mid_block=config.motion_use_mid_block,
+    )
+    return match_device_and_dtype(adapter, unet2d)
+
+
+def match_device_and_dtype(module, like):
+    # diffusers' ModelMixin.to logs a warning on every dtype cast, needed or not.
+    if module.device != like.device or module.dtype != like.dtype:
+        module = module.to(device=like.device, dtype=like.dtype)
+    return module
+
+
+def assemble_motion_unet(unet2d: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
+    """UNetMotionModel.from_unet2d without random initialisation or copies.
+
+    The motion UNet's parameter names are the union of the 2-D UNet's and the adapter's, so the
+    model is built on the meta device and takes over their tensors (both inputs share storage with
+    the result afterwards).
+    """
+    adapter = match_device_and_dtype(adapter, unet2d)
+    with init_empty_weights():
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
+    state = {**unet2d.state_dict(), **adapter.state_dict()}
+    unet.load_state_dict(state, strict=True, assign=True)
+    return unet
+
+
+def widen_conv_in(unet: UNetMotionModel, extra_channels: int = CONDITIONING_CHANNELS) -> None:
+    """Give conv_in `extra_channels` more inputs; SD's weights stay on the first ones, the new ones are 0."""
+    old = unet.conv_in
+    new = nn.Conv2d(
+        old.in_channels + extra_channels, old.out_channels, old.kernel_size, padding=old.padding,
+        device=old.weight.device, dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)
+
+
+def install_content_attention(unet: UNetMotionModel, num_content_tokens: int) -> None:
+    """Put a ContentAttnProcessor on every SD cross-attention (attn2); motion modules keep theirs."""
+    processors = {}
+    for name, processor in unet.attn_processors.items():
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        if attn.is_cross_attention:
+            processors[name] = ContentAttnProcessor(attn, num_content_tokens)
+        else:
+            processors[name] = processor
+    unet.set_attn_processor(processors)
+
+
+def frame_embedding(num_frames: int) -> torch.Tensor:
+    """n / (F - 1) for frame n: 0 for the first frame (trust the reference), 1 for the last (§3.3)."""
+    if num_frames == 1:
+        return torch.zeros(1)
+    return torch.arange(num_frames, dtype=torch.float32) / (num_frames - 1)
+
+
+def conditioning_channels(reference_latent: torch.Tensor, num_frames: int, intensity: torch.Tensor) -> torch.Tensor:
+    """The 6 channels after the noisy latent: [reference latent, frame embedding, intensity map].
+
+    reference_latent [B, 4, h, w] (scaled), intensity [B] raw levels 1..10 -> [B, F, 6, h, w].
+    """
+    batch, _, height, width = reference_latent.shape
+    reference = reference_latent.unsqueeze(1).expand(batch, num_frames, -1, height, width)
+    frames = frame_embedding(num_frames).to(reference_latent).view(1, num_frames, 1, 1, 1)
+    frames = frames.expand(batch, num_frames, 1, height, width)
+    levels = intensity.to(reference_latent).view(batch, 1, 1, 1, 1).expand(batch, num_frames, 1, height, width)
+    return torch.cat([reference, frames, levels], dim=2)
+
+
+def is_trainable_key(name: str) -> bool:
+    """The parameters LivePhoto trains inside the UNet: conv_in, motion modules, content attention."""
+    return name.startswith("conv_in.") or ".motion_modules." in name or ".processor." in name
+
+
+class LivePhotoUNet(nn.Module):
+    """Denoiser over [B, F, 4, h, w] latents with the 6 conditioning channels and text+content context."""
+
+    def __init__(self, unet: UNetMotionModel, num_content_tokens: int):
+        super().__init__()
+        self.unet = unet
+        self.num_content_tokens = num_content_tokens
+
+    @classmethod
+    def from_unet2d(
+        cls, unet2d: UNet2DConditionModel, adapter: MotionAdapter, num_content_tokens: int
+    ) -> "LivePhotoUNet":
+        unet = assemble_motion_unet(unet2d, adapter)
+        widen_conv_in(unet)
+        install_content_attention(unet, num_content_tokens)
+        return cls(unet, num_content_tokens)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def max_frames(self) -> int:
+        return self.unet.config.motion_max_seq_length
+
+    def content_processors(self) -> list[ContentAttnProcessor]:
+        return [p for p in self.unet.attn_processors.values() if isinstance(p, ContentAttnProcessor)]
+
+    def set_content_scale(self, scale: float) -> None:
+        for processor in self.content_processors():
+            processor.scale = scale
+
+    def freeze_base(self) -> None:
+        """SD stays frozen (paper §4.1); conv_in, motion modules and content attention train."""
+        for name, param in self.unet.named_parameters():
+            param.requires_grad_(is_trainable_key(name))
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.unet.state_dict().items() if is_trainable_key(k)}
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        conditioning: torch.Tensor,
+    ) -> torch.Tensor:
+        """noisy_latents [B, F, 4, h, w], timestep [] or [B], context [B*F, text+content tokens, D]
+        (frame-major: row b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w]."""
+        sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
+        out = self.unet(sample.transpose(1, 2), timestep, encoder_hidden_states=context, return_dict=False)[0]
+        return out.transpose(1, 2)

@@ -1,0 +1,146 @@
+"""The denoising loop: small functions over tensors, read top to bottom.
+
+Latents are [B, F, 4, h, w], already multiplied by the VAE scaling factor. Conditioning is built
+once per video (``VideoConditioning``); each step runs the unconditional and conditional branches
+in one batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+
+from .errors import InvalidInputError
+from .modules.unet import LivePhotoUNet
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+DEFAULT_SCHEDULER = "ddim"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    phase: str  # "inversion" or "sampling"
+    step: int  # steps done, 1..total
+    total: int
+
+
+# Called after every step. To cancel, raise (livephoto_core.Cancelled, or the front end's own
+# interrupt exception): the loop stops before the next UNet call.
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def make_scheduler(name: str, base_config: dict, prediction_type: str):
+    """A diffusers scheduler of the SD family, by name, on the base model's noise schedule."""
+    if name not in SCHEDULERS:
+        raise InvalidInputError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+    cls, overrides = SCHEDULERS[name]
+    config = {**base_config, **overrides, "prediction_type": prediction_type}
+    if cls is DDIMScheduler:
+        # DDIM as AnimateDiff samples it: no clipping of x0 (latents are not in [-1, 1]).
+        config.setdefault("clip_sample", False)
+    return cls.from_config(config)
+
+
+@dataclass
+class VideoConditioning:
+    """Everything but the noisy latent that the UNet reads, built once per video.
+
+    ``context`` and ``channels`` hold the batch that one UNet call sees: [uncond, cond] stacked on
+    the batch axis when guidance is on, [cond] alone when it is off.
+    """
+
+    context: torch.Tensor  # [B*F, text + content tokens, D]
+    channels: torch.Tensor  # [B, F, 6, h, w]
+    guided: bool
+
+    @property
+    def num_frames(self) -> int:
+        return self.channels.shape[1]
+
+
+def build_conditioning(
+    text: torch.Tensor,
+    uncond_text: torch.Tensor | None,
+    content: torch.Tensor,
+    channels: torch.Tensor,
+) -> VideoConditioning:
+    """text/uncond_text [1, L, D] (reweighted), content [1, N, D], channels [1, F, 6, h, w]."""
+    num_frames = channels.shape[1]
+    texts = [text] if uncond_text is None else [uncond_text, text]
+    length = math.lcm(*(t.shape[1] for t in texts))
+    context = torch.cat([torch.cat([pad_to_length(t, length), content.to(t)], dim=1) for t in texts])
+    context = context.repeat_interleave(num_frames, dim=0)
+    return VideoConditioning(context, channels.expand(len(texts), *channels.shape[1:]), uncond_text is not None)
+
+
+def pad_to_length(text: torch.Tensor, length: int) -> torch.Tensor:
+    """Repeat a prompt's tokens up to `length` (a multiple), as ComfyUI batches prompts of unequal length."""
+    return text.repeat(1, length // text.shape[1], 1)
+
+
+def guided_prediction(
+    unet: LivePhotoUNet,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    cond: VideoConditioning,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """One UNet call; classifier-free guidance over [uncond, cond] in a single batch."""
+    if not cond.guided:
+        return unet(latents, timestep, cond.context, cond.channels)
+    prediction = unet(torch.cat([latents, latents]), timestep, cond.context, cond.channels)
+    uncond, text = prediction.chunk(2)
+    return uncond + guidance_scale * (text - uncond)
+
+
+def sample_video(
+    unet: LivePhotoUNet,
+    latents: torch.Tensor,
+    cond: VideoConditioning,
+    scheduler,
+    num_inference_steps: int,
+    guidance_scale: float,
+    generator: torch.Generator | None = None,
+    callback: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Denoise `latents` (already scaled by the scheduler's initial sigma) over the scheduler's steps."""
+    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    timesteps = scheduler.timesteps
+    # Only the stochastic schedulers take a generator.
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for step, timestep in enumerate(timesteps, start=1):
+        model_input = scheduler.scale_model_input(latents, timestep)
+        prediction = guided_prediction(unet, model_input, timestep, cond, guidance_scale)
+        latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_kwargs)[0]
+        if callback is not None:
+            callback(ProgressEvent("sampling", step, len(timesteps)))
+    return latents
+
+
+def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU, so a seed gives the same video on every device."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)

@@ -1,0 +1,177 @@
+"""The LivePhoto UNet and its parts against diffusers' own SD + AnimateDiff model."""
+
+import pytest
+import torch
+from diffusers import UNetMotionModel
+from tiny import randomize_, tiny_config, tiny_dinov2, tiny_model, tiny_unet2d
+
+from livephoto_core.config import LivePhotoConfig
+from livephoto_core.errors import ModelFileError
+from livephoto_core.model import LivePhotoModel
+from livephoto_core.modules.content import ContentAttnProcessor
+from livephoto_core.modules.unet import (
+    assemble_motion_unet,
+    build_motion_adapter,
+    conditioning_channels,
+    frame_embedding,
+)
+
+F = 4
+
+
+def random_motion_adapter(config, unet2d, seed=1):
+    # AnimateDiff zero-initialises proj_out; random weights make the motion modules do something.
+    return randomize_(build_motion_adapter(config, unet2d), seed)
+
+
+def test_assembled_motion_unet_equals_diffusers_from_unet2d():
+    config = tiny_config()
+    adapter = random_motion_adapter(config, tiny_unet2d())
+    reference = UNetMotionModel.from_unet2d(tiny_unet2d(), adapter)
+    ours = assemble_motion_unet(tiny_unet2d(), adapter)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    sample, context = torch.randn(1, 4, F, 8, 8), torch.randn(F, 7, 32)
+    torch.testing.assert_close(ours(sample, 10, context).sample, reference(sample, 10, context).sample)
+
+
+def test_untrained_livephoto_unet_is_sd_plus_motion_modules():
+    """New conv_in channels at zero and content attention at zero output: exactly SD + motion modules."""
+    config = tiny_config()
+    adapter = random_motion_adapter(config, tiny_unet2d())
+    reference = UNetMotionModel.from_unet2d(tiny_unet2d(), adapter).eval()
+    model = LivePhotoModel.from_base(config, tiny_unet2d(), tiny_dinov2(), adapter).eval()
+
+    noisy = torch.randn(1, F, 4, 8, 8)
+    text = torch.randn(1, 77, 32)
+    content = model.encode_content(torch.rand(1, 3, 64, 64))
+    channels = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([7.0]))
+    context = torch.cat([text, content], dim=1).repeat_interleave(F, dim=0)
+    with torch.no_grad():
+        ours = model.unet(noisy, torch.tensor(500), context, channels)
+        expected = reference(noisy.transpose(1, 2), 500, text.repeat_interleave(F, dim=0)).sample.transpose(1, 2)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_new_layers_change_the_output_once_trained():
+    model = tiny_model()
+    noisy, text = torch.randn(1, F, 4, 8, 8), torch.randn(1, 77, 32)
+    content = torch.randn(1, model.config.num_content_tokens, 32)
+    context = torch.cat([text, content], dim=1).repeat_interleave(F, dim=0)
+    channels = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([5.0]))
+    with torch.no_grad():
+        before = model.unet(noisy, torch.tensor(500), context, channels)
+        for processor in model.unet.content_processors():
+            randomize_(processor.to_out, 3)
+        with_content = model.unet(noisy, torch.tensor(500), context, channels)
+        model.unet.set_content_scale(0.0)
+        content_off = model.unet(noisy, torch.tensor(500), context, channels)
+        model.unet.set_content_scale(1.0)
+        randomize_(model.unet.unet.conv_in, 4)
+        stronger = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([9.0]))
+        other_channels = model.unet(noisy, torch.tensor(500), context, stronger)
+    assert not torch.allclose(before, with_content)
+    torch.testing.assert_close(content_off, before)
+    assert not torch.allclose(with_content, other_channels)
+
+
+def test_content_attention_sits_on_every_cross_attention_and_nowhere_else():
+    model = tiny_model()
+    processors = model.unet.unet.attn_processors
+    cross = [n for n, p in processors.items() if isinstance(p, ContentAttnProcessor)]
+    assert cross and all(n.endswith("attn2.processor") and "motion_modules" not in n for n in cross)
+    sd_cross = [n for n in processors if n.endswith("attn2.processor") and "motion_modules" not in n]
+    assert sorted(cross) == sorted(sd_cross)
+
+
+def test_conditioning_channels_follow_the_paper():
+    reference = torch.randn(2, 4, 3, 5)
+    channels = conditioning_channels(reference, 16, torch.tensor([3.0, 10.0]))
+    assert channels.shape == (2, 16, 6, 3, 5)
+    for f in range(16):
+        torch.testing.assert_close(channels[:, f, :4], reference)
+        assert torch.all(channels[:, f, 4] == f / 15)
+    assert torch.all(channels[0, :, 5] == 3.0) and torch.all(channels[1, :, 5] == 10.0)
+    assert frame_embedding(1).tolist() == [0.0]
+
+
+def test_reweighter_starts_near_identity_and_weights_lie_in_0_1():
+    model = tiny_model()
+    text = torch.randn(2, 154, 32)
+    with torch.no_grad():
+        reweighted, weights = model.reweight_text(text)
+    assert weights.shape == (2, 154)
+    assert torch.all(weights > 0.98) and torch.all(weights < 1)
+    torch.testing.assert_close(reweighted, text * weights.unsqueeze(-1))
+    randomize_(model.text_reweighter.head, 0, std=1.0)
+    with torch.no_grad():
+        _, weights = model.reweight_text(text)
+    assert weights.min() >= 0 and weights.max() <= 1 and weights.std() > 0.01
+    # Chunks of 77 tokens are reweighted on their own, as if they were separate prompts.
+    with torch.no_grad():
+        _, first = model.reweight_text(text[:, :77])
+    torch.testing.assert_close(weights[:, :77], first)
+
+
+def test_only_livephoto_parts_train():
+    model = tiny_model()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    for name in trainable:
+        assert (
+            name.startswith(("unet.unet.conv_in.", "content_encoder.proj.", "text_reweighter."))
+            or ".motion_modules." in name
+            or ".processor." in name
+        ), name
+    assert not any(n.startswith("content_encoder.dinov2") for n in trainable)
+    assert any(".attentions.0.transformer_blocks.0.attn1.to_q" in n for n, _ in model.named_parameters())
+    assert not any(".attentions.0.transformer_blocks.0.attn1.to_q" in n for n in trainable)
+
+
+def test_trainable_state_round_trips():
+    source = tiny_model(seed=0)
+    randomize_(source, 5)
+    target = tiny_model(seed=0)
+    target.load_trainable_state_dict(source.trainable_state_dict())
+    for key, value in source.trainable_state_dict().items():
+        torch.testing.assert_close(target.trainable_state_dict()[key], value)
+
+
+def test_external_motion_weights_stay_out_of_the_checkpoint():
+    state = tiny_model(tiny_config(motion_weights="external", motion_module_hash="abc")).trainable_state_dict()
+    assert state and not any(".motion_modules." in k for k in state)
+
+
+def test_mismatched_checkpoint_is_refused_clearly():
+    model = tiny_model()
+    state = model.trainable_state_dict()
+    state.pop(next(iter(state)))
+    with pytest.raises(ModelFileError, match="missing"):
+        model.load_trainable_state_dict(state, "x.safetensors")
+    state = model.trainable_state_dict()
+    key = next(iter(state))
+    state[key] = torch.zeros(3)
+    with pytest.raises(ModelFileError, match="shape"):
+        model.load_trainable_state_dict(state, "x.safetensors")
+
+
+def test_base_of_another_shape_is_refused():
+    with pytest.raises(ModelFileError, match="channels"):
+        LivePhotoModel.from_base(tiny_config(unet_block_out_channels=(320, 640, 1280, 1280)), tiny_unet2d(), tiny_dinov2())
+    with pytest.raises(ModelFileError, match="DINOv2"):
+        LivePhotoModel.from_base(tiny_config(dinov2_hidden_size=1024), tiny_unet2d(), tiny_dinov2())
+
+
+def test_config_round_trips_through_metadata():
+    config = tiny_config(intensity_thresholds=[0.5 + i / 20 for i in range(9)], extra={"steps": 12})
+    metadata = config.to_metadata()
+    assert all(isinstance(v, str) for v in metadata.values())
+    assert LivePhotoConfig.from_metadata(metadata) == config
+
+
+def test_config_from_another_format_version_is_refused():
+    metadata = tiny_config().to_metadata()
+    metadata["livephoto_config"] = metadata["livephoto_config"].replace('"format_version": 1', '"format_version": 99')
+    with pytest.raises(ModelFileError, match="format version 99"):
+        LivePhotoConfig.from_metadata(metadata, "old.safetensors")
+    with pytest.raises(ModelFileError, match="thresholds"):
+        tiny_config(intensity_thresholds=[0.9] * 9)
