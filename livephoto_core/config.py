@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import ModelFileError
+from .intensity import DEFAULT_THRESHOLDS
 
 FORMAT_VERSION = 1
 METADATA_KEY = "livephoto_config"
@@ -20,9 +21,6 @@ METADATA_KEY = "livephoto_config"
 CHANNEL_ORDER = ("noisy_latent:4", "reference_latent:4", "frame_embedding:1", "intensity_map:1")
 CONDITIONING_CHANNELS = 6  # everything after the 4 noisy-latent channels
 
-# Placeholder intensity thresholds: 9 ascending mean-SSIM deciles. A trained checkpoint replaces them
-# with the deciles of its own training set; these are what the toy-world demo data gives at 64 px.
-DEFAULT_INTENSITY_THRESHOLDS = (0.55, 0.62, 0.68, 0.74, 0.79, 0.84, 0.88, 0.92, 0.96)
 
 
 @dataclass
@@ -43,7 +41,7 @@ class LivePhotoConfig:
 
     intensity_levels: int = 10
     default_intensity: int = 5
-    intensity_thresholds: tuple[float, ...] = DEFAULT_INTENSITY_THRESHOLDS
+    intensity_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
 
     inversion_start: float = 0.033  # a_n for the first frame (paper eq. 3)
     inversion_end: float = 0.016  # a_n for the last frame

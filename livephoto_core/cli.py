@@ -1,0 +1,200 @@
+"""`livephoto`: animate a photo, measure a video's motion intensity, inspect a weights file.
+
+Heavy imports (torch, diffusers) happen inside the commands, so `livephoto --help` is instant.
+Every user error is one line on stderr and exit status 2; Ctrl-C exits 130 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+SUPPORTED_OUTPUTS = (".webp", ".gif", ".mp4")
+EXIT_USAGE, EXIT_CANCELLED = 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livephoto",
+        description="LivePhoto for SD-1.5: animate a photo from a text motion description at a chosen intensity.",
+    )
+    parser.add_argument("--version", action="version", version=f"livephoto {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    animate = commands.add_parser(
+        "animate",
+        help="animate a photo",
+        description="Animate IMAGE as PROMPT describes. With no model options it runs the bundled demo model "
+        "(trained on the toy world of shapes: try 'the red circle moves to the left').",
+    )
+    animate.add_argument("image", help="the photo (PNG, JPEG, WebP, ...)")
+    animate.add_argument("prompt", help='the motion, e.g. "shaking head" or "camera zooms in"')
+    animate.add_argument("--intensity", type=float, default=5, help="motion intensity, 1 (still) to 10 (most); default 5")
+    animate.add_argument("--seed", type=int, help="random seed (default: a new one, printed and stored in the output)")
+    animate.add_argument("--frames", type=int, help="number of frames (default: what the model was trained with)")
+    animate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    animate.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    animate.add_argument("--negative", default="", help="negative prompt")
+    animate.add_argument("--scheduler", default="ddim", help="ddim (default), euler, euler_ancestral, dpmpp_2m, ...")
+    animate.add_argument("--content-scale", type=float, default=1.0, help="strength of the photo's DINOv2 tokens (default 1)")
+    animate.add_argument("--no-inversion", action="store_true", help="start from pure noise instead of the inverted photo")
+    animate.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="output size (default: the model's)")
+    animate.add_argument("-o", "--output", help="output file, .webp, .gif or .mp4 (default: IMAGE_livephoto.webp)")
+    animate.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    animate.add_argument("--base", help="SD-1.5 base: a single .safetensors/.ckpt file or a diffusers folder")
+    animate.add_argument("--livephoto", help="LivePhoto checkpoint (.safetensors); default: the bundled demo model")
+    animate.add_argument("--motion-module", help="AnimateDiff motion module, for checkpoints trained on a frozen one")
+    animate.add_argument("--dinov2", help="DINOv2: a transformers folder or a .safetensors file")
+    animate.add_argument("--tokenizer", help="a folder with CLIP's vocab.json and merges.txt (for single-file bases)")
+    animate.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    animate.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    animate.set_defaults(run=run_animate)
+
+    intensity = commands.add_parser(
+        "intensity", help="measure a video's motion intensity", description="Mean SSIM of adjacent frames and its level."
+    )
+    intensity.add_argument("video", help="any video PyAV decodes (mp4, webm, gif, webp, ...)")
+    intensity.add_argument("--livephoto", help="take the level thresholds from this checkpoint (default: built-in)")
+    intensity.add_argument("--max-frames", type=int, help="read at most this many frames")
+    intensity.set_defaults(run=run_intensity)
+
+    inspect = commands.add_parser("inspect", help="say what kind of weights a file holds")
+    inspect.add_argument("file", help="a weights file or model folder")
+    inspect.set_defaults(run=run_inspect)
+    return parser
+
+
+def default_output(image: str) -> Path:
+    return Path(image).with_name(Path(image).stem + "_livephoto.webp")
+
+
+def run_animate(args) -> int:
+    from .errors import InvalidInputError, OutputExistsError
+
+    output = Path(args.output) if args.output else default_output(args.image)
+    if output.suffix.lower() not in SUPPORTED_OUTPUTS:
+        raise InvalidInputError(f"cannot write {output.name}: the output must end in {', '.join(SUPPORTED_OUTPUTS)}")
+    if output.exists() and not args.overwrite:
+        raise OutputExistsError(f"{output} already exists; pass --overwrite or choose another name with -o")
+    if not Path(args.image).is_file():
+        raise InvalidInputError(f"{args.image}: no such photo")
+
+    import torch
+
+    from .intensity import validate_level
+    from .loading.pipeline import load_pipeline
+    from .video import write_video
+
+    intensity = validate_level(args.intensity)
+    status(f"loading {'the demo model' if args.livephoto is None else args.livephoto} ...")
+    pipe = load_pipeline(
+        args.livephoto, args.base, args.motion_module, args.dinov2, args.tokenizer,
+        device=args.device, dtype=getattr(torch, args.dtype),
+    )
+    if args.livephoto is None:
+        status("the demo model knows only its toy world: coloured shapes that move left/right/up/down, "
+               "rotate, or a camera that zooms in/out")
+    height, width = args.size or (None, None)
+    with ProgressBar() as progress:
+        result = pipe(
+            args.image, args.prompt, intensity=intensity, num_frames=args.frames, num_inference_steps=args.steps,
+            guidance_scale=args.guidance, negative_prompt=args.negative, seed=args.seed, height=height, width=width,
+            content_scale=args.content_scale, prior_inversion=not args.no_inversion, scheduler=args.scheduler,
+            callback=progress,
+        )
+    for note in result.notes:
+        status(note)
+    metadata = {**result.settings, "measured_intensity": result.intensity.level,
+                "measured_mean_ssim": result.intensity.mean_ssim,
+                "token_weights": [[token, round(weight, 4)] for token, weight in result.token_weights]}
+    path = write_video(result.frames, output, fps=result.settings["fps"], metadata=metadata, overwrite=args.overwrite)
+    weights = " ".join(f"{token}:{weight:.2f}" for token, weight in result.token_weights)
+    print(f"wrote {path} ({len(result.frames)} frames, seed {result.settings['seed']}, asked intensity {intensity}, "
+          f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))")
+    print(f"token weights: {weights}")
+    return 0
+
+
+def run_intensity(args) -> int:
+    from .intensity import DEFAULT_THRESHOLDS, measure_intensity
+    from .video import read_video
+
+    thresholds = DEFAULT_THRESHOLDS
+    if args.livephoto:
+        from .loading.checkpoint import read_livephoto_checkpoint
+
+        thresholds = read_livephoto_checkpoint(args.livephoto)[0].intensity_thresholds
+    clip = read_video(args.video, max_frames=args.max_frames)
+    measured = measure_intensity(clip.frames, thresholds)
+    source = "checkpoint" if args.livephoto else "built-in default"
+    print(f"{args.video}: {len(clip.frames)} frames, mean adjacent SSIM {measured.mean_ssim:.4f}, "
+          f"intensity level {measured.level} of 10 ({source} thresholds)")
+    return 0
+
+
+def run_inspect(args) -> int:
+    from .loading.detect import detect_path
+
+    found = detect_path(args.file)
+    details = ", ".join(f"{k} {v}" for k, v in sorted(found.details.items()))
+    print(f"{args.file}: {found.description}" + (f" ({details})" if details else ""))
+    return 0
+
+
+class ProgressBar:
+    """A tqdm bar per phase (inversion, sampling) on stderr, fed by the pipeline's callback."""
+
+    def __enter__(self):
+        self.bar, self.phase = None, None
+        return self
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.phase != self.phase:
+            self.close()
+            self.phase = event.phase
+            self.bar = tqdm(total=event.total, desc=event.phase, unit="step", file=sys.stderr, leave=True)
+        self.bar.update(event.step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def status(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        status("cancelled; nothing was written")
+        return EXIT_CANCELLED
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into a line
+        from .errors import LivePhotoError
+
+        if isinstance(error, LivePhotoError):
+            status(f"error: {error}")
+            return EXIT_USAGE
+        if isinstance(error, (OSError, MemoryError)):
+            status(f"error: {error.__class__.__name__}: {error}")
+            return 1
+        if os.environ.get("LIVEPHOTO_DEBUG"):
+            raise
+        status(f"internal error: {error.__class__.__name__}: {error} (a bug: please report it; "
+               f"LIVEPHOTO_DEBUG=1 shows the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

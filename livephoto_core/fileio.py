@@ -1,0 +1,98 @@
+"""Atomic file writes: a file appears complete or not at all, and is never replaced unasked.
+
+Used for every output (videos, sidecars, LivePhoto checkpoints, training checkpoints).
+"""
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InvalidInputError, OutputExistsError
+
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it to ``path`` only if the block succeeds.
+
+    The temporary name keeps the extension (``.out.webp.tmp-1a2b3c4d.webp``) so encoders that go
+    by extension pick the right format. On any exception, KeyboardInterrupt included, the temporary
+    file is removed and ``path`` is left as it was. Without ``overwrite`` an existing ``path`` is
+    refused before any work, and again at the final step without a race: the file is published
+    with ``os.link``, which fails if the name was taken meanwhile, so of two writers racing for one
+    name exactly one wins and the other gets OutputExistsError.
+    """
+    final = Path(path)
+    check_target(final, overwrite)
+    temporary = _create_temporary(final)
+    try:
+        yield temporary
+        _fsync_file(temporary)
+        if overwrite:
+            os.replace(temporary, final)
+        else:
+            _publish_exclusively(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(final.parent)
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder; give a file name to write")
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(f"{path} already exists; pass --overwrite or choose another name")
+
+
+def _create_temporary(final: Path) -> Path:
+    temporary = final.with_name(f".{final.name}.tmp-{secrets.token_hex(4)}{final.suffix}")
+    try:
+        # O_EXCL: never adopt someone else's file; mode 0o666 lets the umask decide, as for any file.
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileNotFoundError:
+        raise InvalidInputError(f"cannot write {final}: folder {final.parent} does not exist") from None
+    except OSError as error:
+        raise InvalidInputError(f"cannot write {final}: {error.strerror}") from None
+    return temporary
+
+
+def _publish_exclusively(temporary: Path, final: Path) -> None:
+    """Give ``temporary`` the name ``final`` only if no file has that name; else OutputExistsError."""
+    taken = OutputExistsError(f"{final} already exists; pass --overwrite or choose another name")
+    try:
+        os.link(temporary, final)
+    except FileExistsError:
+        raise taken from None
+    except OSError:
+        # No hard links here (FAT, some network shares): reserve the name with O_EXCL instead, then
+        # move the finished file over our own empty reservation.
+        try:
+            os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise taken from None
+        try:
+            os.replace(temporary, final)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    else:
+        temporary.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the new directory entry durable (POSIX; Windows has no directory handles to sync)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,200 @@
+"""Motion intensity (paper §3.4): mean SSIM of adjacent frames, binned into 10 levels.
+
+Level 1 is the stillest decile of the training set (highest SSIM) and level 10 the most motion
+(lowest SSIM). The 9 decile boundaries are fitted on the training set with ``fit_thresholds`` and
+stored in the checkpoint, so that inference, the intensity node and training agree.
+
+Frames are ``[F, H, W, 3]`` RGB in 0..1 (ComfyUI's IMAGE layout), as torch tensors or numpy arrays;
+uint8 frames are read as value / 255.
+"""
+
+import bisect
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidInputError
+
+LEVELS = 10
+STILLEST_LEVEL = 1
+
+# skimage.color.rgb2gray's luma weights (ITU-R BT.709).
+GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
+
+# skimage.metrics.structural_similarity defaults: 7x7 uniform window, sample covariance.
+SSIM_WINDOW = 7
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+# Placeholder thresholds for when no fitted ones are at hand: they spread the usual range of
+# adjacent-frame SSIM of short clips (about 0.55 for fast motion to 0.96 for nearly still ones)
+# over 10 bins. A trained checkpoint carries the deciles fitted on its own training set
+# (``fit_thresholds``), and those replace these everywhere.
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.55, 0.62, 0.68, 0.74, 0.79, 0.84, 0.88, 0.92, 0.96)
+
+# Pixels of one batch of frame pairs in mean_adjacent_ssim: SSIM keeps about a dozen float64
+# buffers of this size alive, so 2**21 pixels bounds it near 200 MB even for long HD clips.
+_PIXELS_PER_CHUNK = 2**21
+
+
+@dataclass(frozen=True)
+class IntensityMeasurement:
+    """A clip's mean adjacent-frame SSIM and the level (1 stillest .. 10) it falls in."""
+
+    mean_ssim: float
+    level: int
+
+
+def to_grayscale(frames) -> torch.Tensor:
+    """``[F, H, W, 3]`` RGB frames -> ``[F, H, W]`` luma with rgb2gray's weights.
+
+    float32 and float64 frames keep their dtype; half precision is summed in float32 (rounding the
+    sum to half precision would blur the small differences SSIM measures); uint8 frames become
+    float64 in 0..1, as skimage's img_as_float.
+    """
+    rgb = _checked_frames(frames)
+    if rgb.dtype in (torch.float16, torch.bfloat16):
+        rgb = rgb.float()
+    weights = torch.tensor(GRAY_WEIGHTS, dtype=rgb.dtype, device=rgb.device)
+    return rgb @ weights
+
+
+def ssim(a, b) -> torch.Tensor:
+    """SSIM of grayscale images ``[H, W]`` (0-dim result) or batches ``[N, H, W]`` (result ``[N]``).
+
+    Equals ``skimage.metrics.structural_similarity(a, b, data_range=1.0)``: the local statistics
+    over every full 7x7 window (avg_pool2d without padding is exactly the interior skimage keeps
+    after cropping 3 pixels on each side), sample covariance, mean over windows. Computed in
+    float64, because the variances are differences of nearly equal means.
+    """
+    x, y = _as_float64(a), _as_float64(b)
+    if x.shape != y.shape:
+        raise InvalidInputError(f"SSIM needs two images of the same shape; got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.ndim not in (2, 3):
+        raise InvalidInputError(f"SSIM takes grayscale [H, W] or [N, H, W] images; got shape {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    if height < SSIM_WINDOW or width < SSIM_WINDOW:
+        raise InvalidInputError(
+            f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels; got {width}x{height}"
+        )
+
+    x4, y4 = x.reshape(-1, 1, height, width), y.reshape(-1, 1, height, width)
+
+    def window_mean(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, SSIM_WINDOW, stride=1)
+
+    mean_x, mean_y = window_mean(x4), window_mean(y4)
+    sample_correction = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)
+    var_x = sample_correction * (window_mean(x4 * x4) - mean_x * mean_x)
+    var_y = sample_correction * (window_mean(y4 * y4) - mean_y * mean_y)
+    cov_xy = sample_correction * (window_mean(x4 * y4) - mean_x * mean_y)
+
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
+    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / (
+        (mean_x * mean_x + mean_y * mean_y + c1) * (var_x + var_y + c2)
+    )
+    return ssim_map.mean(dim=(1, 2, 3)).reshape(x.shape[:-2])
+
+
+def mean_adjacent_ssim(frames) -> float:
+    """Mean SSIM of the F-1 pairs of adjacent grayscale frames (paper eq. 4, over n-1 pairs)."""
+    gray = to_grayscale(frames)
+    frame_count, height, width = gray.shape
+    if frame_count < 2:
+        raise InvalidInputError(f"motion intensity needs at least 2 frames; got {frame_count}")
+    earlier, later = gray[:-1], gray[1:]
+    pairs_per_chunk = max(1, _PIXELS_PER_CHUNK // (height * width))
+    per_pair = [
+        ssim(earlier[start : start + pairs_per_chunk], later[start : start + pairs_per_chunk])
+        for start in range(0, frame_count - 1, pairs_per_chunk)
+    ]
+    return torch.cat(per_pair).mean().item()
+
+
+def fit_thresholds(ssims) -> tuple[float, ...]:
+    """The 9 deciles (0.1 .. 0.9, numpy's linear interpolation) of training-set mean SSIMs.
+
+    Ties (many clips with the same SSIM, e.g. still ones at 1.0) would give equal thresholds and
+    empty levels; each threshold that is not above the previous one is moved to the next float
+    above it (``np.nextafter``), so the result is strictly increasing and deterministic.
+    """
+    values = np.asarray(ssims, dtype=np.float64).ravel()
+    if values.size < LEVELS:
+        raise InvalidInputError(
+            f"fitting {LEVELS} intensity levels needs at least {LEVELS} SSIM values; got {values.size}"
+        )
+    if not np.isfinite(values).all():
+        raise InvalidInputError("fitting intensity thresholds: the SSIM values contain NaN or infinity")
+    thresholds = np.quantile(values, np.arange(1, LEVELS) / LEVELS)
+    for i in range(1, thresholds.size):
+        if thresholds[i] <= thresholds[i - 1]:
+            thresholds[i] = np.nextafter(thresholds[i - 1], np.inf)
+    return tuple(float(t) for t in thresholds)
+
+
+def validate_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """Check 9 finite, strictly increasing SSIM thresholds (e.g. read from a checkpoint)."""
+    try:
+        values = tuple(float(t) for t in thresholds)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"intensity thresholds must be {LEVELS - 1} numbers; got {thresholds!r}") from None
+    if len(values) != LEVELS - 1:
+        raise InvalidInputError(f"intensity thresholds must be {LEVELS - 1} numbers; got {len(values)}")
+    if not all(math.isfinite(t) for t in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise InvalidInputError(f"intensity thresholds must be finite and strictly increasing; got {values}")
+    return values
+
+
+def level_from_ssim(ssim: float, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> int:
+    """``10 - (number of thresholds <= ssim)``: ssim >= the last threshold is level 1, below the first is 10."""
+    checked = validate_thresholds(thresholds)
+    if not math.isfinite(ssim):
+        raise InvalidInputError(f"mean SSIM must be a finite number; got {ssim}")
+    return LEVELS - bisect.bisect_right(checked, ssim)
+
+
+def validate_level(level) -> int:
+    """An intensity level as int: whole numbers 1..10 (ints or whole floats), else InvalidInputError."""
+    message = f"intensity must be a whole number from 1 (still) to {LEVELS} (most motion); got {level}"
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+        raise InvalidInputError(message)
+    value = float(level)
+    if not value.is_integer() or not STILLEST_LEVEL <= value <= LEVELS:
+        raise InvalidInputError(message)
+    return int(value)
+
+
+def measure_intensity(frames, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> IntensityMeasurement:
+    """Mean adjacent SSIM of a clip and the level it falls in."""
+    mean_ssim = mean_adjacent_ssim(frames)
+    return IntensityMeasurement(mean_ssim=mean_ssim, level=level_from_ssim(mean_ssim, thresholds))
+
+
+def _as_tensor(data) -> torch.Tensor:
+    tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+    return tensor.cpu() if tensor.device.type == "mps" else tensor  # MPS has no float64
+
+
+def _as_float64(data) -> torch.Tensor:
+    return _as_tensor(data).to(torch.float64)
+
+
+def _checked_frames(frames) -> torch.Tensor:
+    """Frames as a float tensor in 0..1, refusing shapes and values that are not RGB frames."""
+    tensor = _as_tensor(frames)
+    if tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise InvalidInputError(f"frames must be [F, H, W, 3] RGB; got shape {tuple(tensor.shape)}")
+    if tensor.dtype == torch.uint8:
+        return tensor.to(torch.float64) / 255
+    if not tensor.is_floating_point():
+        raise InvalidInputError(f"frames must be float in 0..1 or uint8; got {tensor.dtype}")
+    if tensor.numel() and not (torch.isfinite(tensor).all() and -1e-3 <= tensor.min() and tensor.max() <= 1 + 1e-3):
+        raise InvalidInputError(
+            "frames must hold values in 0..1 (ComfyUI IMAGE range); got NaN, infinity or values outside it"
+        )
+    return tensor

@@ -1,0 +1,369 @@
+"""Video files: atomic writes, animated WebP / GIF / MP4 out, anything PyAV decodes in.
+
+Written files never appear half-done: they are encoded into a temporary file beside the target and
+moved into place only when complete. Metadata (seed, settings, model hashes: whatever the caller
+passes) goes inside the file where the format has room for it and always into a JSON sidecar
+``<name>.json`` as well.
+"""
+
+import io
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from xml.sax.saxutils import escape, unescape
+
+import av
+import numpy as np
+import torch
+from PIL import GifImagePlugin, Image, ImageSequence
+
+from .errors import InvalidInputError
+from .fileio import atomic_write, check_target
+
+SUPPORTED_EXTENSIONS = (".webp", ".gif", ".mp4")
+DEFAULT_FPS = 8.0
+
+# GIF delays are whole centiseconds and browsers stretch delays under 2 cs to 10 cs.
+_GIF_MIN_DELAY_CS = 2
+_XMP_NAMESPACE = "https://github.com/livephoto-sd15/ComfyUI-LivePhoto#"
+_XMP_PATTERN = re.compile(r"<livephoto:metadata>(.*?)</livephoto:metadata>", re.DOTALL)
+
+
+@dataclass(frozen=True, eq=False)
+class VideoClip:
+    """Decoded frames, uint8 RGB ``[F, H, W, 3]``, and the rate at which they play at real speed."""
+
+    frames: np.ndarray
+    fps: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def metadata_sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of a video: ``out.webp`` -> ``out.webp.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def frames_to_uint8(frames) -> np.ndarray:
+    """``[F, H, W, 3]`` frames (torch or numpy; float 0..1 or uint8) -> uint8 numpy array."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        frames = frames.float() if frames.is_floating_point() else frames  # numpy has no bfloat16
+    array = np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3 or 0 in array.shape:
+        raise InvalidInputError(f"frames must be [F, H, W, 3] RGB with F, H, W >= 1; got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidInputError(f"frames must be float in 0..1 or uint8; got {array.dtype}")
+    if not np.isfinite(array).all():
+        raise InvalidInputError("frames contain NaN or infinity")
+    return np.rint(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def write_video(
+    frames,
+    path: str | os.PathLike,
+    fps: float = DEFAULT_FPS,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write frames ``[F, H, W, 3]`` (float 0..1 or uint8) as .webp, .gif or .mp4, looping forever.
+
+    Every frame is stored, identical neighbours included. WebP is lossless; GIF has a 256-colour
+    palette per frame and delays in whole centiseconds (at least 2); MP4 is H.264 (MPEG-4 Part 2
+    where libx264 is missing) in yuv420p, whose odd widths or heights are padded to even by
+    repeating the last column or row. ``metadata`` goes into the file (WebP XMP, GIF comment, MP4
+    "comment" tag) and into the sidecar ``<path>.json``; without metadata, a sidecar left by the
+    file being overwritten is removed. Returns ``path``.
+    """
+    path = Path(path)
+    encoder = _ENCODERS.get(path.suffix.lower())
+    if encoder is None:
+        raise InvalidInputError(
+            f"{path.name}: cannot write {path.suffix or 'files without an extension'}; "
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    pixels = frames_to_uint8(frames)
+    if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
+        raise InvalidInputError(f"fps must be a positive number; got {fps}")
+    metadata_json = _metadata_json(metadata)
+    sidecar = metadata_sidecar_path(path)
+    for target in (path, sidecar):
+        check_target(target, overwrite)
+
+    sidecar_written = False
+    try:
+        with atomic_write(path, overwrite) as temporary:
+            try:
+                encoder(pixels, temporary, float(fps), metadata_json)
+            except (OSError, ValueError, av.FFmpegError) as error:
+                raise InvalidInputError(f"could not write {path}: {error}") from None
+            if metadata_json is not None:
+                with atomic_write(sidecar, overwrite) as temporary_sidecar:
+                    temporary_sidecar.write_text(metadata_json + "\n", encoding="utf-8")
+                sidecar_written = True
+    except BaseException:
+        if sidecar_written:  # the video lost its final step: do not leave its sidecar alone
+            sidecar.unlink(missing_ok=True)
+        raise
+    if metadata_json is None:
+        sidecar.unlink(missing_ok=True)
+    return path
+
+
+def _metadata_json(metadata: dict | None) -> str | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"metadata must be a dict; got {type(metadata).__name__}")
+    try:
+        # ASCII-only so it also fits GIF comments; NaN is not JSON.
+        return json.dumps(metadata, ensure_ascii=True, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"metadata must be JSON-serialisable: {error}") from None
+
+
+def _write_webp(pixels: np.ndarray, path: Path, fps: float, metadata_json: str | None) -> None:
+    """Animated WebP assembled from lossless stills.
+
+    libwebp's animation encoder silently merges identical consecutive frames into one longer
+    frame, so the RIFF container (VP8X, ANIM, one ANMF per frame, XMP) is written here instead.
+    """
+    height, width = pixels.shape[1:3]
+    duration_ms = max(1, round(1000 / fps))
+    anmf_header = _u24(0) + _u24(0) + _u24(width - 1) + _u24(height - 1) + _u24(duration_ms)
+    no_blend_keep = bytes([0b10])  # frames are opaque and full-size: no blending, no disposal
+    features = 0b10 | (0b100 if metadata_json else 0)  # animation, XMP
+    body = [
+        _riff_chunk(b"VP8X", bytes([features, 0, 0, 0]) + _u24(width - 1) + _u24(height - 1)),
+        _riff_chunk(b"ANIM", struct.pack("<IH", 0, 0)),  # background colour, loop forever
+    ]
+    for frame in pixels:
+        body.append(_riff_chunk(b"ANMF", anmf_header + no_blend_keep + _still_webp_chunks(frame)))
+    if metadata_json:
+        body.append(_riff_chunk(b"XMP ", _xmp_packet(metadata_json)))
+    payload = b"WEBP" + b"".join(body)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(payload)) + payload)
+
+
+def _still_webp_chunks(frame: np.ndarray) -> bytes:
+    """The image chunks of one lossless still WebP, without its RIFF header or VP8X chunk."""
+    with io.BytesIO() as buffer:
+        Image.fromarray(frame).save(buffer, format="WEBP", lossless=True)
+        data = buffer.getvalue()
+    chunks, offset = [], 12  # "RIFF", size, "WEBP"
+    while offset < len(data):
+        fourcc, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+        end = offset + 8 + size + (size & 1)
+        if fourcc in (b"ALPH", b"VP8 ", b"VP8L"):
+            chunks.append(data[offset:end])
+        offset = end
+    return b"".join(chunks)
+
+
+def _riff_chunk(fourcc: bytes, payload: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(payload)) + payload + b"\0" * (len(payload) & 1)
+
+
+def _u24(value: int) -> bytes:
+    return value.to_bytes(3, "little")
+
+
+def _xmp_packet(metadata_json: str) -> bytes:
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:livephoto="{_XMP_NAMESPACE}">'
+        f"<livephoto:metadata>{escape(metadata_json)}</livephoto:metadata>"
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+        '<?xpacket end="w"?>'
+    ).encode("utf-8")
+
+
+def _write_gif(pixels: np.ndarray, path: Path, fps: float, metadata_json: str | None) -> None:
+    """Animated GIF, one full frame with its own palette per input frame.
+
+    Pillow's animated GIF writer drops a frame identical to the previous one (adding its delay to
+    the previous frame), so the file is assembled from Pillow's per-frame GIF writers instead.
+    """
+    delay_ms = 10 * max(_GIF_MIN_DELAY_CS, round(100 / fps))
+    palettised = [Image.fromarray(frame).quantize(256) for frame in pixels]
+    header_info = {"loop": 0, "comment": metadata_json.encode("ascii") if metadata_json else b""}
+    header, _ = GifImagePlugin.getheader(palettised[0], info=header_info)
+    with open(path, "wb") as file:
+        file.writelines(header)
+        for frame in palettised:
+            file.writelines(GifImagePlugin.getdata(frame, duration=delay_ms, include_color_table=True))
+        file.write(b";")  # GIF trailer
+
+
+def _write_mp4(pixels: np.ndarray, path: Path, fps: float, metadata_json: str | None) -> None:
+    height, width = pixels.shape[1:3]
+    # yuv420p stores chroma at half resolution, so H.264 needs even sizes.
+    pixels = np.pad(pixels, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+        if metadata_json:
+            container.metadata["comment"] = metadata_json
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width = pixels.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18"}  # visually lossless
+        else:
+            stream.bit_rate = int(0.5 * stream.width * stream.height * fps)  # ~0.5 bit per pixel
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+_ENCODERS = {".webp": _write_webp, ".gif": _write_gif, ".mp4": _write_mp4}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_video(
+    path: str | os.PathLike, max_frames: int | None = None, stride: int = 1, start: int = 0
+) -> VideoClip:
+    """Decode frames ``start, start + stride, ...`` (at most ``max_frames``) as uint8 RGB.
+
+    WebP goes through Pillow (FFmpeg, up to 8.1 at least, cannot decode animated WebP); everything
+    else through PyAV (mp4, webm, mov, gif, ...), with Pillow as a second try for GIFs PyAV
+    refuses. ``fps`` of the result is the source rate divided by ``stride`` (8 where the file
+    states no rate). Frames before ``start`` are decoded and dropped, not seeked over.
+    """
+    path = Path(path)
+    _check_readable(path)
+    limits = [("stride", stride, 1), ("start", start, 0)]
+    if max_frames is not None:
+        limits.append(("max_frames", max_frames, 1))
+    for name, value, lowest in limits:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise InvalidInputError(f"read_video: {name} must be a whole number >= {lowest}; got {value}")
+    decoders = [_decode_with_pil] if path.suffix.lower() == ".webp" else [_decode_with_pyav]
+    if path.suffix.lower() == ".gif":
+        decoders.append(_decode_with_pil)
+    first_error = None
+    for decode in decoders:
+        try:
+            frames, fps, total = decode(path, max_frames, stride, start)
+            break
+        except InvalidInputError:  # our own verdict (no video stream), not a decoder failure
+            raise
+        except _DECODE_ERRORS as error:
+            first_error = first_error or error
+    else:
+        raise InvalidInputError(f"{path} is not a video that can be decoded: {_reason(first_error)}")
+    if total == 0:
+        raise InvalidInputError(f"{path} holds no video frames")
+    if not frames:
+        raise InvalidInputError(f"{path} has {total} frames; start={start} is past the end")
+    return VideoClip(frames=np.stack(frames), fps=fps / stride)
+
+
+# What PyAV and Pillow raise for files they cannot decode (Pillow's UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise InvalidInputError(f"{path} does not exist")
+    if not path.is_file():
+        raise InvalidInputError(f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path} is empty (0 bytes)")
+
+
+def _wanted(index: int, start: int, stride: int) -> bool:
+    return index >= start and (index - start) % stride == 0
+
+
+def _decode_with_pyav(path: Path, max_frames: int | None, stride: int, start: int):
+    frames, total = [], 0
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise InvalidInputError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        for frame in container.decode(stream):
+            total += 1
+            if _wanted(total - 1, start, stride):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) == max_frames:
+                    break
+    return frames, float(rate) if rate else DEFAULT_FPS, total
+
+
+def _decode_with_pil(path: Path, max_frames: int | None, stride: int, start: int):
+    frames, durations_ms, total = [], [], 0
+    with Image.open(path) as image:
+        for index, frame in enumerate(ImageSequence.Iterator(image)):
+            total += 1
+            frame.load()  # WebP frames report their duration only once decoded
+            durations_ms.append(frame.info.get("duration") or 0)
+            if _wanted(index, start, stride):
+                frames.append(np.asarray(frame.convert("RGB")))
+                if len(frames) == max_frames:
+                    break
+    mean_duration_ms = sum(durations_ms) / len(durations_ms) if durations_ms else 0
+    return frames, 1000 / mean_duration_ms if mean_duration_ms > 0 else DEFAULT_FPS, total
+
+
+def _reason(error: Exception) -> str:
+    """One line from a PyAV or Pillow exception, without errno prefixes."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return text.splitlines()[0]
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Metadata stored by ``write_video``: the sidecar if present, else the copy inside the file.
+
+    Returns ``{}`` for a video that carries none.
+    """
+    path = Path(path)
+    sidecar = metadata_sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InvalidInputError(f"{sidecar} is not valid JSON: {error}") from None
+        if not isinstance(metadata, dict):
+            raise InvalidInputError(f"{sidecar} does not hold a JSON object")
+        return metadata
+    _check_readable(path)
+    try:
+        embedded = _read_embedded_metadata(path)
+    except _DECODE_ERRORS as error:
+        raise InvalidInputError(f"{path} is not a video that can be read: {_reason(error)}") from None
+    try:
+        metadata = json.loads(embedded) if embedded else {}
+    except json.JSONDecodeError:
+        return {}  # a comment some other program wrote
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _read_embedded_metadata(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in (".webp", ".gif"):
+        with Image.open(path) as image:
+            if suffix == ".gif":
+                comment = image.info.get("comment")
+                return comment.decode("utf-8", errors="replace") if comment else None
+            xmp = image.info.get("xmp")
+        found = _XMP_PATTERN.search(xmp.decode("utf-8", errors="replace")) if xmp else None
+        return unescape(found.group(1)) if found else None
+    with av.open(str(path)) as container:
+        return container.metadata.get("comment")
+
