@@ -1,0 +1,123 @@
+"""LivePhotoPipeline end to end on a tiny random model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from livephoto_core.errors import InvalidInputError
+from livephoto_core.video import read_metadata, read_video, write_video
+
+PROMPT = "the red circle moves left"
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8))
+
+
+def run(pipeline, photo, **kwargs):
+    settings = dict(num_frames=4, num_inference_steps=3, seed=7)
+    settings.update(kwargs)
+    return pipeline(photo, PROMPT, **settings)
+
+
+def test_same_seed_same_frames_other_seed_other_frames(pipeline, photo):
+    first, again, other = run(pipeline, photo), run(pipeline, photo), run(pipeline, photo, seed=8)
+    assert first.frames.shape == (4, 64, 64, 3)
+    assert first.frames.min() >= 0 and first.frames.max() <= 1
+    torch.testing.assert_close(first.frames, again.frames, rtol=0, atol=0)
+    assert not torch.allclose(first.frames, other.frames)
+
+
+def test_output_carries_every_setting_and_what_was_changed(pipeline, photo):
+    result = run(pipeline, photo, intensity=8, guidance_scale=4.0, negative_prompt="blurry")
+    settings = result.settings
+    assert settings["seed"] == 7 and settings["intensity"] == 8 and settings["guidance_scale"] == 4.0
+    assert settings["negative_prompt"] == "blurry" and settings["prompt"] == PROMPT
+    assert settings["height"] == 64 and settings["num_frames"] == 4 and settings["prior_inversion"] is True
+    assert settings["model_hashes"] == {"model": "tiny-random"} and settings["livephoto_version"]
+    assert [token for token, _ in result.token_weights] == PROMPT.split()
+    assert all(0 <= weight <= 1 for _, weight in result.token_weights)
+    assert 1 <= result.intensity.level <= 10 and -1 <= result.intensity.mean_ssim <= 1
+    assert result.notes and "96x80" in result.notes[0]  # the 96x80 photo was resized and cropped
+
+
+def test_settings_change_the_video(pipeline, photo):
+    base = run(pipeline, photo)
+    for change in (dict(intensity=9), dict(prior_inversion=False), dict(content_scale=0.0), dict(scheduler="euler")):
+        assert not torch.allclose(base.frames, run(pipeline, photo, **change).frames), change
+
+
+def test_unguided_run_skips_the_negative_branch(pipeline, photo):
+    calls = []
+    hook = pipeline.model.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        run(pipeline, photo, guidance_scale=1.0, prior_inversion=False)
+    finally:
+        hook.remove()
+    assert calls == [1, 1, 1]
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".gif", ".mp4"])
+def test_frames_written_and_read_back(pipeline, photo, tmp_path, suffix):
+    result = run(pipeline, photo)
+    path = write_video(result.frames, tmp_path / f"out{suffix}", fps=8, metadata=result.settings)
+    clip = read_video(path)
+    assert clip.frames.shape == (4, 64, 64, 3)
+    assert read_metadata(path)["seed"] == 7
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(intensity=0), "intensity must be a whole number from 1"),
+        (dict(intensity=11), "intensity must be a whole number from 1"),
+        (dict(intensity=float("nan")), "intensity"),
+        (dict(num_frames=0), "frames must be from 2 to 16"),
+        (dict(num_frames=1), "frames must be from 2 to 16"),
+        (dict(num_frames=10000), "frames must be from 2 to 16"),
+        (dict(num_inference_steps=0), "steps must be from 1"),
+        (dict(guidance_scale=-1), "guidance scale must be 0 or more"),
+        (dict(height=100), "height must be a multiple of 8"),
+        (dict(width=63), "width must be a multiple of 8"),
+        (dict(content_scale=float("inf")), "content scale must be a finite number"),
+        (dict(inversion_start=1.5), "inversion start must be from 0 to 1"),
+        (dict(seed=-1), "seed must be from 0"),
+        (dict(scheduler="nope"), "unknown scheduler"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_model_runs(pipeline, photo, kwargs, message):
+    calls = []
+    hook = pipeline.model.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(InvalidInputError, match=message):
+            run(pipeline, photo, **kwargs)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_long_prompt_is_refused_with_its_length(pipeline, photo):
+    with pytest.raises(InvalidInputError, match="300 tokens long.*at most 75"):
+        pipeline(photo, " ".join(["left"] * 300), num_frames=2, num_inference_steps=1)
+
+
+def test_empty_and_non_ascii_prompts_work(pipeline, photo):
+    assert run(pipeline, photo, num_inference_steps=1).frames.shape[0] == 4
+    result = pipeline(photo, "", num_frames=2, num_inference_steps=1, seed=1)
+    assert result.token_weights == []
+    result = pipeline(photo, "cámara 動く →", num_frames=2, num_inference_steps=1, seed=1)
+    assert result.frames.shape[0] == 2
+
+
+def test_a_batch_of_photos_is_refused(pipeline):
+    with pytest.raises(InvalidInputError, match="batch of 2"):
+        pipeline(torch.rand(2, 64, 64, 3), PROMPT, num_frames=2, num_inference_steps=1)
+
+
+def test_grayscale_and_rgba_photos_are_converted(pipeline, photo):
+    gray = run(pipeline, photo.convert("L"), num_inference_steps=1)
+    rgba = run(pipeline, photo.convert("RGBA"), num_inference_steps=1)
+    assert gray.frames.shape == rgba.frames.shape == (4, 64, 64, 3)
