@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import UNetMotionModel
-from tiny import randomize_, tiny_config, tiny_dinov2, tiny_model, tiny_unet2d
+from tiny import TINY_UNET, randomize_, tiny_config, tiny_dinov2, tiny_model, tiny_unet2d
 
 from livephoto_core.config import LivePhotoConfig
 from livephoto_core.errors import ModelFileError
@@ -17,6 +17,7 @@ from livephoto_core.modules.unet import (
 )
 
 F = 4
+D = TINY_UNET["cross_attention_dim"]
 
 
 def random_motion_adapter(config, unet2d, seed=1):
@@ -30,7 +31,7 @@ def test_assembled_motion_unet_equals_diffusers_from_unet2d():
     reference = UNetMotionModel.from_unet2d(tiny_unet2d(), adapter)
     ours = assemble_motion_unet(tiny_unet2d(), adapter)
     assert ours.state_dict().keys() == reference.state_dict().keys()
-    sample, context = torch.randn(1, 4, F, 8, 8), torch.randn(F, 7, 32)
+    sample, context = torch.randn(1, 4, F, 8, 8), torch.randn(F, 7, D)
     torch.testing.assert_close(ours(sample, 10, context).sample, reference(sample, 10, context).sample)
 
 
@@ -42,7 +43,7 @@ def test_untrained_livephoto_unet_is_sd_plus_motion_modules():
     model = LivePhotoModel.from_base(config, tiny_unet2d(), tiny_dinov2(), adapter).eval()
 
     noisy = torch.randn(1, F, 4, 8, 8)
-    text = torch.randn(1, 77, 32)
+    text = torch.randn(1, 77, D)
     content = model.encode_content(torch.rand(1, 3, 64, 64))
     channels = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([7.0]))
     context = torch.cat([text, content], dim=1).repeat_interleave(F, dim=0)
@@ -54,8 +55,8 @@ def test_untrained_livephoto_unet_is_sd_plus_motion_modules():
 
 def test_new_layers_change_the_output_once_trained():
     model = tiny_model()
-    noisy, text = torch.randn(1, F, 4, 8, 8), torch.randn(1, 77, 32)
-    content = torch.randn(1, model.config.num_content_tokens, 32)
+    noisy, text = torch.randn(1, F, 4, 8, 8), torch.randn(1, 77, D)
+    content = torch.randn(1, model.config.num_content_tokens, D)
     context = torch.cat([text, content], dim=1).repeat_interleave(F, dim=0)
     channels = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([5.0]))
     with torch.no_grad():
@@ -96,13 +97,13 @@ def test_conditioning_channels_follow_the_paper():
 
 def test_reweighter_starts_near_identity_and_weights_lie_in_0_1():
     model = tiny_model()
-    text = torch.randn(2, 154, 32)
+    text = torch.randn(2, 154, D)
     with torch.no_grad():
         reweighted, weights = model.reweight_text(text)
     assert weights.shape == (2, 154)
     assert torch.all(weights > 0.98) and torch.all(weights < 1)
     torch.testing.assert_close(reweighted, text * weights.unsqueeze(-1))
-    randomize_(model.text_reweighter.head, 0, std=1.0)
+    randomize_(model.text_reweighter.head, 0)
     with torch.no_grad():
         _, weights = model.reweight_text(text)
     assert weights.min() >= 0 and weights.max() <= 1 and weights.std() > 0.01

@@ -1,16 +1,21 @@
-"""Tiny random-weight components with SD-1.5's structure, built from configs (no downloads)."""
+"""Tiny random-weight components with SD-1.5's structure, built from configs (no downloads).
+
+Their sizes follow what a single-file loader can recover from shapes alone (8 UNet heads, 32 norm
+groups, CLIP heads of width 64), so the same models also round-trip through an LDM file.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Config, Dinov2Model
+from transformers import CLIPTokenizer, Dinov2Config, Dinov2Model
 
 from livephoto_core.config import LivePhotoConfig
 from livephoto_core.model import LivePhotoModel
 from livephoto_core.training.vocab import write_word_tokenizer
 
-WIDTH = 32  # cross-attention / text width
 WORDS = "a the red blue circle square moves left right up down camera zooms in out shaking head".split()
 
 SD_SCHEDULER = {
@@ -26,75 +31,120 @@ SD_SCHEDULER = {
 }
 
 
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give every parameter a distinct random value (norm scales near 1), so no swapped key goes unseen."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if param.ndim >= 2:
+                param.copy_(noise / math.sqrt(param[0].numel()))
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.1 * noise)
+            else:
+                param.copy_(0.1 * noise)
+    return module
+
+
+# The smallest model with SD-1.5's structure: cross-attention on every level but the last, a mid
+# block with attention, 8 heads (as SD-1.5; head count is invisible in the weights), 32 norm groups.
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=64,
+    attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    sample_size=8,
+    norm_num_groups=32,
+)
+# Four levels, so latents are 1/8 of the pixels as in SD-1.5.
+TINY_VAE = dict(
+    block_out_channels=(32, 32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=32,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    sample_size=64,
+)
+# hidden 64 -> one head of width 64, the loader's rule (SD-1.5's CLIP-L: 768 -> 12 heads).
+TINY_TEXT = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=1,
+    intermediate_size=128,
+    vocab_size=1000,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+
+
+@dataclass
+class TinySD15:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+
+
+def tiny_sd15_models(seed: int = 0, **unet_overrides) -> TinySD15:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = randomize_(UNet2DConditionModel(**{**TINY_UNET, **unet_overrides}), seed).eval()
+    vae = randomize_(AutoencoderKL(**TINY_VAE), seed + 1).eval()
+    text_encoder = randomize_(CLIPTextModel(CLIPTextConfig(**TINY_TEXT)), seed + 2).eval()
+    return TinySD15(unet, vae, text_encoder)
+
+
+def tiny_motion_adapter(seed: int = 0, max_seq_length: int = 32, mid_block: bool = True, **overrides):
+    """A random MotionAdapter for the tiny UNet above (widths 32/64, one layer per block)."""
+    from diffusers import MotionAdapter
+
+    config = dict(
+        block_out_channels=TINY_UNET["block_out_channels"],
+        motion_layers_per_block=1,
+        motion_num_attention_heads=8,
+        motion_norm_num_groups=32,
+        motion_max_seq_length=max_seq_length,
+        use_motion_mid_block=mid_block,
+    )
+    return randomize_(MotionAdapter(**{**config, **overrides}), seed).eval()
+
+
 def tiny_config(**overrides) -> LivePhotoConfig:
     values = dict(
         num_frames=8,
         height=64,
         width=64,
-        cross_attention_dim=WIDTH,
+        cross_attention_dim=TINY_UNET["cross_attention_dim"],
         dinov2_hidden_size=32,
         dinov2_image_size=56,
         dinov2_variant="tiny-random",
-        reweighter_heads=4,
-        motion_num_attention_heads=4,
-        motion_norm_num_groups=8,
         motion_max_seq_length=16,
-        unet_block_out_channels=(32, 64),
+        unet_block_out_channels=TINY_UNET["block_out_channels"],
     )
     values.update(overrides)
     return LivePhotoConfig(**values)
 
 
-def tiny_unet2d(seed: int = 0) -> UNet2DConditionModel:
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=WIDTH,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
+def tiny_unet2d(seed: int = 0):
+    return tiny_sd15_models(seed).unet
 
 
-def tiny_vae(seed: int = 0) -> AutoencoderKL:
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.18215,
-    ).eval()
+def tiny_vae(seed: int = 0):
+    return tiny_sd15_models(seed).vae
 
 
 def tiny_tokenizer(folder) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(write_word_tokenizer(folder, WORDS))
 
 
-def tiny_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModel:
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return CLIPTextModel(config).eval()
+def tiny_text_encoder(seed: int = 0):
+    return tiny_sd15_models(seed).text_encoder
 
 
 def tiny_dinov2(seed: int = 0) -> Dinov2Model:
@@ -105,17 +155,17 @@ def tiny_dinov2(seed: int = 0) -> Dinov2Model:
     return Dinov2Model(config).eval()
 
 
-def randomize_(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
-    """Overwrite every parameter with small noise: zero-initialised layers must not hide bugs."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * std)
-    return module
-
-
 def tiny_model(config: LivePhotoConfig | None = None, seed: int = 0) -> LivePhotoModel:
     return LivePhotoModel.from_base(config or tiny_config(), tiny_unet2d(seed), tiny_dinov2(seed)).eval()
+
+
+def train_livephoto_parts_(model: LivePhotoModel, seed: int = 0) -> LivePhotoModel:
+    """Random weights where LivePhoto starts at zero or identity, so that every new part acts."""
+    randomize_(model.unet.unet.conv_in, seed + 1)
+    for processor in model.unet.content_processors():
+        randomize_(processor.to_out, seed + 2)
+    randomize_(model.text_reweighter.head, seed + 3)
+    return model
 
 
 def tiny_pipeline(folder, config: LivePhotoConfig | None = None, seed: int = 0, trained: bool = True):
@@ -124,11 +174,8 @@ def tiny_pipeline(folder, config: LivePhotoConfig | None = None, seed: int = 0, 
 
     model = tiny_model(config, seed)
     if trained:
-        randomize_(model.unet.unet.conv_in, seed + 1)
-        for processor in model.unet.content_processors():
-            randomize_(processor.to_out, seed + 2)
-        randomize_(model.text_reweighter.head, seed + 3, std=0.5)
-    tokenizer = tiny_tokenizer(folder)
+        train_livephoto_parts_(model, seed)
+    models = tiny_sd15_models(seed)
     return LivePhotoPipeline(
-        model, tiny_vae(seed), tiny_text_encoder(tokenizer, seed), tokenizer, SD_SCHEDULER, {"model": "tiny-random"}
+        model, models.vae, models.text_encoder, tiny_tokenizer(folder), SD_SCHEDULER, {"model": "tiny-random"}
     )

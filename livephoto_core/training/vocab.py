@@ -7,26 +7,11 @@ whose merges spell out each listed word as one token; any other text falls back 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
+from ..loading.tokenizer import bytes_to_unicode
+
 START, END = "<|startoftext|>", "<|endoftext|>"
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) reversible byte -> printable character table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
 
 
 def word_merges(word: str) -> list[tuple[str, str]]:

@@ -1,0 +1,504 @@
+"""Tell what a weights file or model folder is from its keys and shapes alone.
+
+``detect_path`` reads only a safetensors header (or a folder's config files), so ``livephoto
+inspect`` and the early checks of every loader cost milliseconds even for multi-GB files.
+``require_kind`` turns a wrong kind into a message that names what was found and what to do.
+"""
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelFileError
+from .files import SAFETENSORS_SUFFIXES, check_weight_file, load_state_dict, read_safetensors_header
+
+KINDS = (
+    "sd15",
+    "sd15_inpaint",
+    "sd2",
+    "sdxl",
+    "sd_v_prediction",
+    "lora",
+    "vae",
+    "motion_module",
+    "dinov2",
+    "livephoto",
+    "unknown",
+)
+
+LDM_UNET_PREFIX = "model.diffusion_model."
+LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
+LDM_CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+DINOV2_PREFIXES = ("", "dinov2.", "model.")
+
+# Model families LivePhoto cannot use, named by diffusers' own signature keys.
+_OTHER_FAMILIES = {
+    "controlnet": "ControlNet",
+    "sd3": "SD3 model",
+    "sd35_large": "SD3.5 Large model",
+    "flux": "Flux model",
+    "flux2": "Flux.2 model",
+    "chroma": "Chroma model",
+    "hunyuan-video": "HunyuanVideo model",
+    "ltx-video": "LTX-Video model",
+    "wan": "Wan video model",
+    "hidream": "HiDream model",
+    "lumina2": "Lumina 2 model",
+    "auraflow": "AuraFlow model",
+    "mochi-1-preview": "Mochi model",
+    "stable_cascade_stage_c": "Stable Cascade model",
+    "stable_cascade_stage_b": "Stable Cascade model",
+}
+_DINOV2_SIZES = {384: "ViT-S/14", 768: "ViT-B/14", 1024: "ViT-L/14", 1536: "ViT-g/14"}
+_LAYOUT_NAMES = {"ldm": "LDM layout", "diffusers": "diffusers layout"}
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What a file is: ``kind`` (one of KINDS), a human ``description``, and the ``details`` seen."""
+
+    kind: str
+    description: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+def detect_kind(state_dict_or_shapes: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> FileKind:
+    """Classify a state dict, or a map of key -> shape, by its keys and shapes only."""
+    shapes = {key: tuple(getattr(value, "shape", value)) for key, value in state_dict_or_shapes.items()}
+    metadata = metadata or {}
+    if "livephoto_config" in metadata:
+        return _livephoto(metadata["livephoto_config"])
+    # Other families last: naming them imports diffusers, which SD and motion files never need.
+    for detector in (_lora, _motion_module, _dinov2, _stable_diffusion, _vae, _other_family):
+        found = detector(shapes, metadata)
+        if found is not None:
+            return found
+    return FileKind("unknown", f"unrecognised weights file ({len(shapes)} tensors)", {"num_tensors": len(shapes)})
+
+
+def detect_path(path: str | os.PathLike) -> FileKind:
+    """Classify a weights file (header only for .safetensors) or a diffusers/transformers folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist; check the path")
+    if path.is_dir():
+        return _detect_folder(path)
+    path = check_weight_file(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        shapes, metadata = read_safetensors_header(path)
+        return detect_kind(shapes, metadata)
+    state_dict, metadata = load_state_dict(path)
+    return detect_kind(state_dict, metadata)
+
+
+# --- single files ----------------------------------------------------------------------------------
+
+
+def _livephoto(config_json: str) -> FileKind:
+    try:
+        version = json.loads(config_json).get("format_version")
+    except (json.JSONDecodeError, AttributeError):
+        return FileKind("livephoto", "LivePhoto checkpoint with an unreadable config", {"format_version": None})
+    return FileKind("livephoto", f"LivePhoto checkpoint (format {version})", {"format_version": version})
+
+
+def _lora(shapes: Shapes, metadata) -> FileKind | None:
+    keys = list(shapes)
+    if any(".hada_w1_a" in k or ".lokr_w1" in k for k in keys):
+        layout = "LyCORIS"
+    elif any("lora_up." in k or "lora_down." in k for k in keys):
+        layout = "kohya"
+    elif any(".lora_A." in k or ".lora_B." in k for k in keys):
+        layout = "PEFT"
+    elif any("lora.up." in k or "lora.down." in k for k in keys):
+        layout = "diffusers"
+    else:
+        return None
+    if any(".motion_modules." in k for k in keys):
+        return FileKind("lora", f"AnimateDiff motion LoRA ({layout} format)", {"format": layout, "base": "motion"})
+    base = None
+    if any(k.startswith("lora_te2_") for k in keys):
+        base = "SDXL"
+    else:
+        # The input width of a cross-attention key projection is the base model's context dim.
+        down = re.compile(r"attn2[._](processor[._])?to_k.*(lora_down|lora_A|lora\.down)")
+        widths = [shapes[k][-1] for k in keys if down.search(k) and len(shapes[k]) == 2]
+        base = {768: "SD-1.5", 1024: "SD-2.x", 2048: "SDXL"}.get(widths[0]) if widths else None
+    description = f"LoRA ({layout} format)" + (f" for {base}" if base else "")
+    return FileKind("lora", description, {"format": layout, "base": base})
+
+
+def _motion_module(shapes: Shapes, metadata) -> FileKind | None:
+    if not any(k.startswith("down_blocks.0.motion_modules.") for k in shapes):
+        return None
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    if CHECKPOINT_KEY_NAMES["animatediff_scribble"] in shapes or CHECKPOINT_KEY_NAMES["animatediff_rgb"] in shapes:
+        return FileKind("unknown", "AnimateDiff SparseCtrl ControlNet", {})
+    original = any(".temporal_transformer." in k for k in shapes)
+    inner = "temporal_transformer." if original else ""
+    details = motion_module_structure(shapes, inner)
+    details["layout"] = "original" if original else "diffusers"
+    widths = details["block_out_channels"]
+    if tuple(widths) == (320, 640, 1280) or shapes.get(f"up_blocks.2.motion_modules.0.{inner}norm.weight") == (320,):
+        details.update(version="sdxl_beta", sdxl=True)
+        return FileKind("motion_module", "AnimateDiff SDXL motion module (beta), not for SD-1.5", details)
+    version = _motion_version(details)
+    details.update(version=version, sdxl=False)
+    description = f"AnimateDiff motion module {version}" + ("" if original else " (diffusers layout)")
+    return FileKind("motion_module", description, details)
+
+
+def motion_module_structure(shapes: Shapes, inner: str) -> dict[str, Any]:
+    """Widths, layer counts and positional-encoding length of a motion module's state dict.
+
+    ``inner`` is ``"temporal_transformer."`` for the original AnimateDiff layout, ``""`` for diffusers'.
+    """
+    widths = []
+    while (norm := shapes.get(f"down_blocks.{len(widths)}.motion_modules.0.{inner}norm.weight")) is not None:
+        widths.append(norm[0])
+    layers = len({k.split(".")[3] for k in shapes if k.startswith("down_blocks.0.motion_modules.")})
+
+    def depth(block: str) -> int:  # transformer layers in the block's first motion module
+        start = f"{block}.motion_modules.0.{inner}transformer_blocks."
+        return len({k[len(start) :].split(".")[0] for k in shapes if k.startswith(start)})
+
+    pe_name = "attention_blocks.0.pos_encoder.pe" if inner else "pos_embed.pe"
+    pe = shapes.get(f"down_blocks.0.motion_modules.0.{inner}transformer_blocks.0.{pe_name}")
+    return {
+        "block_out_channels": widths,
+        "layers_per_block": layers,
+        "transformer_layers_per_block": depth("down_blocks.0"),
+        "mid_transformer_layers_per_block": depth("mid_block"),
+        "max_seq_length": pe[1] if pe else None,
+        "has_mid_block": any(k.startswith("mid_block.motion_modules.") for k in shapes),
+    }
+
+
+def _dinov2(shapes: Shapes, metadata) -> FileKind | None:
+    details = dinov2_structure(shapes)
+    if details is None:
+        if any(k.startswith("vision_model.embeddings.patch_embedding") for k in shapes):
+            return FileKind("unknown", "CLIP vision encoder", {})
+        if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in shapes):
+            return FileKind("unknown", "ViT image encoder that is not DINOv2 (no layer scale)", {})
+        return None
+    hidden, layers = details["hidden_size"], details["num_hidden_layers"]
+    size = _DINOV2_SIZES.get(hidden) if details["patch_size"] == 14 else None
+    name = f"DINOv2 {size}" if size else "DINOv2"
+    if details["num_register_tokens"]:
+        name += " with registers"
+    return FileKind("dinov2", f"{name} image encoder (hidden {hidden}, {layers} layers)", details)
+
+
+def dinov2_structure(shapes: Shapes) -> dict[str, Any] | None:
+    """Size, layout and key prefix of a DINOv2 state dict, or None if it is not one.
+
+    Layouts: "transformers" (``attention.q_proj``, transformers >= 5), "classic" (``attention.attention.query``,
+    the published Hugging Face files and ComfyUI's clip_vision), "facebookresearch" (the original .pth).
+    """
+    for prefix in DINOV2_PREFIXES:
+        if f"{prefix}embeddings.cls_token" in shapes and f"{prefix}encoder.layer.0.layer_scale1.lambda1" in shapes:
+            layer = f"{prefix}encoder.layer."
+            layout = "transformers" if f"{layer}0.attention.q_proj.weight" in shapes else "classic"
+            patch = shapes[f"{prefix}embeddings.patch_embeddings.projection.weight"]
+            positions = shapes[f"{prefix}embeddings.position_embeddings"]
+            registers = shapes.get(f"{prefix}embeddings.register_tokens")
+            swiglu = f"{layer}0.mlp.weights_in.weight" in shapes or f"{layer}0.mlp.gate_proj.weight" in shapes
+            break
+        if f"{prefix}cls_token" in shapes and f"{prefix}blocks.0.ls1.gamma" in shapes:
+            layer, layout = f"{prefix}blocks.", "facebookresearch"
+            patch = shapes[f"{prefix}patch_embed.proj.weight"]
+            positions = shapes[f"{prefix}pos_embed"]
+            registers = shapes.get(f"{prefix}register_tokens")
+            swiglu = f"{layer}0.mlp.w12.weight" in shapes
+            break
+    else:
+        return None
+    return {
+        "layout": layout,
+        "prefix": prefix,
+        "hidden_size": patch[0],
+        "num_channels": patch[1],
+        "patch_size": patch[-1],
+        "num_hidden_layers": len({k[len(layer) :].split(".")[0] for k in shapes if k.startswith(layer)}),
+        "num_positions": positions[1],
+        "use_swiglu_ffn": swiglu,
+        "num_register_tokens": registers[1] if registers else 0,
+    }
+
+
+def _other_family(shapes: Shapes, metadata) -> FileKind | None:
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    for name, description in _OTHER_FAMILIES.items():
+        signature = CHECKPOINT_KEY_NAMES[name]
+        if any(key in shapes for key in ([signature] if isinstance(signature, str) else signature)):
+            return FileKind("unknown", description, {"family": name})
+    return None
+
+
+def _stable_diffusion(shapes: Shapes, metadata) -> FileKind | None:
+    v_prediction = "v_pred" in shapes or metadata.get("modelspec.prediction_type") == "v"
+    if f"{LDM_UNET_PREFIX}input_blocks.0.0.weight" in shapes or "input_blocks.0.0.weight" in shapes:
+        prefix = LDM_UNET_PREFIX if f"{LDM_UNET_PREFIX}input_blocks.0.0.weight" in shapes else ""
+        upscaler = f"{prefix}input_blocks.10.0.skip_connection.bias" in shapes
+        if upscaler and f"{prefix}input_blocks.11.0.in_layers.0.weight" not in shapes:
+            return FileKind("unknown", "SD x4 upscaler", {})
+        proj_in = next((s for k, s in shapes.items() if k.startswith(prefix) and k.endswith(".proj_in.weight")), None)
+        components = [
+            name
+            for name, present in (
+                ("unet", True),
+                ("vae", any(f"{p}encoder.conv_in.weight" in shapes for p in LDM_VAE_PREFIXES)),
+                ("text_encoder", f"{LDM_CLIP_PREFIX}embeddings.token_embedding.weight" in shapes),
+            )
+            if present
+        ]
+        return classify_unet(
+            in_channels=shapes[f"{prefix}input_blocks.0.0.weight"][1],
+            context_dim=_context_dim(shapes, prefix),
+            sdxl_keys=f"{prefix}label_emb.0.0.weight" in shapes
+            or any(k.startswith("conditioner.embedders.") for k in shapes),
+            sd2_keys=(proj_in is not None and len(proj_in) == 2)
+            or any(k.startswith("cond_stage_model.model.") for k in shapes),
+            v_prediction=v_prediction,
+            details={"layout": "ldm", "components": components},
+            noun="checkpoint" if len(components) > 1 else "UNet",
+        )
+    controlnet = any(k.startswith("controlnet_") for k in shapes)
+    if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes and not controlnet:
+        proj_in = next((s for k, s in shapes.items() if k.endswith(".proj_in.weight")), None)
+        return classify_unet(
+            in_channels=shapes["conv_in.weight"][1],
+            context_dim=_context_dim(shapes, ""),
+            sdxl_keys="add_embedding.linear_1.weight" in shapes,
+            sd2_keys=proj_in is not None and len(proj_in) == 2,
+            v_prediction=v_prediction,
+            details={"layout": "diffusers", "components": ["unet"]},
+            noun="UNet",
+        )
+    return None
+
+
+def _context_dim(shapes: Shapes, prefix: str) -> int | None:
+    return next((s[1] for k, s in shapes.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight")), None)
+
+
+def classify_unet(
+    in_channels: int,
+    context_dim: int | None,
+    sdxl_keys: bool,
+    sd2_keys: bool,
+    v_prediction: bool,
+    details: dict[str, Any],
+    noun: str = "checkpoint",
+) -> FileKind:
+    """Name a Stable Diffusion model (``noun``: "checkpoint" or "UNet") from the facts every layout shares."""
+    details = {
+        **details,
+        "in_channels": in_channels,
+        "context_dim": context_dim,
+        "prediction_type": "v_prediction" if v_prediction else "epsilon",
+    }
+    layout = _LAYOUT_NAMES[details["layout"]]
+    if sdxl_keys or context_dim in (1280, 2048):
+        refiner = " refiner" if context_dim == 1280 else ""
+        return FileKind("sdxl", f"SDXL{refiner} {noun} (context dim {context_dim})", details)
+    if sd2_keys or context_dim == 1024:
+        return FileKind("sd2", f"SD-2.x {noun} (context dim {context_dim})", details)
+    if in_channels == 9:
+        return FileKind("sd15_inpaint", f"SD-1.5 inpainting {noun} (9 input channels)", details)
+    if in_channels != 4:
+        description = f"SD-1.5-style {noun} with {in_channels} input channels (InstructPix2Pix or similar)"
+        return FileKind("unknown", description, details)
+    if v_prediction:
+        return FileKind("sd_v_prediction", f"v-prediction SD-1.5 {noun}", details)
+    if context_dim == 768:
+        return FileKind("sd15", f"SD-1.5 {noun} ({layout})", details)
+    return FileKind("sd15", f"SD-1.5-style {noun} ({layout}, context dim {context_dim})", details)
+
+
+def _vae(shapes: Shapes, metadata) -> FileKind | None:
+    for prefix in (*LDM_VAE_PREFIXES, ""):
+        if f"{prefix}encoder.conv_in.weight" in shapes and f"{prefix}decoder.conv_in.weight" in shapes:
+            layout = "diffusers" if f"{prefix}encoder.down_blocks.0.resnets.0.conv1.weight" in shapes else "ldm"
+            latent = shapes.get(f"{prefix}post_quant_conv.weight", (None,))[0]
+            return FileKind(
+                "vae", f"VAE-only file ({_LAYOUT_NAMES[layout]})", {"layout": layout, "latent_channels": latent}
+            )
+    return None
+
+
+# --- folders ---------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(
+            f"{path} is not a readable JSON file ({type(error).__name__}); download it again"
+        ) from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path} does not hold a JSON object; download it again")
+    return data
+
+
+def _detect_folder(path: Path) -> FileKind:
+    if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
+        return _diffusers_pipeline(path)
+    if (path / "config.json").is_file():
+        config = _read_json(path / "config.json")
+        model_type, class_name = config.get("model_type"), config.get("_class_name")
+        if model_type in ("dinov2", "dinov2_with_registers"):
+            return _dinov2_config(config)
+        if class_name == "MotionAdapter":
+            return _motion_adapter_config(config)
+        if class_name == "UNet2DConditionModel":
+            return _classify_unet_config(config, None, ["unet"], "UNet")
+        if class_name == "AutoencoderKL":
+            return FileKind(
+                "vae",
+                "VAE-only folder (diffusers layout)",
+                {"layout": "diffusers", "latent_channels": config.get("latent_channels")},
+            )
+        return FileKind("unknown", f"{class_name or model_type or 'unnamed'} model folder", {})
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        return FileKind("unknown", "tokenizer folder", {})
+    return FileKind("unknown", "folder without model_index.json or config.json", {})
+
+
+def _diffusers_pipeline(path: Path) -> FileKind:
+    if not (path / "unet" / "config.json").is_file():
+        index = _read_json(path / "model_index.json")
+        return FileKind("unknown", f"diffusers {index.get('_class_name', 'pipeline')} folder without unet/", {})
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    scheduler = _read_json(scheduler_file) if scheduler_file.is_file() else {}
+    # A pipeline folder is a whole model even if parts are missing; the loader names what is.
+    components = [
+        "unet",
+        *(name for name in ("vae", "text_encoder", "tokenizer", "scheduler") if (path / name).is_dir()),
+    ]
+    unet_config = _read_json(path / "unet" / "config.json")
+    return _classify_unet_config(unet_config, scheduler.get("prediction_type"), components, "checkpoint")
+
+
+def _classify_unet_config(
+    config: dict[str, Any], prediction_type: str | None, components: list[str], noun: str
+) -> FileKind:
+    context = config.get("cross_attention_dim")
+    context = context[0] if isinstance(context, list) else context
+    return classify_unet(
+        in_channels=config.get("in_channels", 4),
+        context_dim=context,
+        sdxl_keys=config.get("addition_embed_type") == "text_time",
+        sd2_keys=bool(config.get("use_linear_projection")),
+        v_prediction=prediction_type == "v_prediction",
+        details={"layout": "diffusers", "components": components},
+        noun=noun,
+    )
+
+
+def _dinov2_config(config: dict[str, Any]) -> FileKind:
+    hidden, patch = config.get("hidden_size", 768), config.get("patch_size", 14)
+    registers = config.get("num_register_tokens", 0) if config["model_type"] == "dinov2_with_registers" else 0
+    details = {
+        "layout": "transformers folder",
+        "prefix": "",
+        "hidden_size": hidden,
+        "patch_size": patch,
+        "num_channels": config.get("num_channels", 3),
+        "num_hidden_layers": config.get("num_hidden_layers", 12),
+        "use_swiglu_ffn": config.get("use_swiglu_ffn", False),
+        "num_register_tokens": registers,
+    }
+    size = _DINOV2_SIZES.get(hidden) if patch == 14 else None
+    name = (f"DINOv2 {size}" if size else "DINOv2") + (" with registers" if registers else "")
+    return FileKind(
+        "dinov2", f"{name} image encoder (hidden {hidden}, {details['num_hidden_layers']} layers)", details
+    )
+
+
+def _motion_adapter_config(config: dict[str, Any]) -> FileKind:
+    widths = list(config.get("block_out_channels", (320, 640, 1280, 1280)))
+    details = {
+        "layout": "diffusers folder",
+        "block_out_channels": widths,
+        "max_seq_length": config.get("motion_max_seq_length", 32),
+        "has_mid_block": config.get("use_motion_mid_block", True),
+    }
+    if tuple(widths) == (320, 640, 1280):
+        details.update(version="sdxl_beta", sdxl=True)
+        return FileKind("motion_module", "AnimateDiff SDXL motion module (beta), not for SD-1.5", details)
+    version = _motion_version(details)
+    details.update(version=version, sdxl=False)
+    return FileKind("motion_module", f"AnimateDiff motion module {version} (diffusers folder)", details)
+
+
+def _motion_version(details: dict[str, Any]) -> str:
+    """v1 encodes 24 frames; v2 and v3 encode 32 and differ by v2's mid-block module."""
+    if details["max_seq_length"] == 24:
+        return "v1"
+    return "v2" if details["has_mid_block"] else "v3"
+
+
+# --- what each role accepts ------------------------------------------------------------------------
+
+_WANTED = {
+    "sd15": "an SD-1.5 checkpoint (.safetensors or a diffusers folder)",
+    "motion_module": "an AnimateDiff SD-1.5 motion module (v1, v2 or v3; .safetensors or .ckpt)",
+    "dinov2": "a DINOv2 image encoder (a transformers folder or a .safetensors)",
+    "livephoto": "a LivePhoto checkpoint (.safetensors)",
+}
+_BASE_HINTS = {
+    "sd2": "LivePhoto is built on SD-1.5 (context dim 768) and SD-2.x models do not fit its modules",
+    "sdxl": "LivePhoto is built on SD-1.5 (context dim 768) and SDXL models do not fit its modules",
+    "sd15_inpaint": "use the plain SD-1.5 model or a fine-tune of it, not the 9-channel inpainting variant",
+    "sd_v_prediction": "LivePhoto's modules expect epsilon prediction; use an epsilon-prediction SD-1.5 model",
+}
+
+
+def require_kind(found: FileKind, wanted: str, path: str | os.PathLike, role: str) -> None:
+    """Raise ModelFileError unless ``found`` is ``wanted`` (a key of _WANTED) and usable in ``role``.
+
+    ``role`` names the input as the user set it, e.g. ``"--base"``; the hints name the CLI flags.
+    """
+    details = found.details
+    accepted = found.kind == wanted and not details.get("sdxl") and not details.get("num_register_tokens")
+    if accepted:
+        return
+    hint = _hint(found, wanted)
+    article = (
+        "an" if found.description[:1].lower() in "aeiou" or found.description.startswith(("SD", "x", "LTX")) else "a"
+    )
+    message = f"{Path(path).name} is {article} {found.description}; {role} needs {_WANTED[wanted]}"
+    raise ModelFileError(message + (f"; {hint}" if hint else ""))
+
+
+def _hint(found: FileKind, wanted: str) -> str | None:
+    kind, details = found.kind, found.details
+    if kind == "motion_module" and details.get("sdxl"):
+        return "use an SD-1.5 motion module instead (mm_sd_v15_v2 or v3_sd15_mm)"
+    if kind == "dinov2" and details.get("num_register_tokens"):
+        return "DINOv2 with registers is not supported; use a plain DINOv2 (facebook/dinov2-*)"
+    if kind == "lora":
+        if details.get("base") == "motion":
+            return "motion LoRAs are not supported; pass a full motion module with --motion-module"
+        return "load the SD-1.5 base with --base and apply the LoRA in ComfyUI with LoraLoader"
+    if kind in _BASE_HINTS:
+        return _BASE_HINTS[kind] if wanted == "sd15" else "it is a base model; pass an SD-1.5 one with --base"
+    if kind == "vae" and wanted == "sd15":
+        return "a VAE alone has no UNet or text encoder; pass the whole SD-1.5 checkpoint (VAE included) with --base"
+    flags = {"sd15": "--base", "motion_module": "--motion-module", "dinov2": "--dinov2", "livephoto": "--livephoto"}
+    if kind in flags:
+        return f"pass it with {flags[kind]}"
+    return None

@@ -1,0 +1,288 @@
+"""Reading weight files safely (safetensors, or PyTorch pickles through ``weights_only`` only),
+hashing them, and handing their tensors to a model.
+
+Every failure a user can cause (a missing, truncated, corrupt or unsafe file) becomes a one-line
+``ModelFileError`` that names the file and the fix; no raw torch or JSON traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickletools
+import struct
+import warnings
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ModelFileError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read, so header-only inspection stays fast
+    import torch
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
+
+# Bytes per element of each safetensors dtype (the format's own names).
+_SAFETENSORS_ITEM_SIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "C64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2": 1,
+    "F8_E5M2FNUZ": 1,
+}
+# A real header is a few hundred KiB at most; anything far larger is a corrupt length field.
+_MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+# Module prefixes of the globals a tensor pickle legitimately references.
+_DATA_GLOBAL_PREFIXES = ("torch.", "collections.", "_codecs.", "numpy.")
+
+
+def _corrupt(path: Path, why: str) -> ModelFileError:
+    return ModelFileError(f"{path.name} is truncated or corrupt ({why}); download it again")
+
+
+def check_weight_file(path: str | os.PathLike) -> Path:
+    """Return ``path`` as a Path after checking it is a non-empty file with a weights suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist; check the path")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; pass a weights file (.safetensors, .ckpt, .pt, .pth, .bin) instead")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path.name} is empty (0 bytes); download it again")
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ModelFileError(
+            f"{path.name} is not a weights file LivePhoto reads; pass a .safetensors (or .ckpt/.pt/.pth/.bin) file"
+        )
+    return path
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Shapes of every tensor and the metadata of a .safetensors file, read from its header only.
+
+    The header is validated against the file's size the way the safetensors library does (tensors
+    contiguous, sizes matching their dtype and shape, data ending exactly at the end of the file), so
+    a truncated download is caught here rather than as a raw error halfway through loading.
+    """
+    path = check_weight_file(path)
+    file_size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise _corrupt(path, f"only {file_size} bytes")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > min(file_size - 8, _MAX_SAFETENSORS_HEADER):
+            raise _corrupt(path, f"header claims {header_size} bytes but the file has {file_size}")
+        raw_header = file.read(header_size)
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _corrupt(path, "the header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "the header is not a JSON object")
+
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _corrupt(path, "the metadata is not a string-to-string map")
+
+    shapes, extents = {}, []
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            if not all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"the header entry of {name!r} is malformed") from None
+        if dtype not in _SAFETENSORS_ITEM_SIZE:
+            raise ModelFileError(f"{path.name} stores {name!r} as {dtype}, a tensor type LivePhoto cannot load")
+        numel = 1
+        for n in shape:
+            numel *= n
+        if end - begin != numel * _SAFETENSORS_ITEM_SIZE[dtype]:
+            raise _corrupt(path, f"the header gives {name!r} a size that does not match its shape")
+        shapes[name] = tuple(shape)
+        extents.append((begin, end))
+
+    position = 0
+    for begin, end in sorted(extents):
+        if begin != position:
+            raise _corrupt(path, "the header's tensor offsets overlap or leave gaps")
+        position = end
+    if 8 + header_size + position != file_size:
+        raise _corrupt(path, f"the header describes {8 + header_size + position} bytes but the file has {file_size}")
+    return shapes, metadata
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` map of a .safetensors file ({} if it has none), without reading tensors."""
+    return read_safetensors_header(path)[1]
+
+
+def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a weights file on the CPU, and its safetensors metadata ({} for pickles).
+
+    A top-level ``state_dict`` entry (usual in .ckpt files) is unwrapped and non-tensor entries
+    (``global_step`` and the like) are dropped.
+    """
+    path = check_weight_file(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        _, metadata = read_safetensors_header(path)
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu"), metadata
+        except Exception as error:  # the header was fine, so this is damage inside the data
+            raise _corrupt(path, str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    return _load_torch_pickle(path), {}
+
+
+def _load_torch_pickle(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        # mmap keeps a multi-GB .ckpt out of RAM until used; only the zip format supports it.
+        with warnings.catch_warnings():  # torch's notes on pickle protocols mean nothing to a user
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        found = _pickled_globals(path, is_zip)
+        code = [name for name in found if not name.startswith(_DATA_GLOBAL_PREFIXES)]
+        if code:
+            raise ModelFileError(
+                f"{path.name} contains pickled code ({', '.join(dict.fromkeys(code[:3]))}), "
+                "which LivePhoto never runs; convert it to .safetensors"
+            ) from None
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+        if "Weights only load failed" in reason:
+            reason = "it holds objects other than tensors" if found else "it is not a PyTorch checkpoint"
+        raise _corrupt(path, reason[:200]) from None
+
+    while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict):
+        raise ModelFileError(f"{path.name} holds a {type(checkpoint).__name__}, not a state dict of tensors")
+    tensors = {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise ModelFileError(f"{path.name} holds no tensors; pass the model's weights file")
+    return tensors
+
+
+def _pickled_globals(path: Path, is_zip: bool) -> list[str]:
+    """The ``module.name`` globals a pickle refers to, found by parsing its opcodes (never executing)."""
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                pickles = [archive.read(name) for name in archive.namelist() if name.endswith(".pkl")]
+        else:
+            pickles = [path.read_bytes()]
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found = []
+    for data in pickles:
+        recent_strings = []
+        try:
+            # A legacy torch file is several pickles back to back; genops stops at each STOP.
+            offset = 0
+            while offset < len(data):
+                for opcode, argument, position in pickletools.genops(data[offset:]):
+                    if opcode.name in ("GLOBAL", "INST"):
+                        found.append(argument.replace(" ", "."))
+                    elif opcode.name == "STACK_GLOBAL" and len(recent_strings) >= 2:
+                        found.append(".".join(recent_strings[-2:]))
+                    elif isinstance(argument, str):
+                        recent_strings.append(argument)
+                    if opcode.name == "STOP":
+                        offset += position + 1
+                        break
+                else:
+                    break
+        except Exception:  # random bytes or a torn pickle: keep what was parsed before the damage
+            pass
+    return found
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, cached per (path, size, mtime) for this process."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while chunk := file.read(16 * 2**20):
+                digest.update(chunk)
+        _HASH_CACHE[cache_key] = digest.hexdigest()
+    return _HASH_CACHE[cache_key]
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file, or for a model folder of its weight and config files.
+
+    A folder's hash covers each file's relative path and SHA-256, so renaming or editing any weight
+    or config file changes it while the folder's location does not.
+    """
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*WEIGHT_SUFFIXES, ".json")]
+    # Hidden folders (.cache/ of huggingface-cli downloads, .git/) hold bookkeeping, not the model.
+    for file in sorted(f for f in files if not any(part.startswith(".") for part in f.relative_to(path).parts)):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def build_model(
+    make_model,
+    state_dict: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    what: str,
+    computed_buffers: tuple[str, ...] = (),
+):
+    """``make_model()`` built without initialising its weights, then given ``state_dict``, which must fit exactly.
+
+    Keys ending in one of ``computed_buffers`` may be absent: the model computes those buffers itself.
+    Missing, unexpected or wrongly shaped weights raise ModelFileError naming a few of them.
+    """
+    import torch
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # parameters on the meta device: no time spent on random init
+        model = make_model()
+    expected = set(model.state_dict())
+    given = {key for key, value in state_dict.items() if value is not None}
+    missing = sorted(key for key in expected - given if not (computed_buffers and key.endswith(computed_buffers)))
+    unexpected = sorted(given - expected)
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})"] if unexpected else []
+        raise ModelFileError(f"{what} does not fit the model it claims to be: {'; '.join(parts)} weights")
+    try:
+        model.load_state_dict({key: state_dict[key] for key in expected & given}, strict=False, assign=True)
+    except RuntimeError as error:
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error)[:200])
+        raise ModelFileError(f"{what} does not fit the model it claims to be ({detail})") from None
+    # torch's own .to, not diffusers' override, which warns about any dtype cast; it also casts the
+    # computed buffers, which the state dict did not bring.
+    return torch.nn.Module.to(model, dtype).eval()

@@ -1,0 +1,837 @@
+"""The toy world: procedural captioned clips for training and benchmarking a small demo model.
+
+Each clip shows one or two flat, saturated shapes on a low-saturation background. The shape the
+caption names moves left, right, up or down, or rotates; or the camera zooms in or out (the whole
+frame scales about its centre); or nothing moves. Speeds spread log-uniformly from barely visible to
+fast, so every SSIM-decile intensity level is populated by every kind of motion. Shapes stay inside
+the frame for the whole clip.
+
+Colours are six hues 60 degrees apart and the background's chroma stays far below theirs, so a
+shape is found again by its hue alone (``locate_shape``), also after blur, noise or a VAE's colour
+shift. That is what the benchmark helpers measure motion with.
+
+Rendering is pure numpy and exact in continuous coordinates: shapes are signed-distance fields,
+anti-aliased by 8x8 supersampling of the pixels their edge crosses; the background is a smooth
+function of scene coordinates, so a zoom resamples nothing. Everything is deterministic from a seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InvalidInputError, OutputExistsError
+
+# Saturated colours six hues apart (0, 60, ..., 300 degrees); chroma 0.75-0.78 each.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "yellow": (230, 230, 30),
+    "green": (20, 210, 20),
+    "cyan": (20, 210, 210),
+    "blue": (40, 40, 240),
+    "magenta": (220, 30, 220),
+}
+SHAPE_KINDS = ("circle", "square", "triangle", "star")
+# Rotational symmetry period of each kind, in degrees; rotation per frame stays below half of it,
+# so the turn between two frames is never ambiguous.
+_SYMMETRY_DEGREES = {"square": 90.0, "triangle": 120.0, "star": 72.0}
+
+_UNIT_STEP = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+# What a clip does, as the keys of `motion_weights`: (motion, direction).
+MOTIONS: dict[str, tuple[str, str | None]] = {
+    "left": ("translate", "left"),
+    "right": ("translate", "right"),
+    "up": ("translate", "up"),
+    "down": ("translate", "down"),
+    "zoom_in": ("zoom", "in"),
+    "zoom_out": ("zoom", "out"),
+    "rotate": ("rotate", None),  # clockwise or counterclockwise at random; captions do not say
+    "still": ("still", None),
+}
+# Balanced directions; translations are the motion the benchmark scores most.
+DEFAULT_MOTION_WEIGHTS = {
+    "left": 0.14,
+    "right": 0.14,
+    "up": 0.14,
+    "down": 0.14,
+    "zoom_in": 0.12,
+    "zoom_out": 0.12,
+    "rotate": 0.12,
+    "still": 0.08,
+}
+
+# Caption templates. The held-out phrasings recombine the motion words of the training phrasings
+# (left/right/up/down, zoom in/out, rotates/spinning, still/static) with new verbs and word orders.
+TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "translate": {
+        "train": (
+            "the {colour} {kind} moves {dir}",
+            "a {colour} {kind} sliding {dir}",
+            "{colour} {kind} moving {dir}",
+            "the {colour} {kind} slides {dir}",
+            "a {colour} {kind} goes {dir}",
+        ),
+        "heldout": (
+            "the {colour} {kind} drifts {dir}",
+            "watch the {colour} {kind} moving {dir}",
+            "a {colour} {kind} travels {dir}",
+        ),
+    },
+    "rotate": {
+        "train": (
+            "the {colour} {kind} rotates",
+            "a {colour} {kind} spinning",
+            "{colour} {kind} spins around",
+            "the {colour} {kind} rotating",
+        ),
+        "heldout": (
+            "watch the {colour} {kind} spinning",
+            "a {colour} {kind} rotates around",
+        ),
+    },
+    "zoom": {
+        "train": (
+            "camera zooms {dir} {prep} a {colour} {kind}",
+            "the camera zooms {dir}",
+            "zooming {dir} {prep} the {colour} {kind}",
+            "zoom {dir}",
+        ),
+        "heldout": (
+            "the view zooms {dir} {prep} the {colour} {kind}",
+            "camera zooming {dir}",
+        ),
+    },
+    "still": {
+        "train": (
+            "the scene stays still",
+            "a {colour} {kind} staying still",
+            "a static shot of a {colour} {kind}",
+            "the {colour} {kind} is still",
+        ),
+        "heldout": (
+            "the {colour} {kind} stays still",
+            "a still shot of the {colour} {kind}",
+        ),
+    },
+}
+# How a direction is worded (either phrasing set); "in"/"out" take their own preposition.
+DIRECTION_WORDINGS = {
+    "left": ("left", "to the left"),
+    "right": ("right", "to the right"),
+    "up": ("up",),
+    "down": ("down",),
+    "in": ("in",),
+    "out": ("out",),
+}
+_ZOOM_PREPOSITION = {"in": "on", "out": "from"}
+
+
+def _vocabulary() -> tuple[str, ...]:
+    words = set(PALETTE) | set(SHAPE_KINDS) | set(_ZOOM_PREPOSITION.values())
+    for wordings in DIRECTION_WORDINGS.values():
+        for wording in wordings:
+            words.update(wording.split())
+    for by_split in TEMPLATES.values():
+        for templates in by_split.values():
+            for template in templates:
+                words.update(w for w in template.split() if not w.startswith("{"))
+    return tuple(sorted(words))
+
+
+# Every word any caption (train or held out) can contain; captions are lower case, space separated.
+TOY_VOCABULARY: tuple[str, ...] = _vocabulary()
+
+# Geometry, as fractions of the frame size.
+_MARGIN = 0.03  # gap kept between a shape and the frame edge
+_RADIUS_RANGE = (0.10, 0.19)  # circumradius of a shape
+_TRAVEL_RANGE = (0.02, 0.55)  # total displacement over a clip, log-uniform (also drives rotate and zoom)
+_SHAPE_GAP = 0.04  # minimum gap between two shapes
+_LUMA_SEPARATION = 0.2  # background lightness kept this far from every shape's luma where possible
+
+
+@dataclass(frozen=True)
+class ToyShape:
+    """A flat shape as it is at frame 0. Sizes and positions in pixels, angles in degrees."""
+
+    kind: str  # one of SHAPE_KINDS
+    colour: str  # a key of PALETTE
+    centre: tuple[float, float]  # (x, y); pixel (row i, column j) covers [j, j+1] x [i, i+1]
+    radius: float  # circumradius
+    angle: float = 0.0  # clockwise on screen
+
+
+@dataclass(frozen=True)
+class ToyBackground:
+    """A smooth low-saturation field of scene coordinates: lightness + gradient + texture, tinted."""
+
+    lightness: float  # grey level at the frame centre, 0..1
+    gradient: tuple[float, float]  # lightness change per frame width along x and y
+    tint: tuple[float, float, float]  # per-channel offset (zero mean): the background's small chroma
+    blobs: tuple[tuple[float, float, float, float], ...] = ()  # (x, y, sigma, amplitude), pixels
+    stripes: tuple[float, float, float, float] | None = None  # (angle deg, period px, phase, amplitude)
+
+
+@dataclass(frozen=True)
+class ToyScene:
+    size: int  # frames are size x size pixels
+    background: ToyBackground
+    shapes: tuple[ToyShape, ...]
+
+
+@dataclass(frozen=True)
+class ToyClipSpec:
+    """Everything that defines one clip and its ground truth.
+
+    speed: pixels per frame (translate), degrees per frame (rotate), scale factor per frame (zoom:
+    > 1 in, < 1 out), 0 (still). The subject is the shape the caption names; for translate and rotate
+    it is the one that moves. With ``conflict`` the caption names a colour and kind that no shape in the
+    scene has (the paper's content conflict); its motion words are still right.
+    """
+
+    scene: ToyScene
+    frames: int
+    motion: str  # "translate" | "rotate" | "zoom" | "still"
+    direction: str | None  # left/right/up/down | clockwise/counterclockwise | in/out | None
+    speed: float
+    subject: int  # index into scene.shapes
+    caption: str
+    phrasing: str  # "train" | "heldout": which template set the caption came from
+    conflict: bool
+    named_colour: str | None  # the content words of the caption (None when it has none)
+    named_kind: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ToyClipSpec:
+        scene = data["scene"]
+        background = scene["background"]
+        fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        return cls(
+            **{
+                **fields,
+                "scene": ToyScene(
+                    size=scene["size"],
+                    background=ToyBackground(
+                        lightness=background["lightness"],
+                        gradient=tuple(background["gradient"]),
+                        tint=tuple(background["tint"]),
+                        blobs=tuple(tuple(b) for b in background["blobs"]),
+                        stripes=None if background["stripes"] is None else tuple(background["stripes"]),
+                    ),
+                    shapes=tuple(
+                        ToyShape(s["kind"], s["colour"], tuple(s["centre"]), s["radius"], s["angle"])
+                        for s in scene["shapes"]
+                    ),
+                ),
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def _luma(rgb: tuple[int, int, int]) -> float:
+    """Grey level as the SSIM intensity measure sees it (skimage rgb2gray's BT.709 weights)."""
+    return (0.2125 * rgb[0] + 0.7154 * rgb[1] + 0.0721 * rgb[2]) / 255.0
+
+
+def _sample_background(rng: np.random.Generator, size: int, shape_lumas: list[float]) -> ToyBackground:
+    # Keep the background's grey level away from the shapes' so they also stand out in grayscale,
+    # which is what the SSIM intensity measure sees.
+    for _ in range(50):
+        lightness = float(rng.uniform(0.2, 0.85))
+        if all(abs(lightness - luma) >= _LUMA_SEPARATION for luma in shape_lumas):
+            break
+    gradient_angle = rng.uniform(0, 2 * math.pi)
+    gradient_strength = rng.uniform(0.0, 0.2)
+    tint = rng.uniform(-0.04, 0.04, size=3)
+    tint -= tint.mean()
+    texture = rng.choice(["gradient", "blobs", "stripes"])
+    blobs: tuple = ()
+    stripes = None
+    if texture == "blobs":
+        # Spread beyond the frame: a zoom out shows up to twice the frame's extent.
+        count = int(rng.integers(6, 14))
+        blobs = tuple(
+            (
+                float(rng.uniform(-0.6, 1.6) * size),
+                float(rng.uniform(-0.6, 1.6) * size),
+                float(rng.uniform(0.08, 0.25) * size),
+                float(rng.uniform(-0.12, 0.12)),
+            )
+            for _ in range(count)
+        )
+    elif texture == "stripes":
+        stripes = (
+            float(rng.uniform(0, 180)),
+            float(rng.uniform(0.15, 0.4) * size),
+            float(rng.uniform(0, 2 * math.pi)),
+            float(rng.uniform(0.03, 0.08)),
+        )
+    return ToyBackground(
+        lightness=lightness,
+        gradient=(gradient_strength * math.cos(gradient_angle), gradient_strength * math.sin(gradient_angle)),
+        tint=tuple(float(t) for t in tint),
+        blobs=blobs,
+        stripes=stripes,
+    )
+
+
+def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    ab = b - a
+    denominator = float(ab @ ab)
+    h = 0.0 if denominator == 0 else float(np.clip((p - a) @ ab / denominator, 0.0, 1.0))
+    return float(np.linalg.norm(p - a - h * ab))
+
+
+def _caption(
+    rng: np.random.Generator,
+    motion: str,
+    direction: str | None,
+    phrasing: str,
+    colour: str,
+    kind: str,
+    need_content: bool,
+) -> tuple[str, bool]:
+    """A caption from the phrasing set; returns it and whether it contains content words."""
+    templates = TEMPLATES[motion][phrasing]
+    if need_content:
+        templates = tuple(t for t in templates if "{colour}" in t)
+    template = templates[int(rng.integers(len(templates)))]
+    fields = {"colour": colour, "kind": kind}
+    if motion in ("translate", "zoom"):
+        wordings = DIRECTION_WORDINGS[direction]
+        fields["dir"] = wordings[int(rng.integers(len(wordings)))]
+        fields["prep"] = _ZOOM_PREPOSITION.get(direction, "")
+    return template.format(**fields), "{colour}" in template
+
+
+def sample_clip_spec(
+    rng: np.random.Generator,
+    size: int = 64,
+    frames: int = 8,
+    phrasings: str = "train",
+    conflict_rate: float = 0.15,
+    two_shape_rate: float = 0.5,
+    motion_weights: dict[str, float] | None = None,
+) -> ToyClipSpec:
+    """Draw one clip: scene, motion, speed and caption.
+
+    motion_weights maps keys of MOTIONS to relative frequencies (default DEFAULT_MOTION_WEIGHTS);
+    e.g. {"left": 1, "right": 1} gives only horizontal translations. two_shape_rate is the chance of
+    a second, static distractor shape (lower it for a single-shape curriculum).
+    """
+    if size < 16 or frames < 2:
+        raise InvalidInputError(f"toy clips need size >= 16 and frames >= 2 (got size {size}, frames {frames})")
+    if not (0 <= conflict_rate <= 1 and 0 <= two_shape_rate <= 1):
+        raise InvalidInputError(
+            f"conflict_rate and two_shape_rate are probabilities in 0..1 (got {conflict_rate}, {two_shape_rate})"
+        )
+    if phrasings not in ("train", "heldout"):
+        raise InvalidInputError(f"phrasings must be 'train' or 'heldout', not {phrasings!r}")
+    weights = DEFAULT_MOTION_WEIGHTS if motion_weights is None else motion_weights
+    unknown = set(weights) - set(MOTIONS)
+    if unknown or not weights or sum(weights.values()) <= 0:
+        raise InvalidInputError(f"motion_weights {weights} must give positive weight to some of {', '.join(MOTIONS)}")
+    keys = list(weights)
+    probabilities = np.array([weights[k] for k in keys], dtype=float)
+    motion, direction = MOTIONS[keys[int(rng.choice(len(keys), p=probabilities / probabilities.sum()))]]
+
+    margin = _MARGIN * size
+    half = size / 2
+    r_min, r_max = (f * size for f in _RADIUS_RANGE)
+    travel = (
+        0.0
+        if motion == "still"
+        else float(size * math.exp(rng.uniform(math.log(_TRAVEL_RANGE[0]), math.log(_TRAVEL_RANGE[1]))))
+    )
+    steps = frames - 1
+
+    # Total zoom: a point at the frame edge travels `travel` pixels over the clip.
+    zoom_total = 1.0
+    if motion == "zoom":
+        zoom_total = 1.0 + travel / half
+        if direction == "out":
+            zoom_total = 1.0 / zoom_total
+    # Half-width of the box every shape centre+radius must stay in at frame 0 (zoom in grows them).
+    reach = (half - margin) / max(zoom_total, 1.0)
+
+    subject_radius_max = r_max
+    if motion == "translate":
+        subject_radius_max = min(r_max, (size - 2 * margin - travel) / 2)
+    elif motion == "zoom":
+        subject_radius_max = min(r_max, reach * 0.8)
+    radius = float(rng.uniform(r_min, max(r_min, subject_radius_max)))
+    kinds = SHAPE_KINDS if motion != "rotate" else tuple(k for k in SHAPE_KINDS if k != "circle")
+    kind = str(kinds[int(rng.integers(len(kinds)))])
+    colours = list(PALETTE)
+    colour = colours.pop(int(rng.integers(len(colours))))
+
+    step = np.zeros(2)
+    if motion == "translate":
+        step = np.array(_UNIT_STEP[direction]) * travel
+    # Subject start: centre such that start and end positions keep the shape inside.
+    low = np.full(2, half - reach + radius)
+    high = np.full(2, half + reach - radius)
+    low = np.maximum(low, low - step)
+    high = np.minimum(high, high - step)
+    start = rng.uniform(low, np.maximum(low, high))
+    angle = float(rng.uniform(0, _SYMMETRY_DEGREES.get(kind, 360.0)))
+    subject = ToyShape(kind, colour, (float(start[0]), float(start[1])), radius, angle)
+    shapes = [subject]
+
+    if rng.random() < two_shape_rate:
+        other_radius = float(rng.uniform(r_min, max(r_min, min(r_max, reach * 0.8))))
+        path_end = start + step
+        for _ in range(100):
+            centre = rng.uniform(half - reach + other_radius, half + reach - other_radius, size=2)
+            clearance = radius + other_radius + _SHAPE_GAP * size
+            if _point_segment_distance(centre, start, path_end) >= clearance:
+                other_kind = str(SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))])
+                other_colour = colours[int(rng.integers(len(colours)))]
+                other_angle = float(rng.uniform(0, _SYMMETRY_DEGREES.get(other_kind, 360.0)))
+                shapes.append(
+                    ToyShape(other_kind, other_colour, (float(centre[0]), float(centre[1])), other_radius, other_angle)
+                )
+                break
+    # Where the subject goes in the list is random, so "the first shape moves" is no shortcut.
+    subject_index = int(rng.integers(len(shapes)))
+    shapes.insert(subject_index, shapes.pop(0))
+
+    background = _sample_background(rng, size, [_luma(PALETTE[s.colour]) for s in shapes])
+
+    if motion == "translate":
+        speed = travel / steps
+    elif motion == "rotate":
+        # The shape's tips travel about `travel` pixels; cap below half the symmetry period.
+        per_frame = math.degrees(travel / steps / radius)
+        speed = min(per_frame, 0.45 * _SYMMETRY_DEGREES[kind])
+        direction = "clockwise" if rng.random() < 0.5 else "counterclockwise"
+    elif motion == "zoom":
+        speed = zoom_total ** (1.0 / steps)
+    else:
+        speed = 0.0
+
+    conflict = bool(rng.random() < conflict_rate)
+    named_colour, named_kind = colour, kind
+    if conflict:
+        present = {(s.colour, s.kind) for s in shapes}
+        while (named_colour, named_kind) in present:
+            change = rng.choice(["colour", "kind", "both"])
+            if change in ("colour", "both"):
+                named_colour = str(list(PALETTE)[int(rng.integers(len(PALETTE)))])
+            if change in ("kind", "both"):
+                named_kind = str(SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))])
+    caption, has_content = _caption(rng, motion, direction, phrasings, named_colour, named_kind, conflict)
+    return ToyClipSpec(
+        scene=ToyScene(size=size, background=background, shapes=tuple(shapes)),
+        frames=frames,
+        motion=motion,
+        direction=direction,
+        speed=float(speed),
+        subject=subject_index,
+        caption=caption,
+        phrasing=phrasings,
+        conflict=conflict,
+        named_colour=named_colour if has_content else None,
+        named_kind=named_kind if has_content else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def _polygon_vertices(kind: str, centre: tuple[float, float], radius: float, angle: float) -> np.ndarray:
+    if kind == "square":
+        base = np.radians(45.0 + 90.0 * np.arange(4))
+        radii = np.full(4, radius)
+    elif kind == "triangle":
+        base = np.radians(-90.0 + 120.0 * np.arange(3))  # apex up
+        radii = np.full(3, radius)
+    elif kind == "star":
+        base = np.radians(-90.0 + 36.0 * np.arange(10))  # five points, apex up
+        radii = np.where(np.arange(10) % 2 == 0, radius, 0.45 * radius)
+    else:
+        raise InvalidInputError(f"unknown shape kind {kind!r}; use one of {', '.join(SHAPE_KINDS)}")
+    theta = base + math.radians(angle)  # y points down, so a growing angle turns clockwise on screen
+    return np.stack([centre[0] + radii * np.cos(theta), centre[1] + radii * np.sin(theta)], axis=-1)
+
+
+def _polygon_inside(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Even-odd crossing test: which points lie inside a simple polygon."""
+    a = vertices
+    b = np.roll(vertices, -1, axis=0)
+    ey = b[:, 1] - a[:, 1]
+    slope = (b[:, 0] - a[:, 0]) / np.where(ey == 0, 1e-12, ey)
+    straddles = (a[:, 1] > y[..., None]) != (b[:, 1] > y[..., None])
+    crosses = straddles & (x[..., None] < a[:, 0] + (y[..., None] - a[:, 1]) * slope)
+    return crosses.sum(axis=-1) % 2 == 1
+
+
+def _polygon_signed_distance(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Signed distance (negative inside) from points to a simple polygon."""
+    a = vertices
+    b = np.roll(vertices, -1, axis=0)
+    px = x[..., None] - a[:, 0]
+    py = y[..., None] - a[:, 1]
+    ex = b[:, 0] - a[:, 0]
+    ey = b[:, 1] - a[:, 1]
+    h = np.clip((px * ex + py * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+    distance = np.sqrt(((px - ex * h) ** 2 + (py - ey * h) ** 2).min(axis=-1))
+    return np.where(_polygon_inside(x, y, vertices), -distance, distance)
+
+
+_SUBSAMPLES = 8  # per axis, in pixels that an edge crosses
+_SUBSAMPLE_OFFSETS = (np.arange(_SUBSAMPLES) + 0.5) / _SUBSAMPLES - 0.5
+
+
+def _paint_shape(
+    image: np.ndarray, kind: str, colour: str, centre: tuple[float, float], radius: float, angle: float
+) -> None:
+    """Composite a shape onto image (float RGB, in place) with exact-area anti-aliasing: pixels an
+    edge crosses get the inside fraction of 8x8 subsamples, the others are fully in or out."""
+    size = image.shape[0]
+    x0 = max(math.floor(centre[0] - radius - 1), 0)
+    x1 = min(math.ceil(centre[0] + radius + 1), size)
+    y0 = max(math.floor(centre[1] - radius - 1), 0)
+    y1 = min(math.ceil(centre[1] + radius + 1), size)
+    if x0 >= x1 or y0 >= y1:
+        return
+    y, x = np.mgrid[y0:y1, x0:x1] + 0.5
+    if kind == "circle":
+        distance = np.hypot(x - centre[0], y - centre[1]) - radius
+    else:
+        vertices = _polygon_vertices(kind, centre, radius, angle)
+        distance = _polygon_signed_distance(x, y, vertices)
+    coverage = (distance < 0).astype(float)
+    edge = np.abs(distance) < 0.75  # a pixel's corners are 0.71 from its centre
+    if edge.any():
+        sub_y, sub_x = (g.ravel() for g in np.meshgrid(_SUBSAMPLE_OFFSETS, _SUBSAMPLE_OFFSETS, indexing="ij"))
+        sx, sy = x[edge][:, None] + sub_x, y[edge][:, None] + sub_y
+        if kind == "circle":
+            inside = np.hypot(sx - centre[0], sy - centre[1]) < radius
+        else:
+            inside = _polygon_inside(sx, sy, vertices)
+        coverage[edge] = inside.mean(axis=-1)
+    patch = image[y0:y1, x0:x1]
+    patch += coverage[..., None] * (np.array(PALETTE[colour]) / 255.0 - patch)
+
+
+def _background(background: ToyBackground, size: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The background at scene coordinates (x, y), RGB float."""
+    u = (x - size / 2) / size
+    v = (y - size / 2) / size
+    lightness = background.lightness + background.gradient[0] * u + background.gradient[1] * v
+    for bx, by, sigma, amplitude in background.blobs:
+        lightness = lightness + amplitude * np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * sigma**2))
+    if background.stripes is not None:
+        angle, period, phase, amplitude = background.stripes
+        along = x * math.cos(math.radians(angle)) + y * math.sin(math.radians(angle))
+        lightness = lightness + amplitude * np.sin(2 * math.pi * along / period + phase)
+    return np.clip(lightness[..., None] + np.array(background.tint), 0.0, 1.0)
+
+
+def _zoom_at(spec: ToyClipSpec, frame: int) -> float:
+    if spec.motion != "zoom":
+        return 1.0
+    return spec.speed**frame
+
+
+def render_frame(spec: ToyClipSpec, frame: int) -> np.ndarray:
+    """Frame `frame` of the clip as float RGB [H, W, 3] in 0..1."""
+    size = spec.scene.size
+    scale = _zoom_at(spec, frame)
+    half = size / 2
+    y, x = np.mgrid[0:size, 0:size] + 0.5
+    image = _background(spec.scene.background, size, half + (x - half) / scale, half + (y - half) / scale)
+    for index, shape in enumerate(spec.scene.shapes):
+        cx, cy = shape.centre
+        angle = shape.angle
+        if index == spec.subject and spec.motion == "translate":
+            dx, dy = _UNIT_STEP[spec.direction]
+            cx, cy = cx + dx * spec.speed * frame, cy + dy * spec.speed * frame
+        if index == spec.subject and spec.motion == "rotate":
+            angle += (1 if spec.direction == "clockwise" else -1) * spec.speed * frame
+        centre = (half + (cx - half) * scale, half + (cy - half) * scale)
+        _paint_shape(image, shape.kind, shape.colour, centre, shape.radius * scale, angle)
+    return image
+
+
+def render_clip(spec: ToyClipSpec) -> np.ndarray:
+    """The clip as uint8 RGB [F, H, W, 3]."""
+    frames = np.stack([render_frame(spec, t) for t in range(spec.frames)])
+    return np.round(frames * 255.0).astype(np.uint8)
+
+
+def render_photo(spec: ToyClipSpec) -> np.ndarray:
+    """Frame 0 (the photo to animate) as uint8 RGB [H, W, 3]."""
+    return np.round(render_frame(spec, 0) * 255.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a data set
+# ---------------------------------------------------------------------------------------------
+
+_SPLIT_STREAM = {"train": 0, "heldout": 1}
+
+
+def clip_spec(seed: int, index: int, split: str = "train", **sampling) -> ToyClipSpec:
+    """Clip `index` of the data set `seed`/`split`, independent of how many clips are drawn.
+
+    Held-out clips come from their own random stream (held-out images) and use held-out phrasings.
+    Keyword arguments go to sample_clip_spec.
+    """
+    if split not in _SPLIT_STREAM:
+        raise InvalidInputError(f"split must be 'train' or 'heldout', not {split!r}")
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
+    return sample_clip_spec(rng, phrasings=split, **sampling)
+
+
+def write_video_lossless(path: Path, frames: np.ndarray, fps: int) -> None:
+    """Write uint8 RGB frames [F, H, W, 3] as lossless H.264 RGB (libx264rgb, qp 0) in .mp4.
+
+    Decoding to rgb24 gives back the exact pixels, so frame-0 fidelity is not capped by the codec.
+    """
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0", "preset": "ultrafast"})
+        stream.width = frames.shape[2]
+        stream.height = frames.shape[1]
+        stream.pix_fmt = "rgb24"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    num_clips: int,
+    seed: int,
+    size: int = 64,
+    frames: int = 8,
+    split: str = "train",
+    fps: int = 8,
+    conflict_rate: float = 0.15,
+    two_shape_rate: float = 0.5,
+    motion_weights: dict[str, float] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Render `num_clips` clips into out_dir and return the path of its captions.csv.
+
+    Writes clips/NNNNNN.mp4 (lossless), captions.csv (path,caption; paths relative to the CSV) and
+    labels.jsonl (one ToyClipSpec.to_dict() per clip plus "path" and "split"). The index files are
+    written last, so a data set with a captions.csv is complete.
+    """
+    if split not in _SPLIT_STREAM:
+        raise InvalidInputError(f"split must be 'train' or 'heldout', not {split!r}")
+    out = Path(out_dir)
+    clips_dir = out / "clips"
+    previous = [out / "captions.csv", out / "labels.jsonl", *sorted(clips_dir.glob("*.mp4"))]
+    if any(path.exists() for path in previous):
+        if not overwrite:
+            raise OutputExistsError(f"{out} already holds a toy data set; pass overwrite=True or choose a new folder")
+        for path in previous:
+            path.unlink(missing_ok=True)  # only what a data set consists of: nothing else in out_dir
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    labels = []
+    for index in range(num_clips):
+        spec = clip_spec(
+            seed,
+            index,
+            split,
+            size=size,
+            frames=frames,
+            conflict_rate=conflict_rate,
+            two_shape_rate=two_shape_rate,
+            motion_weights=motion_weights,
+        )
+        relative = f"clips/{index:06d}.mp4"
+        write_video_lossless(out / relative, render_clip(spec), fps)
+        labels.append({"path": relative, "split": split, **spec.to_dict()})
+    with open(out / "labels.jsonl", "w") as handle:
+        handle.writelines(json.dumps(label) + "\n" for label in labels)
+    with open(out / "captions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "caption"])
+        writer.writerows((label["path"], label["caption"]) for label in labels)
+    return out / "captions.csv"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring motion in frames (the benchmark's helpers)
+# ---------------------------------------------------------------------------------------------
+
+
+def _opponent(frames: np.ndarray) -> np.ndarray:
+    """Opponent colour coordinates [..., 2] of RGB in 0..1: linear in RGB, zero for greys."""
+    r, g, b = frames[..., 0], frames[..., 1], frames[..., 2]
+    return np.stack([r - (g + b) / 2, (math.sqrt(3) / 2) * (g - b)], axis=-1)
+
+
+def _hue_and_chroma(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hue in degrees and chroma (0..1) of RGB in 0..1."""
+    opponent = _opponent(frames)
+    return np.degrees(np.arctan2(opponent[..., 1], opponent[..., 0])) % 360.0, np.hypot(*np.moveaxis(opponent, -1, 0))
+
+
+def _palette_hues() -> dict[str, float]:
+    hues, _ = _hue_and_chroma(np.array(list(PALETTE.values()), dtype=float) / 255.0)
+    return dict(zip(PALETTE, hues.tolist()))
+
+
+_PALETTE_HUES = _palette_hues()
+
+
+def _as_unit_float(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames.astype(np.float32) / 255.0
+    return frames.astype(np.float32)
+
+
+def _check_colour(colour: str | None) -> None:
+    if colour is not None and colour not in PALETTE:
+        raise InvalidInputError(f"unknown colour {colour!r}; use one of {', '.join(PALETTE)}")
+
+
+def colour_mask(frame: np.ndarray, colour: str | None = None, min_chroma: float = 0.3) -> np.ndarray:
+    """Pixels whose hue is nearest `colour`'s among the palette (any palette colour when None).
+
+    frame: RGB [H, W, 3], uint8 or float in 0..1. The background's chroma stays below 0.07 and the
+    palette's is 0.75-0.78, so min_chroma 0.3 keeps shapes through blur and a weaker VAE saturation.
+    """
+    _check_colour(colour)
+    hue, chroma = _hue_and_chroma(_as_unit_float(frame))
+    mask = chroma >= min_chroma
+    if colour is None:
+        return mask
+    return mask & (_nearest_palette_colour(hue) == list(PALETTE).index(colour))
+
+
+def _nearest_palette_colour(hue: np.ndarray) -> np.ndarray:
+    """Index into PALETTE of the palette hue nearest each pixel's."""
+    difference = np.abs((hue[..., None] - np.array(list(_PALETTE_HUES.values())) + 180.0) % 360.0 - 180.0)
+    return difference.argmin(axis=-1)
+
+
+def _coverages(frame: np.ndarray, colours: list[str], min_chroma: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(coverage in 0..1 per pixel, core mask) of the shapes of each colour.
+
+    A core is the pixels of that hue at or above min_chroma. An edge pixel is a blend of the shape's
+    colour and the background's, and opponent coordinates blend linearly, so its coverage is its
+    position between the background's median colour and the core's. Measured on the core and its
+    one-pixel rim; a uniformly desaturated frame keeps its coverage.
+    """
+    image = _as_unit_float(frame)
+    opponent = _opponent(image)
+    hue, chroma = _hue_and_chroma(image)
+    shapes = chroma >= min_chroma  # of any colour
+    background = np.median(opponent[~shapes], axis=0) if not shapes.all() else np.zeros(2)
+    nearest = _nearest_palette_colour(hue)
+    results = []
+    for colour in colours:
+        core = shapes & (nearest == list(PALETTE).index(colour))
+        if not core.any():
+            results.append((np.zeros(chroma.shape), core))
+            continue
+        towards_shape = np.median(opponent[core], axis=0) - background
+        coverage = np.clip((opponent - background) @ towards_shape / (towards_shape @ towards_shape), 0.0, 1.0)
+        region = ndimage.binary_dilation(core) & ~(shapes & ~core)  # not into shapes of other colours
+        results.append((np.where(region, coverage, 0.0), core))
+    return results
+
+
+def locate_shape(
+    frame: np.ndarray, colour: str, min_chroma: float = 0.3, min_area: float = 4.0
+) -> tuple[tuple[float, float] | None, float]:
+    """Centroid (x, y) and area, both in pixels, of the largest blob of `colour`.
+
+    Partly covered edge pixels count partly (see _coverages), so both are sub-pixel accurate.
+    Returns (None, area) when no blob of at least min_area pixels exists.
+    """
+    if colour not in PALETTE:
+        raise InvalidInputError(f"unknown colour {colour!r}; use one of {', '.join(PALETTE)}")
+    [(coverage, core)] = _coverages(frame, [colour], min_chroma)
+    labels, count = ndimage.label(core)
+    if count == 0:
+        return None, 0.0
+    largest = int(np.bincount(labels.ravel())[1:].argmax()) + 1
+    blob = coverage * ndimage.binary_dilation(labels == largest)
+    area = float(blob.sum())
+    if area < min_area:
+        return None, area
+    cy, cx = ndimage.center_of_mass(blob)
+    return (float(cx) + 0.5, float(cy) + 0.5), area
+
+
+def _fit_slope(times: list[float], values: list[float]) -> float:
+    return float(np.polyfit(np.asarray(times), np.asarray(values), 1)[0])
+
+
+def displacement_direction(
+    frames: np.ndarray, colour: str, min_shift: float = 0.5, min_chroma: float = 0.3
+) -> str | None:
+    """The direction the shape of `colour` moves: left, right, up, down, or None.
+
+    The track is a least-squares line through the centroids of the frames where the shape is found,
+    so one bad frame does not decide; None when the shape is found in fewer than two frames or its
+    fitted displacement over the clip is below min_shift pixels.
+    """
+    times, xs, ys = [], [], []
+    for t, frame in enumerate(frames):
+        centroid, _ = locate_shape(frame, colour, min_chroma)
+        if centroid is not None:
+            times.append(t)
+            xs.append(centroid[0])
+            ys.append(centroid[1])
+    if len(times) < 2:
+        return None
+    duration = len(frames) - 1
+    dx = _fit_slope(times, xs) * duration
+    dy = _fit_slope(times, ys) * duration
+    if max(abs(dx), abs(dy)) < min_shift:
+        return None
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
+def zoom_direction(
+    frames: np.ndarray, colour: str | None = None, min_scale_change: float = 0.03, min_chroma: float = 0.3
+) -> str | None:
+    """Whether the camera zooms in or out, from how the shapes' linear size changes; or None.
+
+    Measures sqrt(area) of the shapes of `colour` (of every palette colour when None) in each frame,
+    fits a line to its log over time and returns "in"/"out" when the fitted scale change over the
+    clip exceeds min_scale_change (0.03 = 3 %; the slowest toy zoom is 4 %).
+    """
+    _check_colour(colour)
+    colours = list(PALETTE) if colour is None else [colour]
+    times, log_sizes = [], []
+    for t, frame in enumerate(frames):
+        area = sum(float(coverage.sum()) for coverage, _ in _coverages(frame, colours, min_chroma))
+        if area > 0:
+            times.append(t)
+            log_sizes.append(0.5 * math.log(area))
+    if len(times) < 2:
+        return None
+    change = math.exp(_fit_slope(times, log_sizes) * (len(frames) - 1))
+    if change >= 1 + min_scale_change:
+        return "in"
+    if change <= 1 / (1 + min_scale_change):
+        return "out"
+    return None

@@ -1,0 +1,216 @@
+"""Reading weight files: safetensors header checks, safe pickles, unsafe pickles never run, hashes."""
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import struct
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from livephoto_core.errors import ModelFileError
+from livephoto_core.loading.files import (
+    build_model,
+    content_hash,
+    file_sha256,
+    load_state_dict,
+    read_safetensors_header,
+    read_safetensors_metadata,
+)
+
+
+@pytest.fixture
+def tensors():
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "a.weight": torch.randn(3, 4, generator=generator),
+        "b.bias": torch.randn(5, generator=generator).half(),
+        "c.ids": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+    }
+
+
+@pytest.fixture
+def safetensors_file(tmp_path, tensors):
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path), metadata={"livephoto_config": "{}", "note": "x"})
+    return path
+
+
+def _rewrite_header(path, edit):
+    """Apply ``edit`` to the parsed JSON header, keeping the header's byte length (padded with spaces)."""
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    edit(header)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    assert len(raw) <= size
+    path.write_bytes(data[:8] + raw.ljust(size, b" ") + data[8 + size :])
+
+
+def test_safetensors_round_trip(safetensors_file, tensors):
+    state, metadata = load_state_dict(safetensors_file)
+    assert metadata == {"livephoto_config": "{}", "note": "x"}
+    assert state.keys() == tensors.keys()
+    for key, value in tensors.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value)
+
+
+def test_header_matches_the_safetensors_library(safetensors_file):
+    shapes, metadata = read_safetensors_header(safetensors_file)
+    with safe_open(str(safetensors_file), framework="pt") as reference:
+        assert metadata == reference.metadata()
+        assert shapes == {key: tuple(reference.get_slice(key).get_shape()) for key in reference.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    assert read_safetensors_metadata(safetensors_file) == metadata
+
+
+def test_truncated_safetensors(safetensors_file):
+    data = safetensors_file.read_bytes()
+    safetensors_file.write_bytes(data[:-10])
+    with pytest.raises(ModelFileError, match=r"model.safetensors is truncated or corrupt \(.*\); download it again"):
+        load_state_dict(safetensors_file)
+
+
+def test_header_that_lies_about_sizes(safetensors_file):
+    def grow(header):
+        header["a.weight"]["shape"] = [3, 5]  # 60 bytes where the offsets hold 48
+
+    _rewrite_header(safetensors_file, grow)
+    with pytest.raises(ModelFileError, match="truncated or corrupt .*does not match its shape"):
+        read_safetensors_header(safetensors_file)
+
+
+def test_header_with_overlapping_tensors(safetensors_file):
+    def overlap(header):
+        header["b.bias"]["data_offsets"] = header["c.ids"]["data_offsets"][:1] * 2
+        header["b.bias"]["shape"] = [0]
+
+    _rewrite_header(safetensors_file, overlap)
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        read_safetensors_header(safetensors_file)
+
+
+@pytest.mark.parametrize(
+    "content", [random.Random(0).randbytes(4096), b"\xff" * 8 + b"{}", struct.pack("<Q", 2) + b"[]"]
+)
+def test_random_bytes_as_safetensors(tmp_path, content):
+    path = tmp_path / "noise.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="noise.safetensors is truncated or corrupt .*download it again"):
+        load_state_dict(path)
+
+
+def test_missing_empty_folder_and_foreign_suffix(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_state_dict(tmp_path / "absent.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFileError, match=r"empty.safetensors is empty \(0 bytes\)"):
+        load_state_dict(tmp_path / "empty.safetensors")
+    (tmp_path / "folder.ckpt").mkdir()
+    with pytest.raises(ModelFileError, match="is a folder; pass a weights file"):
+        load_state_dict(tmp_path / "folder.ckpt")
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelFileError, match="model.gguf is not a weights file LivePhoto reads"):
+        load_state_dict(tmp_path / "model.gguf")
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_ckpt_state_dict_is_unwrapped(tmp_path, tensors, zip_format):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": tensors, "global_step": 12, "epoch": 3}, path, _use_new_zipfile_serialization=zip_format)
+    state, metadata = load_state_dict(path)
+    assert metadata == {}
+    assert state.keys() == tensors.keys()
+    assert all(torch.equal(state[key], value) for key, value in tensors.items())
+
+
+class _WritesMarker:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch_zip", "torch_legacy", "pickle_protocol_2", "pickle_protocol_4"])
+def test_pickled_code_is_refused_and_never_run(tmp_path, writer):
+    marker = tmp_path / "code_ran"
+    payload = {"state_dict": {"w": torch.ones(2), "evil": _WritesMarker(marker)}}
+    path = tmp_path / "evil.ckpt"
+    if writer == "torch_zip":
+        torch.save(payload, path)
+    elif writer == "torch_legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=int(writer[-1])))
+    with pytest.raises(
+        ModelFileError,
+        match=r"evil.ckpt contains pickled code \(.*system.*\), which LivePhoto never runs; convert it to .safeten",
+    ):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+def test_corrupt_pickles(tmp_path, tensors):
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(random.Random(1).randbytes(2048))
+    with pytest.raises(ModelFileError, match="noise.ckpt is truncated or corrupt"):
+        load_state_dict(noise)
+    whole = tmp_path / "whole.pt"
+    torch.save(tensors, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="cut.pt is truncated or corrupt"):
+        load_state_dict(cut)
+    not_a_dict = tmp_path / "list.pt"
+    torch.save([torch.ones(1)], not_a_dict)
+    with pytest.raises(ModelFileError, match="list.pt holds a list, not a state dict"):
+        load_state_dict(not_a_dict)
+
+
+def test_hashes(tmp_path, safetensors_file):
+    assert file_sha256(safetensors_file) == hashlib.sha256(safetensors_file.read_bytes()).hexdigest()
+    assert content_hash(safetensors_file) == file_sha256(safetensors_file)
+
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text("{}")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(safetensors_file.read_bytes())
+    before = content_hash(folder)
+    (folder / "README.md").write_text("not part of the model")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "download.json").write_text("{}")
+    assert content_hash(folder) == before
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    assert content_hash(moved) == before
+    save_file({"a.weight": torch.zeros(3, 4)}, str(moved / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert content_hash(moved) != before
+
+
+def test_build_model_names_missing_unexpected_and_misshapen_weights():
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+
+    good = make().state_dict()
+    model = build_model(make, dict(good), torch.float64, "demo.safetensors")
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert all(torch.equal(model.state_dict()[k], v.double()) for k, v in good.items())
+    with pytest.raises(
+        ModelFileError,
+        match=r"demo.safetensors does not fit .*1 missing \(e.g. 1.bias\); 1 unexpected \(e.g. 2.weight\)",
+    ):
+        build_model(
+            make,
+            {**{k: v for k, v in good.items() if k != "1.bias"}, "2.weight": torch.ones(1)},
+            torch.float32,
+            "demo.safetensors",
+        )
+    with pytest.raises(ModelFileError, match=r"demo.safetensors does not fit .*size mismatch for 0.weight"):
+        build_model(make, {**good, "0.weight": torch.ones(5, 3)}, torch.float32, "demo.safetensors")
