@@ -90,6 +90,7 @@ def run_animate(args) -> int:
     from .video import write_video
 
     intensity = validate_level(args.intensity)
+    quiet_library_progress()
     status(f"loading {'the demo model' if args.livephoto is None else args.livephoto} ...")
     pipe = load_pipeline(
         args.livephoto, args.base, args.motion_module, args.dinov2, args.tokenizer,
@@ -167,6 +168,15 @@ class ProgressBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def quiet_library_progress() -> None:
+    """Our own bars say what happens; transformers' and diffusers' per-file loading bars are noise here."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def status(message: str) -> None:

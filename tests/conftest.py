@@ -18,3 +18,29 @@ def pipeline(tmp_path):
     from tiny import tiny_pipeline
 
     return tiny_pipeline(tmp_path / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory):
+    """A tiny SD-1.5-shaped single file, DINOv2 folder, tokenizer folder and LivePhoto checkpoint.
+    Shared by the session: read them, write elsewhere."""
+    tmp_path = tmp_path_factory.mktemp("tiny_files")
+    from ldm_layout import write_tiny_sd15_file
+    from tiny import (
+        WORDS,
+        tiny_config,
+        tiny_dinov2,
+        tiny_sd15_models,
+        train_livephoto_parts_,
+    )
+
+    from livephoto_core.loading.checkpoint import save_livephoto_checkpoint
+    from livephoto_core.model import LivePhotoModel
+    from livephoto_core.training.vocab import write_word_tokenizer
+
+    write_tiny_sd15_file(tmp_path / "base.safetensors", seed=0)
+    tiny_dinov2().save_pretrained(tmp_path / "dinov2")
+    write_word_tokenizer(tmp_path / "tokenizer", WORDS)
+    model = train_livephoto_parts_(LivePhotoModel.from_base(tiny_config(), tiny_sd15_models(0).unet, tiny_dinov2()))
+    save_livephoto_checkpoint(model, tmp_path / "livephoto.safetensors")
+    return tmp_path

@@ -3,11 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from ldm_layout import write_tiny_sd15_file
 from PIL import Image
 from tiny import (
     SD_SCHEDULER,
-    WORDS,
     tiny_config,
     tiny_dinov2,
     tiny_sd15_models,
@@ -22,28 +20,17 @@ from livephoto_core.loading.checkpoint import (
 from livephoto_core.loading.pipeline import load_pipeline
 from livephoto_core.model import LivePhotoModel
 from livephoto_core.pipeline import LivePhotoPipeline
-from livephoto_core.training.vocab import write_word_tokenizer
 
 
-@pytest.fixture
-def files(tmp_path):
-    write_tiny_sd15_file(tmp_path / "base.safetensors", seed=0)
-    tiny_dinov2().save_pretrained(tmp_path / "dinov2")
-    write_word_tokenizer(tmp_path / "tokenizer", WORDS)
-    model = train_livephoto_parts_(LivePhotoModel.from_base(tiny_config(), tiny_sd15_models(0).unet, tiny_dinov2()))
-    save_livephoto_checkpoint(model, tmp_path / "livephoto.safetensors")
-    return tmp_path
-
-
-def test_loaded_pipeline_equals_the_in_memory_one(files):
+def test_loaded_pipeline_equals_the_in_memory_one(tiny_files):
     from transformers import CLIPTokenizer
 
-    loaded = load_pipeline(files / "livephoto.safetensors", base=files / "base.safetensors",
-                           dinov2=files / "dinov2", tokenizer=files / "tokenizer")
+    loaded = load_pipeline(tiny_files / "livephoto.safetensors", base=tiny_files / "base.safetensors",
+                           dinov2=tiny_files / "dinov2", tokenizer=tiny_files / "tokenizer")
     models = tiny_sd15_models(0)
     model = train_livephoto_parts_(LivePhotoModel.from_base(tiny_config(), models.unet, tiny_dinov2())).eval()
     expected = LivePhotoPipeline(model, models.vae, models.text_encoder,
-                                 CLIPTokenizer.from_pretrained(files / "tokenizer"), SD_SCHEDULER)
+                                 CLIPTokenizer.from_pretrained(tiny_files / "tokenizer"), SD_SCHEDULER)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     settings = dict(num_frames=3, num_inference_steps=2, seed=3)
     a, b = loaded(photo, "the red circle moves left", **settings), expected(photo, "the red circle moves left", **settings)
@@ -52,29 +39,29 @@ def test_loaded_pipeline_equals_the_in_memory_one(files):
     assert all(len(h) == 64 for h in a.settings["model_hashes"].values())
 
 
-def test_checkpoint_round_trip_keeps_config_and_tensors(files, tmp_path):
-    config, state = read_livephoto_checkpoint(files / "livephoto.safetensors")
+def test_checkpoint_round_trip_keeps_config_and_tensors(tiny_files):
+    config, state = read_livephoto_checkpoint(tiny_files / "livephoto.safetensors")
     assert config == tiny_config()
     assert any(".motion_modules." in k for k in state) and "text_reweighter.head.weight" in state
     with pytest.raises(Exception, match="already exists"):
         save_livephoto_checkpoint(
-            LivePhotoModel.from_base(tiny_config(), tiny_sd15_models(0).unet, tiny_dinov2()), files / "livephoto.safetensors"
+            LivePhotoModel.from_base(tiny_config(), tiny_sd15_models(0).unet, tiny_dinov2()), tiny_files / "livephoto.safetensors"
         )
 
 
-def test_missing_parts_are_named_with_the_option_to_pass(files):
+def test_missing_parts_are_named_with_the_option_to_pass(tiny_files):
     with pytest.raises(ModelFileError, match="--base"):
-        load_pipeline(files / "livephoto.safetensors", dinov2=files / "dinov2")
+        load_pipeline(tiny_files / "livephoto.safetensors", dinov2=tiny_files / "dinov2")
     with pytest.raises(ModelFileError, match="--dinov2"):
-        load_pipeline(files / "livephoto.safetensors", base=files / "base.safetensors")
+        load_pipeline(tiny_files / "livephoto.safetensors", base=tiny_files / "base.safetensors")
     with pytest.raises(ModelFileError, match="leave out --motion-module"):
-        load_pipeline(files / "livephoto.safetensors", base=files / "base.safetensors", dinov2=files / "dinov2",
-                      motion_module=files / "base.safetensors")
+        load_pipeline(tiny_files / "livephoto.safetensors", base=tiny_files / "base.safetensors", dinov2=tiny_files / "dinov2",
+                      motion_module=tiny_files / "base.safetensors")
 
 
-def test_wrong_files_in_each_role_are_refused(files):
+def test_wrong_files_in_each_role_are_refused(tiny_files):
     with pytest.raises(ModelFileError, match="DINOv2"):
-        load_pipeline(files / "livephoto.safetensors", base=files / "dinov2", dinov2=files / "dinov2",
-                      tokenizer=files / "tokenizer")
+        load_pipeline(tiny_files / "livephoto.safetensors", base=tiny_files / "dinov2", dinov2=tiny_files / "dinov2",
+                      tokenizer=tiny_files / "tokenizer")
     with pytest.raises(ModelFileError, match="not a LivePhoto checkpoint"):
-        load_pipeline(files / "base.safetensors", base=files / "base.safetensors", dinov2=files / "dinov2")
+        load_pipeline(tiny_files / "base.safetensors", base=tiny_files / "base.safetensors", dinov2=tiny_files / "dinov2")
