@@ -1,0 +1,25 @@
+"""The LivePhoto nodes (ComfyUI's V3 node API), registered through ``comfy_entrypoint``."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .intensity import EstimateIntensity
+from .loader import LoadLivePhotoModel
+from .paths import register_model_folders
+from .sampler import LivePhotoSampler, PriorInversion
+from .text import TextReweight
+
+NODES = [LoadLivePhotoModel, TextReweight, PriorInversion, LivePhotoSampler, EstimateIntensity]
+
+
+class LivePhotoExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        register_model_folders()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> LivePhotoExtension:
+    return LivePhotoExtension()

@@ -1,0 +1,562 @@
+"""The node pack in a real, headless ComfyUI (CPU), with full-size random-weight SD-1.5 models.
+
+Needs COMFYUI_HOME (a ComfyUI work tree and venv made by ../shared/comfyui/setup.sh, with the pack's
+requirements installed: ``setup.sh -r requirements.txt``) and the harness folder (``COMFYUI_HARNESS``,
+default ../shared/comfyui beside the repository). Skipped where either is absent. Run with
+
+    COMFYUI_HOME=../.comfyui python -m pytest -m comfyui tests/test_comfyui_server.py -v -s
+
+What it builds once and keeps under $COMFYUI_HOME/models: a random SD-1.5 checkpoint (the harness'
+make_random_sd15_checkpoint.py), a LivePhoto checkpoint made for it (LivePhotoModel.from_base on
+its full-size UNet, with a tiny random DINOv2) and that DINOv2. The workflows name the files users
+have (v1-5-pruned-emaonly.safetensors, ...); a temporary models folder maps those names to the
+random files with symlinks. Every API workflow of tests/workflows runs at 64x64, 4 frames, 2 steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageSequence
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ["COMFYUI_HOME"]).resolve() if os.environ.get("COMFYUI_HOME") else None
+HARNESS = Path(os.environ.get("COMFYUI_HARNESS", ROOT.parent / "shared" / "comfyui")).resolve()
+API_DIR, UI_DIR = ROOT / "tests" / "workflows", ROOT / "workflows"
+RANDOM_CHECKPOINT = "random_sd15.safetensors"
+RANDOM_LIVEPHOTO = "livephoto_random_sd15_v1.safetensors"  # bump the suffix when the recipe below changes
+RANDOM_DINOV2 = "dinov2_tiny_random_v1.safetensors"
+SMALL = dict(size=64, frames=4, steps=2)
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        HOME is None or not (HOME / "ComfyUI" / "main.py").is_file() or not (HARNESS / "run_workflow.py").is_file(),
+        reason="needs COMFYUI_HOME (../shared/comfyui/setup.sh) and the harness in COMFYUI_HARNESS",
+    ),
+]
+TIMINGS: dict[str, float] = {}
+
+
+def harness():
+    spec = importlib.util.spec_from_file_location("run_workflow", HARNESS / "run_workflow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(name: str, seconds: float) -> None:
+    TIMINGS[name] = round(seconds, 1)
+    print(f"\n[timing] {name}: {seconds:.1f} s", flush=True)
+
+
+# --- models and inputs -------------------------------------------------------------------------------
+
+
+def build_random_livephoto(checkpoint: Path, livephoto: Path, dinov2: Path) -> None:
+    """A LivePhoto checkpoint for the random SD-1.5 (its new parts randomized, so frames differ), fp16."""
+    from safetensors.torch import load_file, save_file
+    from tiny import randomize_, tiny_dinov2
+
+    from livephoto_core.config import LivePhotoConfig
+    from livephoto_core.loading.checkpoint import save_livephoto_checkpoint
+    from livephoto_core.loading.sd15 import unet_from_ldm
+    from livephoto_core.model import LivePhotoModel
+
+    state = {k: v for k, v in load_file(checkpoint).items() if k.startswith("model.diffusion_model.")}
+    unet = unet_from_ldm(state, torch.float32, checkpoint.name)
+    del state
+    tiny = tiny_dinov2(0)
+    config = LivePhotoConfig(num_frames=SMALL["frames"], height=SMALL["size"], width=SMALL["size"], dinov2_hidden_size=32,
+                             dinov2_image_size=56, dinov2_variant="tiny-random")
+    model = LivePhotoModel.from_base(config, unet, tiny)
+    with torch.no_grad():
+        for name, module in model.unet.unet.named_modules():
+            if name == "conv_in" or name.endswith("proj_out") and ".motion_modules." in name:
+                randomize_(module, len(name))
+        for processor in model.unet.content_processors():
+            randomize_(processor.to_out, 1)
+        randomize_(model.text_reweighter.head, 2)
+    save_livephoto_checkpoint(model, livephoto, overwrite=True, dtype=torch.float16)
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(dinov2))
+
+
+def random_lora(path: Path, rank: int = 4) -> None:
+    """A kohya-style LoRA on every attn2 to_k/to_v of the SD-1.5 UNet, random, strong enough to see."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    blocks = [f"input_blocks_{i}_1" for i in (1, 2, 4, 5, 7, 8)] + ["middle_block_1"] + [
+        f"output_blocks_{i}_1" for i in range(3, 12)]
+    widths = {"input_blocks_1": 320, "input_blocks_2": 320, "input_blocks_4": 640, "input_blocks_5": 640,
+              "input_blocks_7": 1280, "input_blocks_8": 1280, "middle_block": 1280}
+    widths.update({f"output_blocks_{i}": w for i, w in [(3, 1280), (4, 1280), (5, 1280), (6, 640), (7, 640),
+                                                         (8, 640), (9, 320), (10, 320), (11, 320)]})
+    state = {}
+    for block in blocks:
+        width = widths[block.rsplit("_", 1)[0]]
+        for projection in ("to_k", "to_v"):
+            key = f"lora_unet_{block}_transformer_blocks_0_attn2_{projection}"
+            state[f"{key}.lora_down.weight"] = torch.randn(rank, 768, generator=generator) * 0.05
+            state[f"{key}.lora_up.weight"] = torch.randn(width, rank, generator=generator) * 0.05
+            state[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(state, str(path))
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """Cached random files under $COMFYUI_HOME/models, linked under the names the workflows use."""
+    cache = HOME / "models"
+    checkpoint = cache / "checkpoints" / RANDOM_CHECKPOINT
+    if not checkpoint.is_file():
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(HOME / "venv" / "bin" / "python"), str(HARNESS / "make_random_sd15_checkpoint.py"),
+                        str(checkpoint)], check=True)
+    livephoto, dinov2 = cache / "livephoto" / RANDOM_LIVEPHOTO, cache / "livephoto" / RANDOM_DINOV2
+    if not livephoto.is_file() or not dinov2.is_file():
+        livephoto.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        build_random_livephoto(checkpoint, livephoto, dinov2)
+        report("build the random LivePhoto checkpoint", time.monotonic() - started)
+    models = tmp_path_factory.mktemp("comfyui") / "models"
+    links = {
+        "checkpoints/v1-5-pruned-emaonly.safetensors": checkpoint,
+        "livephoto/livephoto_sd15.safetensors": livephoto,
+        "livephoto/dinov2-large.safetensors": dinov2,
+    }
+    for name, target in links.items():
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        (models / name).symlink_to(target)
+    (models / "loras").mkdir()
+    random_lora(models / "loras" / "random_lora.safetensors")
+    return models
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    y, x = np.mgrid[0:96, 0:96] / 95
+    photo = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x * y)], axis=-1)
+    Image.fromarray(np.rint(photo * 255).astype(np.uint8)).save(folder / "example.png")
+    import av
+
+    with av.open(str(folder / "example.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for index in range(8):  # a gradient sliding right: plenty of motion
+            ramp = (np.arange(64)[None, :] * 4 + index * 24) % 256
+            frame = np.stack(np.broadcast_arrays(ramp, ramp.T, 128), axis=-1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return [folder / "example.png", folder / "example.mp4"]
+
+
+# --- the server ---------------------------------------------------------------------------------------
+
+
+class Events:
+    """ComfyUI's websocket (/ws?clientId=...), read with the standard library: JSON text messages."""
+
+    def __init__(self, port: int, client_id: str):
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.socket.sendall(
+            f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self.socket.recv(4096)
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _read(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            chunk = self.socket.recv(65536)
+            if not chunk:
+                raise ConnectionError("the websocket closed")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def next(self, timeout: float) -> dict | None:
+        """The next JSON message, or None when `timeout` passes first. Binary frames (previews) are skipped."""
+        self.socket.settimeout(timeout)
+        try:
+            while True:
+                first, second = self._read(2)
+                length = second & 0x7F
+                if length == 126:
+                    length = struct.unpack(">H", self._read(2))[0]
+                elif length == 127:
+                    length = struct.unpack(">Q", self._read(8))[0]
+                payload = self._read(length)
+                if first & 0x0F == 1:
+                    return json.loads(payload)
+        except (socket.timeout, TimeoutError):
+            return None
+
+    def close(self):
+        self.socket.close()
+
+
+class Comfy:
+    def __init__(self, server, rw):
+        self.server, self.rw, self.url = server, rw, server.base_url
+        self.client_id = uuid.uuid4().hex
+        self.events = Events(server.port, self.client_id)
+
+    def submit(self, workflow: dict) -> str:
+        status, body = self.rw.http_json(self.url, "/prompt", {"prompt": workflow, "client_id": self.client_id})
+        assert status == 200, self.rw.format_refusal(body)
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 900, on_event=None) -> tuple[dict, list[dict]]:
+        """Follow the websocket until the prompt ends; returns its /history entry and the events seen."""
+        seen, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            event = self.events.next(timeout=1)
+            if event is not None and (event.get("data") or {}).get("prompt_id") == prompt_id:
+                event["at"] = time.monotonic()
+                seen.append(event)
+                if on_event:
+                    on_event(event)
+                if event["type"] in ("execution_success", "execution_error", "execution_interrupted"):
+                    break
+            assert self.server.alive(), self.server.log_tail()
+        else:
+            pytest.fail(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.server.log_tail()}")
+        while True:  # the end message can arrive before /history has the entry
+            _, history = self.rw.http_json(self.url, f"/history/{prompt_id}")
+            if prompt_id in history or time.monotonic() > deadline:
+                return history[prompt_id], seen
+            time.sleep(0.1)
+
+    def run(self, workflow: dict, name: str) -> tuple[dict, list[dict]]:
+        started = time.monotonic()
+        entry, events = self.wait(self.submit(workflow))
+        assert entry["status"]["status_str"] == "success", self.rw.format_execution_error(entry)
+        report(name, time.monotonic() - started)
+        print(f"[timing] {name}, per node: {node_seconds(workflow, events)}", flush=True)
+        return entry, events
+
+    def free(self) -> None:
+        """Unload every model and drop every cached node output (POST /free). ComfyUI acts on it after
+        the next prompt, so a one-node prompt follows."""
+        self.rw.http_json(self.url, "/free", {"unload_models": True, "free_memory": True})
+        self.run({"1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+                  "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, "free memory")
+
+    def download(self, entry: dict, node_id: str, key: str = "images") -> list[Path]:
+        folder = Path(tempfile.mkdtemp(prefix="comfyui-out-"))
+        return [Path(self.rw.download(self.url, item, folder)) for item in entry["outputs"][node_id][key]]
+
+
+@pytest.fixture(scope="module")
+def comfy(models_dir, inputs):
+    rw = harness()
+    run_dir = tempfile.mkdtemp(prefix="livephoto-comfyui-")
+    server = rw.Server(str(HOME / "ComfyUI"), str(HOME / "venv" / "bin" / "python"), [str(ROOT)], str(models_dir),
+                       [str(p) for p in inputs], [], run_dir, None)
+    try:
+        report("server start", server.wait_ready(180))
+        server.check_packs_loaded()
+        client = Comfy(server, rw)
+        yield client
+        client.events.close()
+    finally:
+        server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"\n[timing] summary: {json.dumps(TIMINGS)}", flush=True)
+
+
+def node_seconds(workflow: dict, events: list[dict]) -> dict[str, float]:
+    """Seconds between one node's "executing" message and the next: what each node took."""
+    starts = [(e["at"], e["data"]["node"]) for e in events if e["type"] == "executing"]
+    ends = [at for at, _ in starts[1:]] + [events[-1]["at"]]
+    return {f"{node} {workflow[node]['class_type']}": round(end - at, 1)
+            for (at, node), end in zip(starts, ends) if node is not None and end - at >= 0.5}
+
+
+def small(workflow: dict) -> dict:
+    """The shipped workflow at test size: 64x64 photo, 4 frames, 2 steps."""
+    workflow = json.loads(json.dumps(workflow))
+    for node in workflow.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "ImageScale":
+            inputs.update(width=SMALL["size"], height=SMALL["size"])
+        if node["class_type"] in ("LivePhotoSampler", "LivePhotoPriorInversion"):
+            inputs["steps"] = SMALL["steps"]
+        if node["class_type"] == "LivePhotoSampler":
+            inputs["frames"] = SMALL["frames"]
+    return workflow
+
+
+def api_workflow(name: str) -> dict:
+    return json.loads((API_DIR / f"{name}_api.json").read_text())
+
+
+def frames_of(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.stack([np.asarray(frame.convert("RGB"), dtype=np.float64) for frame in ImageSequence.Iterator(image)])
+
+
+def texts(entry: dict, node_id: str) -> list[str]:
+    return list(entry["outputs"][node_id]["text"])
+
+
+# --- tests: converted UNet against ComfyUI's own (separate process, before the server starts) ----------
+
+UNET_CHECK = r'''
+import importlib.util, json, sys, time
+import torch
+sys.path.insert(0, ".")  # the ComfyUI work tree
+repo, checkpoint, lora_file = sys.argv[1:4]
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]  # as the server runs here
+import comfy.sd, comfy.utils, comfy.model_management
+spec = importlib.util.spec_from_file_location("livephoto_pack", repo + "/__init__.py", submodule_search_locations=[repo])
+pack = importlib.util.module_from_spec(spec); sys.modules["livephoto_pack"] = pack; spec.loader.exec_module(pack)
+from livephoto_pack.nodes.loader import check_sd15, patched_unet_state_dict
+from livephoto_pack.livephoto_core.loading.sd15 import unet_from_ldm
+
+torch.manual_seed(0)
+model = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=False, output_clip=False)[0]
+check_sd15(model)
+x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 77, 768)
+result = {}
+
+def compare(patcher, name):
+    started = time.monotonic()
+    unet = unet_from_ldm(patched_unet_state_dict(patcher, torch.float32), torch.float32, "MODEL")
+    result[name + "_convert_s"] = round(time.monotonic() - started, 1)
+    comfy.model_management.load_models_gpu([patcher], force_full_load=True)  # applies the patches, as sampling does
+    with torch.inference_mode():
+        ours = unet(x, t, encoder_hidden_states=context).sample
+        theirs = patcher.model.diffusion_model(x, timesteps=t, context=context)
+    result[name + "_max_abs_diff"] = (ours - theirs).abs().max().item()
+    result[name + "_output_scale"] = theirs.abs().max().item()
+    return ours
+
+plain = compare(model, "plain")
+lora = comfy.utils.load_torch_file(lora_file, safe_load=True)
+patched_model, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+result["lora_patched_keys"] = len(patched_model.patches)
+patched = compare(patched_model, "lora")
+result["lora_changes_output_by"] = (patched - plain).abs().max().item()
+print("RESULT " + json.dumps(result))
+'''
+
+
+def test_comfyuis_unet_and_the_converted_unet_agree_with_and_without_a_lora(models_dir, tmp_path):
+    script = tmp_path / "unet_check.py"
+    script.write_text(UNET_CHECK)
+    started = time.monotonic()
+    run = subprocess.run(
+        [str(HOME / "venv" / "bin" / "python"), str(script), str(ROOT), str(models_dir / "checkpoints" / "v1-5-pruned-emaonly.safetensors"),
+         str(models_dir / "loras" / "random_lora.safetensors")],
+        cwd=HOME / "ComfyUI", capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    report("UNet comparison (load, 2 conversions, 4 forwards)", time.monotonic() - started)
+    print(f"[unet] {result}")
+    assert result["plain_max_abs_diff"] < 1e-3 and result["lora_max_abs_diff"] < 1e-3
+    assert result["lora_patched_keys"] == 32
+    assert result["lora_changes_output_by"] > 100 * result["lora_max_abs_diff"]  # the LoRA matters, and agrees
+
+
+# --- tests on the running server --------------------------------------------------------------------
+
+
+def test_the_nodes_are_registered_with_category_and_tooltips(comfy):
+    _, info = comfy.rw.http_json(comfy.url, "/object_info")
+    ours = {name: entry for name, entry in info.items() if entry.get("category") == "LivePhoto"}
+    assert set(ours) == {"LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
+                         "LivePhotoEstimateIntensity"}
+    for name, entry in ours.items():
+        for section in ("required", "optional"):
+            for input_name, (_, options) in entry["input"].get(section, {}).items():
+                assert options.get("tooltip"), f"{name}.{input_name}"
+        assert all(entry["output_tooltips"]), name
+    assert info["LoadLivePhotoModel"]["input"]["required"]["livephoto_checkpoint"][1]["options"] == [
+        "dinov2-large.safetensors", "livephoto_sd15.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["animate", "intensity_sweep", "measure_video", "text_weights"])
+def test_each_ui_workflow_converts_to_its_api_twin_with_comfy_cli(comfy, name, tmp_path):
+    converter = os.environ.get("COMFY_CLI_PYTHON", str(ROOT.parent / ".comfycli" / "bin" / "python"))
+    if not Path(converter).is_file():
+        pytest.skip("comfy-cli not installed (python3 -m venv ../.comfycli && ../.comfycli/bin/pip install comfy-cli)")
+    _, info = comfy.rw.http_json(comfy.url, "/object_info")
+    (tmp_path / "object_info.json").write_text(json.dumps(info))
+    code = ("import json, sys; from comfy_cli.workflow_to_api import convert_ui_to_api; "
+            "print(json.dumps(convert_ui_to_api(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))))")
+    run = subprocess.run([converter, "-c", code, str(UI_DIR / f"{name}.json"), str(tmp_path / "object_info.json")],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(run.stdout) == api_workflow(name)
+
+
+def test_animate(comfy):
+    entry, events = comfy.run(small(api_workflow("animate")), "workflow animate")
+    [video] = comfy.download(entry, "11")
+    frames = frames_of(video)
+    assert frames.shape == (SMALL["frames"], SMALL["size"], SMALL["size"], 3)
+    [chart] = comfy.download(entry, "13")
+    assert Image.open(chart).size[1] == 256
+    assert texts(entry, "6")[0].startswith("shaking:")
+    assert texts(entry, "12")[0].startswith("intensity ")
+    progress = {}
+    for event in events:
+        if event["type"] == "progress":
+            progress.setdefault(event["data"]["node"], []).append((event["data"]["value"], event["data"]["max"]))
+    for node in ("8", "9"):  # prior inversion and sampler: from the first step to the last
+        assert progress[node][0] == (1, SMALL["steps"]) and progress[node][-1] == (SMALL["steps"], SMALL["steps"])
+
+
+def test_intensity_sweep(comfy):
+    entry, _ = comfy.run(small(api_workflow("intensity_sweep")), "workflow intensity_sweep")
+    [video] = comfy.download(entry, "22")
+    assert frames_of(video).shape == (SMALL["frames"], SMALL["size"], 3 * SMALL["size"] + 2 * 8, 3)
+    for node in ("11", "15", "19"):  # the measured intensity of each clip
+        assert texts(entry, node)[0].startswith("intensity ")
+
+
+def test_measure_video(comfy):
+    entry, _ = comfy.run(api_workflow("measure_video"), "workflow measure_video")
+    [text] = texts(entry, "3")
+    assert "8 frames" in text and "built-in thresholds" in text and int(text.split()[1]) >= 5
+
+
+def test_text_weights(comfy):
+    entry, _ = comfy.run(api_workflow("text_weights"), "workflow text_weights")
+    [chart] = comfy.download(entry, "4")
+    assert Image.open(chart).size[1] == 256
+    weights = texts(entry, "3")[0].split()
+    assert [w.split(":")[0] for w in weights][:3] == ["a", "woman", "slowly"]
+    assert all(0 < float(w.split(":")[1]) < 1 for w in weights)
+
+
+def test_bad_inputs_are_refused_with_a_message_that_names_the_fix(comfy):
+    workflow = small(api_workflow("animate"))
+    del workflow["13"]  # the chart preview does not depend on the sampler: ComfyUI would run it alone
+    workflow["9"]["inputs"]["intensity"] = 11
+    status, body = comfy.rw.http_json(comfy.url, "/prompt", {"prompt": workflow, "client_id": comfy.client_id})
+    assert status == 400
+    [error] = body["node_errors"]["9"]["errors"]  # one message, on the intensity widget
+    assert error["type"] == "custom_validation_failed" and error["extra_info"]["input_name"] == "intensity"
+    assert "from 1 (still) to 10 (most motion); got 11" in error["details"]
+
+    workflow = small(api_workflow("animate"))
+    workflow["6"]["inputs"]["text"] = " ".join(["a cat shaking its head"] * 60)  # 300 tokens
+    entry, _ = comfy.wait(comfy.submit(workflow))
+    [(_, failure)] = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert failure["node_id"] == "6" and failure["exception_type"].endswith("InvalidInputError")
+    assert "is 300 tokens long" in failure["exception_message"] and "shorten it" in failure["exception_message"]
+
+
+def lossless(workflow: dict, prefix: str) -> dict:
+    for node in workflow.values():
+        if node["class_type"] == "SaveAnimatedWEBP":
+            node["inputs"].update(lossless=True, filename_prefix=prefix)
+    return workflow
+
+
+def test_a_lora_on_the_model_changes_the_frames(comfy):
+    plain = lossless(small(api_workflow("animate")), "LivePhoto/plain")
+    with_lora = lossless(small(api_workflow("animate")), "LivePhoto/lora")
+    with_lora["100"] = {"class_type": "LoraLoader", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "lora_name": "random_lora.safetensors", "strength_model": 1.0,
+        "strength_clip": 0.0}}
+    with_lora["2"]["inputs"]["model"] = ["100", 0]
+    frames = []
+    for name, workflow in (("plain", plain), ("with a LoRA", with_lora)):
+        entry, _ = comfy.run(workflow, f"animate {name} (lossless)")
+        frames.append(frames_of(comfy.download(entry, "11")[0]))
+        comfy.free()  # at most one converted model in RAM (this machine has 24 GB)
+    assert np.abs(frames[0] - frames[1]).max() > 10
+
+
+def test_cancel_stops_within_one_step_and_the_model_stays_usable(comfy):
+    workflow = small(api_workflow("animate"))
+    del workflow["8"], workflow["9"]["inputs"]["prior"]  # no prior: the sampler alone, for many steps
+    workflow["9"]["inputs"].update(steps=300, seed=7)
+    prompt_id = comfy.submit(workflow)
+    pressed = {}
+
+    def cancel_after_two_sampler_steps(event):
+        data = event["data"]
+        if event["type"] == "progress" and data["node"] == "9" and data["value"] >= 2 and not pressed:
+            comfy.rw.http_json(comfy.url, "/interrupt", {})
+            pressed["at"], pressed["step"] = time.monotonic(), data["value"]
+
+    entry, events = comfy.wait(prompt_id, on_event=cancel_after_two_sampler_steps)
+    stopped = time.monotonic() - pressed["at"]
+    report("cancel: interrupt -> stopped", stopped)
+    assert events[-1]["type"] == "execution_interrupted", [e["type"] for e in events]
+    last_step = max(e["data"]["value"] for e in events if e["type"] == "progress" and e["data"]["node"] == "9")
+    assert last_step <= pressed["step"] + 1 < 300
+    workflow["9"]["inputs"].update(steps=2, seed=8)
+    entry, _ = comfy.run(workflow, "animate after a cancel")
+    assert frames_of(comfy.download(entry, "11")[0]).shape[0] == SMALL["frames"]
+
+
+def test_a_missing_dependency_is_one_log_line_and_the_server_runs(tmp_path):
+    """diffusers made unimportable for the server: ComfyUI starts, logs one LivePhoto line, lists no nodes."""
+    fake = tmp_path / "fake_site" / "diffusers"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("No module named \'diffusers\' (hidden by the test)")\n')
+    rw = harness()
+    run_dir = tmp_path / "run"
+    environment = dict(os.environ)
+    os.environ["PYTHONPATH"] = str(fake.parent)
+    try:
+        server = rw.Server(str(HOME / "ComfyUI"), str(HOME / "venv" / "bin" / "python"), [str(ROOT)], None, [], [],
+                           str(run_dir), None)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+    try:
+        server.wait_ready(180)
+        _, info = rw.http_json(server.base_url, "/object_info")
+        log = server.log_tail(400)
+    finally:
+        server.stop()
+    assert not [name for name, entry in info.items() if entry.get("category") == "LivePhoto"]
+    assert "LoadImage" in info
+    lines = [line for line in log.splitlines() if "LivePhoto" in line or "IMPORT FAILED" in line]
+    assert len(lines) == 1 and "diffusers" in lines[0] and "requirements.txt" in lines[0], lines
+
+
+def test_the_frontend_loads_every_ui_workflow_with_no_missing_node_types(tmp_path):
+    """ComfyUI's own web frontend in headless Chromium (Debian's chromium; the harness' browser_check.py)."""
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    run = subprocess.run(
+        [sys.executable, str(HARNESS / "browser_check.py"), *map(str, sorted(UI_DIR.glob("*.json"))),
+         "--pack", str(ROOT), "--out", str(tmp_path), "--window", "2000x1000"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COMFYUI_HOME": str(HOME)},
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    report_json = json.loads((tmp_path / "report.json").read_text())
+    assert [w["ok"] for w in report_json["workflows"]] == [True] * 4
+    assert all(not w["missing"] for w in report_json["workflows"])
