@@ -18,12 +18,13 @@ from comfy_api.latest import io
 from ..livephoto_core.config import LivePhotoConfig
 from ..livephoto_core.errors import InvalidInputError, ModelFileError
 from ..livephoto_core.loading.checkpoint import read_livephoto_checkpoint
-from ..livephoto_core.loading.detect import detect_kind, detect_path
-from ..livephoto_core.loading.dinov2 import dinov2_to_transformers, infer_dinov2_config, load_dinov2
-from ..livephoto_core.loading.files import build_model, content_hash, read_safetensors_metadata
+from ..livephoto_core.loading.detect import detect_path
+from ..livephoto_core.loading.dinov2 import dinov2_from_state_dict, load_dinov2
+from ..livephoto_core.loading.files import read_safetensors_metadata
 from ..livephoto_core.loading.motion_module import load_motion_adapter
+from ..livephoto_core.loading.pipeline import assemble_model
+from ..livephoto_core.loading.pipeline import check_motion_module_choice as choose_motion_module
 from ..livephoto_core.loading.sd15 import shipped_config, unet_from_ldm
-from ..livephoto_core.model import LivePhotoModel
 from .handle import LIVEPHOTO_MODEL, LivePhotoModelHandle
 from .paths import (
     LIVEPHOTO_FOLDER,
@@ -102,8 +103,6 @@ def patched_unet_state_dict(model, dtype: torch.dtype) -> dict[str, torch.Tensor
 
 def dinov2_from_clip_vision(clip_vision, dtype: torch.dtype):
     """A transformers Dinov2Model with the weights of a CLIP_VISION that holds a DINOv2."""
-    from transformers import Dinov2Model
-
     model_type = getattr(clip_vision, "model_type", "unknown")
     if model_type != "dinov2":
         raise InvalidInputError(
@@ -111,12 +110,7 @@ def dinov2_from_clip_vision(clip_vision, dtype: torch.dtype):
             f"with Load CLIP Vision, or disconnect clip_vision and pick the file in 'dinov2'"
         )
     state = {key: value.to(device="cpu", copy=True) for key, value in clip_vision.get_sd().items()}
-    found = detect_kind(state)
-    if found.kind != "dinov2":
-        raise InvalidInputError(f"the clip_vision input holds a {found.description}, not DINOv2; load a DINOv2 file")
-    weights = dinov2_to_transformers(state, found.details)
-    config = infer_dinov2_config(weights, found.details)
-    return build_model(lambda: Dinov2Model(config), weights, dtype, "the DINOv2 of the clip_vision input")
+    return dinov2_from_state_dict(state, dtype, "the DINOv2 of the clip_vision input")
 
 
 def model_dtype(choice: str) -> torch.dtype:
@@ -144,13 +138,11 @@ def checkpoint_config(path: str, name: str) -> LivePhotoConfig:
 
 
 def check_motion_module_choice(config: LivePhotoConfig, checkpoint: str, motion_module: str) -> None:
-    if config.motion_weights == "external" and motion_module == NONE:
-        raise ModelFileError(
-            f"{checkpoint} was trained on a frozen AnimateDiff motion module (sha256 {config.motion_module_hash[:12]}...): "
-            f"put that file in models/{MOTION_MODULE_FOLDER} and pick it in 'motion_module'"
-        )
-    if config.motion_weights == "checkpoint" and motion_module != NONE:
-        raise ModelFileError(f"{checkpoint} carries its own motion modules; set 'motion_module' to none")
+    choose_motion_module(
+        config, checkpoint, motion_module != NONE,
+        to_give=f"put that file in models/{MOTION_MODULE_FOLDER} and pick it in 'motion_module'",
+        to_remove="set 'motion_module' to none",
+    )
 
 
 def file_signature(path: str | None) -> tuple | None:
@@ -165,21 +157,15 @@ def build_handle(
     dtype: torch.dtype,
 ) -> LivePhotoModelHandle:
     config, state = read_livephoto_checkpoint(checkpoint_path)
-    if motion_path is not None and content_hash(motion_path) != config.motion_module_hash:
-        raise ModelFileError(
-            f"{os.path.basename(motion_path)} is not the motion module {checkpoint} was trained with "
-            f"(sha256 {config.motion_module_hash[:12]}...); pick that one in 'motion_module'"
-        )
     unet2d = unet_from_ldm(patched_unet_state_dict(model, dtype), dtype, "the MODEL")
     if clip_vision is None:
         dinov2 = load_dinov2(dinov2_file, dtype).model
     else:
         dinov2 = dinov2_from_clip_vision(clip_vision, dtype)
-    adapter = None
+    motion = None
     if motion_path is not None:
-        adapter = load_motion_adapter(motion_path, unet2d.config.block_out_channels, dtype).adapter
-    livephoto = LivePhotoModel.from_base(config, unet2d, dinov2, adapter)
-    livephoto.load_trainable_state_dict(state, checkpoint)
+        motion = load_motion_adapter(motion_path, unet2d.config.block_out_channels, dtype)
+    livephoto = assemble_model(config, state, unet2d, dinov2, checkpoint, motion)
     livephoto.eval().requires_grad_(False)
     scale = float(model.model.latent_format.scale_factor)
     return LivePhotoModelHandle.wrap(livephoto, model, scale, shipped_config("scheduler"), checkpoint)

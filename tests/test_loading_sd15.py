@@ -318,3 +318,13 @@ def test_full_size_sd15_round_trip(tmp_path):
         f"\nfull-size SD-1.5: build+write {written - started:.1f} s, load_sd15 {load_seconds:.1f} s "
         f"(hash included), total {time.perf_counter() - started:.1f} s, file {path.stat().st_size / 2**30:.2f} GiB"
     )
+
+
+def test_comfyui_saved_files_with_clip_text_projection_load(tmp_path):
+    """ComfyUI's checkpoint saver writes CLIP's text_projection, which SD-1.5 never reads."""
+    path = tmp_path / "comfy_saved.safetensors"
+    extra = {"cond_stage_model.transformer.text_projection.weight": torch.zeros(64, 64)}
+    models = write_tiny_sd15_file(path, seed=0, extra=extra)
+    loaded = load_sd15(path)
+    for key, value in models.text_encoder.state_dict().items():
+        torch.testing.assert_close(loaded.text_encoder.state_dict()[key], value)

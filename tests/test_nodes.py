@@ -177,7 +177,7 @@ def test_a_checkpoint_with_its_own_motion_modules_refuses_an_extra_one(env):
     folder.mkdir(exist_ok=True)
     (folder / "mm.safetensors").write_bytes((folder.parent / "livephoto" / env.files.checkpoint).read_bytes())
     message = env.node("LoadLivePhotoModel").validate_inputs(env.files.checkpoint, env.files.dinov2, "mm.safetensors")
-    assert "carries its own motion modules" in message and "'motion_module' to none" in message
+    assert "carries its own trained motion modules" in message and "'motion_module' to none" in message
 
 
 def test_dinov2_from_a_clip_vision_gives_the_same_model_as_the_file(env):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelFileError
-from .detect import detect_path, require_kind
+from .detect import detect_kind, detect_path, require_kind
 from .files import build_model, content_hash, load_state_dict
 
 DINOV2_HEAD_WIDTH = 64
@@ -70,12 +70,22 @@ def load_dinov2(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
                 f"{path.name} cannot be loaded as DINOv2 ({reason[:200]}); download it again"
             ) from None
     else:
-        state_dict, _ = load_state_dict(path)
-        weights = dinov2_to_transformers(state_dict, found.details)
-        config = infer_dinov2_config(weights, found.details)
-        model = build_model(lambda: Dinov2Model(config), weights, dtype, f"DINOv2 file {path.name}")
+        model = dinov2_from_state_dict(load_state_dict(path)[0], dtype, f"DINOv2 file {path.name}")
     model.eval().requires_grad_(False)
     return LoadedDinov2(model, model.config.hidden_size, model.config.patch_size, str(path), content_hash(path))
+
+
+def dinov2_from_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, source: str):
+    """A frozen transformers Dinov2Model from a DINOv2 state dict of any supported layout."""
+    from transformers import Dinov2Model
+
+    found = detect_kind(state_dict)
+    if found.kind != "dinov2":
+        raise ModelFileError(f"{source} holds {found.description}, not DINOv2; give the DINOv2 image encoder")
+    weights = dinov2_to_transformers(state_dict, found.details)
+    config = infer_dinov2_config(weights, found.details)
+    model = build_model(lambda: Dinov2Model(config), weights, dtype, source)
+    return model.eval().requires_grad_(False)
 
 
 def dinov2_to_transformers(state_dict: dict[str, torch.Tensor], details: dict[str, Any]) -> dict[str, torch.Tensor]:

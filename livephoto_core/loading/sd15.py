@@ -292,9 +292,11 @@ def text_encoder_from_ldm(
             f"{source} has a text encoder LivePhoto cannot map ({type(error).__name__}: {error})"
         ) from None
     # transformers >= 5.6 (we require 5.24) dropped CLIPTextModel's text_model wrapper. position_ids is a
-    # fixed buffer (0..76) that old checkpoints saved and the model rebuilds.
+    # fixed buffer (0..76) that old checkpoints saved and the model rebuilds. Files saved by ComfyUI also
+    # carry CLIP's text_projection (and logit_scale), which SD-1.5 never reads: it uses the hidden states.
     converted = {
         key.removeprefix("text_model."): value for key, value in convert_ldm_clip_checkpoint(state_dict).items()
     }
-    converted.pop("embeddings.position_ids", None)
+    for unused in ("embeddings.position_ids", "text_projection.weight", "logit_scale"):
+        converted.pop(unused, None)
     return build_model(lambda: CLIPTextModel(config), converted, dtype, f"the text encoder of {source}")

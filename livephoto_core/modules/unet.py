@@ -18,8 +18,12 @@ from .content import ContentAttnProcessor
 
 
 def build_motion_adapter(config: LivePhotoConfig, unet2d: UNet2DConditionModel) -> MotionAdapter:
-    """Fresh (AnimateDiff-initialised: zero proj_out) motion modules shaped for this base UNet."""
-    adapter = MotionAdapter(
+    """Fresh (AnimateDiff-initialised: zero proj_out) motion modules shaped for this base UNet.
+
+    Built on the CPU in float32 (or on the meta device under `init_empty_weights`); assembling the
+    motion UNet moves them to the base's device and dtype.
+    """
+    return MotionAdapter(
         block_out_channels=tuple(unet2d.config.block_out_channels),
         motion_layers_per_block=unet2d.config.layers_per_block,
         motion_num_attention_heads=config.motion_num_attention_heads,
@@ -27,7 +31,6 @@ def build_motion_adapter(config: LivePhotoConfig, unet2d: UNet2DConditionModel) 
         motion_max_seq_length=config.motion_max_seq_length,
         use_motion_mid_block=config.motion_use_mid_block,
     )
-    return match_device_and_dtype(adapter, unet2d)
 
 
 def match_device_and_dtype(module, like):
@@ -121,13 +124,15 @@ class LivePhotoUNet(nn.Module):
         install_content_attention(unet, num_content_tokens)
         return cls(unet, num_content_tokens)
 
+    # Read off one weight: diffusers' ModelMixin.dtype/.device walk every submodule on each call, which
+    # the sampling loop and the pipeline ask for often (milliseconds per call at full size).
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.unet.conv_in.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.unet.conv_in.weight.device
 
     @property
     def max_frames(self) -> int:
@@ -155,8 +160,9 @@ class LivePhotoUNet(nn.Module):
         context: torch.Tensor,
         conditioning: torch.Tensor,
     ) -> torch.Tensor:
-        """noisy_latents [B, F, 4, h, w], timestep [] or [B], context [B*F, text+content tokens, D]
-        (frame-major: row b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w]."""
+        """noisy_latents [B, F, 4, h, w], timestep [] or [B], context [B, text+content tokens, D] (one row
+        per video, shared by its frames: the cheaper form) or [B*F, ...] (one per frame, frame-major: row
+        b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w]."""
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
         out = self.unet(sample.transpose(1, 2), timestep, encoder_hidden_states=context, return_dict=False)[0]
         return out.transpose(1, 2)
