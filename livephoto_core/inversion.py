@@ -52,10 +52,10 @@ def ddim_invert(
     alphas = alphas_cumprod.to(device=reference_latent.device, dtype=torch.float32)
     latent = reference_latent.float()
     alpha_prev = alphas[0]  # the clean end of the schedule, as DDIM sampling (set_alpha_to_one=False) ends
-    for step, timestep in enumerate(timesteps, start=1):
-        t = torch.tensor(timestep, device=latent.device)
+    unet_timesteps = torch.tensor(timesteps, device=latent.device)  # moved once, not once per step
+    for step, (timestep, unet_timestep) in enumerate(zip(timesteps, unet_timesteps), start=1):
         alpha = alphas[timestep]
-        prediction = unet(latent.to(unet.dtype), t, cond.context, cond.channels).float()
+        prediction = unet(latent.to(unet.dtype), unet_timestep, cond.video_context, cond.channels).float()
         epsilon = to_epsilon(prediction, latent, alpha, prediction_type)
         original = (latent - (1 - alpha_prev).sqrt() * epsilon) / alpha_prev.sqrt()
         latent = alpha.sqrt() * original + (1 - alpha).sqrt() * epsilon

@@ -8,7 +8,12 @@ and DINOv2 tokens), optionally invert the reference latent, denoise, decode.
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -39,6 +44,8 @@ from .validation import (
 )
 
 CLIP_LENGTH = 77
+OFFLOAD_DEVICE = torch.device("cpu")
+DECODE_CHUNK_SIZE = 2  # frames the VAE decodes at once: ~0.2 GB each in fp32 at 256x256, no faster in bigger batches
 
 
 @dataclass(frozen=True)
@@ -76,17 +83,52 @@ def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
 
 def encode_photo(vae, pixels: torch.Tensor) -> torch.Tensor:
     """pixels [B, 3, H, W] in 0..1 -> scaled latent [B, 4, H/8, W/8] (posterior mode, like ComfyUI)."""
-    posterior = vae.encode((pixels * 2 - 1).to(device=vae.device, dtype=vae.dtype)).latent_dist
+    weight = first_weight(vae)
+    posterior = vae.encode((pixels * 2 - 1).to(device=weight.device, dtype=weight.dtype)).latent_dist
     return posterior.mode() * vae.config.scaling_factor
 
 
-def decode_latents(vae, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
+def decode_latents(vae, latents: torch.Tensor, chunk_size: int = DECODE_CHUNK_SIZE) -> torch.Tensor:
     """Scaled latents [F, 4, h, w] -> frames [F, H, W, 3] float 0..1 on the CPU, `chunk_size` at a time."""
+    weight = first_weight(vae)
     frames = []
     for chunk in latents.split(chunk_size):
-        pixels = vae.decode(chunk.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
+        pixels = vae.decode(chunk.to(device=weight.device, dtype=weight.dtype) / vae.config.scaling_factor).sample
         frames.append(((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
     return torch.cat(frames)
+
+
+def first_weight(module: torch.nn.Module) -> torch.Tensor:
+    """A weight that tells the module's device and dtype (cheaper than diffusers' properties, which walk
+    every submodule)."""
+    return next(module.parameters())
+
+
+def offload_to_file(module: torch.nn.Module, path: Path) -> Path:
+    """Write `module`'s parameters to `path` and free them (left on the meta device) -> path."""
+    from safetensors.torch import save_file
+
+    save_file({name: param.detach().contiguous() for name, param in module.named_parameters()}, str(path))
+    leave_for_file(module)
+    return path
+
+
+def leave_for_file(module: torch.nn.Module) -> None:
+    for name, param in list(module.named_parameters()):
+        set_parameter(module, name, torch.empty_like(param, device="meta"), param.requires_grad)
+
+
+def restore_from_file(module: torch.nn.Module, path: Path, device: torch.device) -> None:
+    from safetensors.torch import load_file
+
+    flags = {name: param.requires_grad for name, param in module.named_parameters()}
+    for name, value in load_file(str(path), device=str(device)).items():
+        set_parameter(module, name, value, flags[name])
+
+
+def set_parameter(module: torch.nn.Module, name: str, value: torch.Tensor, requires_grad: bool) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(owner), leaf, torch.nn.Parameter(value, requires_grad=requires_grad))
 
 
 def first_timestep(scheduler, num_inference_steps: int) -> int:
@@ -162,7 +204,15 @@ def generate_latents(
 
 
 class LivePhotoPipeline:
-    """Animate a photo: ``pipe(image, "shaking head", intensity=5)`` -> LivePhotoOutput."""
+    """Animate a photo: ``pipe(image, "shaking head", intensity=5)`` -> LivePhotoOutput.
+
+    ``low_memory=True`` trades a little speed for a lower peak. The parts each video uses once (text
+    encoder, DINOv2, VAE) hold no memory on the UNet's device while idle: with the UNet on an
+    accelerator they wait in CPU memory; with the UNet on the CPU their weights wait in a temporary
+    file and are read back for each use. The UNet's feed-forward layers and the VAE decoder work a
+    frame at a time. Choose the device before building the pipeline; it sets the UNet's feed-forward
+    chunking on `model`.
+    """
 
     def __init__(
         self,
@@ -172,6 +222,7 @@ class LivePhotoPipeline:
         tokenizer,
         scheduler_config: dict,
         model_hashes: dict[str, str] | None = None,
+        low_memory: bool = False,
     ):
         self.model = model
         self.vae = vae
@@ -179,15 +230,52 @@ class LivePhotoPipeline:
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self.model_hashes = dict(model_hashes or {})
+        self.low_memory = low_memory
+        self.offload_files: dict[int, Path] = {}  # id(module) -> its weights, when idle parts wait in files
+        self.visitors: set[int] = set()  # ids of the occasional modules in use now
+        if low_memory:
+            model.unet.set_feed_forward_chunking(True)
+            if self.model.device == OFFLOAD_DEVICE:
+                folder = Path(tempfile.mkdtemp(prefix="livephoto-offload-"))
+                weakref.finalize(self, shutil.rmtree, folder, True)
+                for index, module in enumerate(self.occasional_modules()):
+                    self.offload_files[id(module)] = offload_to_file(module, folder / f"{index}.safetensors")
+            else:
+                for module in self.occasional_modules():
+                    module.to(OFFLOAD_DEVICE)
 
     @property
     def config(self):
         return self.model.config
 
+    def occasional_modules(self) -> tuple[torch.nn.Module, ...]:
+        """The parts each video uses once, which low-memory mode keeps off the UNet's device."""
+        return self.text_encoder, self.model.content_encoder.dinov2, self.vae
+
+    @contextmanager
+    def visiting(self, module: torch.nn.Module):
+        """In low-memory mode, bring `module`'s weights to the UNet's device for the duration of its use."""
+        if not self.low_memory or id(module) in self.visitors:
+            yield
+            return
+        device, path = self.model.device, self.offload_files.get(id(module))
+        # Weights brought here must stay ordinary tensors, usable outside inference mode.
+        with torch.inference_mode(False):
+            restore_from_file(module, path, device) if path else module.to(device)
+        self.visitors.add(id(module))
+        try:
+            yield
+        finally:
+            self.visitors.discard(id(module))
+            with torch.inference_mode(False):
+                leave_for_file(module) if path else module.to(OFFLOAD_DEVICE)
+
     def reweighted_text(self, prompt: str, what: str = "prompt") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """-> (reweighted embeddings [1, 77, D], weights [1, 77], the prompt's tokens)."""
         input_ids, tokens = tokenize(self.tokenizer, prompt, what)
-        embeddings, weights = self.model.reweight_text(encode_text(self.text_encoder, input_ids))
+        with self.visiting(self.text_encoder):
+            embeddings = encode_text(self.text_encoder, input_ids)
+        embeddings, weights = self.model.reweight_text(embeddings)
         return embeddings, weights, tokens
 
     @torch.inference_mode()
@@ -209,7 +297,7 @@ class LivePhotoPipeline:
         inversion_end: float | None = None,
         inversion_steps: int | None = None,
         scheduler: str = DEFAULT_SCHEDULER,
-        decode_chunk_size: int = 8,
+        decode_chunk_size: int | None = None,
         callback: ProgressCallback | None = None,
     ) -> LivePhotoOutput:
         config = self.config
@@ -227,6 +315,10 @@ class LivePhotoPipeline:
             config.inversion_end if inversion_end is None else inversion_end,
         )
         seed = secrets.randbelow(2**63) if seed is None else check_seed(seed)
+        if decode_chunk_size is None:
+            decode_chunk_size = 1 if self.low_memory else DECODE_CHUNK_SIZE
+        elif not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+            raise InvalidInputError(f"decode chunk size must be 1 or more frames, not {decode_chunk_size!r}")
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise InvalidInputError("prompt and negative prompt must be text")
         sampler = make_scheduler(scheduler, self.scheduler_config, config.prediction_type)
@@ -234,15 +326,25 @@ class LivePhotoPipeline:
         tokenize(self.tokenizer, negative_prompt, "negative prompt")
         photo = prepare_photo(load_image(image), (height, width))
 
-        text, weights, tokens = self.reweighted_text(prompt)
         guided = guidance_scale > 1
-        uncond = self.reweighted_text(negative_prompt, "negative prompt")[0] if guided else None
+        # Each distinct prompt once: the negative prompt is usually the inversion's empty prompt too.
+        prompts = {prompt: "prompt"}
+        if guided:
+            prompts.setdefault(negative_prompt, "negative prompt")
+        if prior_inversion:
+            prompts.setdefault("", "prompt")
+        with self.visiting(self.text_encoder):
+            encoded = {words: self.reweighted_text(words, what) for words, what in prompts.items()}
+        text, weights, tokens = encoded[prompt]
+        uncond = encoded[negative_prompt][0] if guided else None
+        empty = encoded[""][0] if prior_inversion else None
         pixels = photo.pixels.unsqueeze(0)
-        content = self.model.encode_content(pixels)
-        reference = encode_photo(self.vae, pixels).to(self.model.dtype)
+        with self.visiting(self.model.content_encoder.dinov2):
+            content = self.model.encode_content(pixels)
+        with self.visiting(self.vae):
+            reference = encode_photo(self.vae, pixels).to(self.model.dtype)
         prior = None
         if prior_inversion:
-            empty = self.reweighted_text("")[0]
             prior = invert_reference(
                 self.model, sampler, num_inference_steps, reference, empty, content, intensity,
                 inversion_steps, start, end, callback,
@@ -251,7 +353,8 @@ class LivePhotoPipeline:
             self.model, sampler, text, uncond, content, reference, intensity, num_frames,
             num_inference_steps, guidance_scale, seed, content_scale, prior, callback,
         )
-        frames = decode_latents(self.vae, latents[0], decode_chunk_size)
+        with self.visiting(self.vae):
+            frames = decode_latents(self.vae, latents[0], decode_chunk_size)
 
         settings = {
             "prompt": prompt,

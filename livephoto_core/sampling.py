@@ -69,17 +69,23 @@ def make_scheduler(name: str, base_config: dict, prediction_type: str):
 class VideoConditioning:
     """Everything but the noisy latent that the UNet reads, built once per video.
 
-    ``context`` and ``channels`` hold the batch that one UNet call sees: [uncond, cond] stacked on
-    the batch axis when guidance is on, [cond] alone when it is off.
+    ``video_context`` and ``channels`` hold the batch that one UNet call sees: [uncond, cond] stacked
+    on the batch axis when guidance is on, [cond] alone when it is off. The context has one row per
+    video, which the UNet shares between that video's frames.
     """
 
-    context: torch.Tensor  # [B*F, text + content tokens, D]
+    video_context: torch.Tensor  # [B, text + content tokens, D]
     channels: torch.Tensor  # [B, F, 6, h, w]
     guided: bool
 
     @property
     def num_frames(self) -> int:
         return self.channels.shape[1]
+
+    @property
+    def context(self) -> torch.Tensor:
+        """The context repeated for every frame, [B*F, tokens, D] frame-major: diffusers' motion-UNet layout."""
+        return self.video_context.repeat_interleave(self.num_frames, dim=0)
 
 
 def build_conditioning(
@@ -89,11 +95,9 @@ def build_conditioning(
     channels: torch.Tensor,
 ) -> VideoConditioning:
     """text/uncond_text [1, L, D] (reweighted), content [1, N, D], channels [1, F, 6, h, w]."""
-    num_frames = channels.shape[1]
     texts = [text] if uncond_text is None else [uncond_text, text]
     length = math.lcm(*(t.shape[1] for t in texts))
     context = torch.cat([torch.cat([pad_to_length(t, length), content.to(t)], dim=1) for t in texts])
-    context = context.repeat_interleave(num_frames, dim=0)
     return VideoConditioning(context, channels.expand(len(texts), *channels.shape[1:]), uncond_text is not None)
 
 
@@ -111,8 +115,8 @@ def guided_prediction(
 ) -> torch.Tensor:
     """One UNet call; classifier-free guidance over [uncond, cond] in a single batch."""
     if not cond.guided:
-        return unet(latents, timestep, cond.context, cond.channels)
-    prediction = unet(torch.cat([latents, latents]), timestep, cond.context, cond.channels)
+        return unet(latents, timestep, cond.video_context, cond.channels)
+    prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels)
     uncond, text = prediction.chunk(2)
     return uncond + guidance_scale * (text - uncond)
 
@@ -128,13 +132,16 @@ def sample_video(
     callback: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """Denoise `latents` (already scaled by the scheduler's initial sigma) over the scheduler's steps."""
-    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    # The scheduler keeps its timesteps on the CPU: its steps index tables and compare timesteps, which
+    # with accelerator tensors would wait for the device every step. The UNet gets its own copies, moved once.
+    scheduler.set_timesteps(num_inference_steps)
     timesteps = scheduler.timesteps
+    unet_timesteps = timesteps.to(latents.device)
     # Only the stochastic schedulers take a generator.
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for step, timestep in enumerate(timesteps, start=1):
+    for step, (timestep, unet_timestep) in enumerate(zip(timesteps, unet_timesteps), start=1):
         model_input = scheduler.scale_model_input(latents, timestep)
-        prediction = guided_prediction(unet, model_input, timestep, cond, guidance_scale)
+        prediction = guided_prediction(unet, model_input, unet_timestep, cond, guidance_scale)
         latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_kwargs)[0]
         if callback is not None:
             callback(ProgressEvent("sampling", step, len(timesteps)))

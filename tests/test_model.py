@@ -3,7 +3,14 @@
 import pytest
 import torch
 from diffusers import UNetMotionModel
-from tiny import TINY_UNET, randomize_, tiny_config, tiny_dinov2, tiny_model, tiny_unet2d
+from tiny import (
+    TINY_UNET,
+    randomize_,
+    tiny_config,
+    tiny_dinov2,
+    tiny_model,
+    tiny_unet2d,
+)
 
 from livephoto_core.config import LivePhotoConfig
 from livephoto_core.errors import ModelFileError

@@ -48,6 +48,11 @@ class ContentAttnProcessor(nn.Module):
 
     ``encoder_hidden_states`` is ``[text tokens ; content tokens]`` with exactly ``num_content_tokens``
     content tokens at the end. Output = attn2(text) + scale * to_out(attention(q, content)).
+
+    It has one row per frame, or one row per video shared by that video's frames (fewer rows than
+    ``hidden_states``, which are frame-major): then the keys and values are projected once per video
+    rather than once per frame, and each video's frames attend to them as one long query sequence.
+    The result is the same; per step it saves projecting (text + content) tokens for every frame.
     """
 
     def __init__(self, attn: nn.Module, num_content_tokens: int, scale: float = 1.0):
@@ -75,22 +80,27 @@ class ContentAttnProcessor(nn.Module):
             raise ValueError(
                 f"LivePhoto cross-attention needs text tokens followed by {self.num_content_tokens} content tokens"
             )
+        rows, tokens, _ = hidden_states.shape
+        videos = encoder_hidden_states.shape[0]
+        if rows % videos:
+            raise ValueError(f"{videos} context rows cannot be shared by {rows} frames")
         text = encoder_hidden_states[:, : -self.num_content_tokens]
         content = encoder_hidden_states[:, -self.num_content_tokens :]
-        batch, heads = hidden_states.shape[0], attn.heads
+        heads = attn.heads
 
         def split_heads(x):
-            return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+            return x.view(videos, -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
         def merge_heads(x):
-            return x.transpose(1, 2).reshape(batch, -1, x.shape[1] * x.shape[-1])
+            return x.transpose(1, 2).reshape(videos, -1, x.shape[1] * x.shape[-1])
 
-        query = split_heads(attn.to_q(hidden_states))
+        # Frame-major rows: a video's frames are consecutive, so this view puts their queries side by side.
+        query = split_heads(attn.to_q(hidden_states.reshape(videos, -1, hidden_states.shape[-1])))
         text_out = F.scaled_dot_product_attention(query, split_heads(attn.to_k(text)), split_heads(attn.to_v(text)))
         out = attn.to_out[1](attn.to_out[0](merge_heads(text_out)))
-        if self.scale == 0:
-            return out
-        content_out = F.scaled_dot_product_attention(
-            query, split_heads(self.to_k(content)), split_heads(self.to_v(content))
-        )
-        return out + self.scale * self.to_out(merge_heads(content_out))
+        if self.scale != 0:
+            content_out = F.scaled_dot_product_attention(
+                query, split_heads(self.to_k(content)), split_heads(self.to_v(content))
+            )
+            out = out + self.scale * self.to_out(merge_heads(content_out))
+        return out.reshape(rows, tokens, -1)

@@ -1,0 +1,735 @@
+"""The training loop: data -> (from scratch: base + VAE stage) -> LivePhoto training -> export.
+
+One optimizer step reads ``batch_size x gradient_accumulation_steps`` clips per process. For each
+clip: frames -> frozen VAE latents (posterior mode, times the scaling factor); frame 0's latent is
+the reference; conditioning channels = [reference, frame embedding, intensity level]; every frame
+is noised at one timestep; the caption (replaced by the empty prompt with p = text_dropout) is
+encoded, reweighted and followed by the DINOv2 content tokens of frame 0; the loss is the MSE to
+the noise (epsilon) or to v (v_prediction).
+
+Exact resume: the data order is a pure function of (seed, epoch), each clip's noise, timestep and
+text dropout a pure function of (seed, epoch, its place in that order), and a checkpoint holds the
+trained weights, their EMA, the optimizer, the LR scheduler and every process's RNG states; so a
+resumed run computes the same losses as one that was never interrupted. Because the randomness
+belongs to the clip, not to the process or batch it lands in, one process with batch 2 and two
+processes with batch 1 compute the same step (up to the order of float sums).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..config import LivePhotoConfig
+from ..errors import InvalidInputError, OutputExistsError
+from ..intensity import level_from_ssim, mean_adjacent_ssim
+from ..model import LivePhotoModel
+from ..modules.unet import conditioning_channels
+from ..pipeline import LivePhotoPipeline, encode_photo, encode_text
+from ..sampling import make_scheduler
+from .base import TrainingBase, build_scratch_base, load_training_base, write_base_folder
+from .checkpoints import (
+    TrainingCheckpoint,
+    atomic_directory,
+    checkpoint_name,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import TrainConfig
+from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
+from .ema import EMA
+from .export import export_model
+from .vae import latent_scaling_factor, train_vae
+from .validation import render_validation, validation_sample
+from .vocab import write_word_tokenizer
+
+logger = logging.getLogger(__name__)
+CLIP_LENGTH = 77
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> loss, in this invocation
+    export: Path | None = None  # the exported model folder
+    stopped_early: bool = False  # by time_limit_minutes
+
+
+class RunLog:
+    """One JSON object per line in <output_dir>/log.jsonl (main process only), and a console line."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def __call__(self, record: dict, console: str | None = None) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        if console:
+            logger.info(console)
+
+
+class Trainee(nn.Module):
+    """Everything that trains, as one module for DDP: the LivePhoto model and, when it trains, the
+    text encoder."""
+
+    def __init__(self, model: LivePhotoModel, text_encoder: nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.text_encoder = text_encoder
+
+    def forward(self, noisy_latents, timesteps, text, reference_pixels, conditioning):
+        """text: token ids [B, 77] when the text encoder trains, else its embeddings [B, 77, D];
+        reference_pixels [B, 3, H, W] in 0..1; the rest as for LivePhotoUNet.forward."""
+        if self.text_encoder is not None:
+            text = encode_text(self.text_encoder, text)
+        reweighted, _ = self.model.reweight_text(text)
+        content = self.model.encode_content(reference_pixels)
+        # One context row per video, shared by its frames, as sampling passes it.
+        context = torch.cat([reweighted, content.to(reweighted.dtype)], dim=1)
+        return self.model.unet(noisy_latents, timesteps, context, conditioning)
+
+
+TRAINING_STREAM, HELDOUT_STREAM = 0, 1
+
+
+def clip_generator(seed: int, epoch: int, position: int, stream: int = TRAINING_STREAM) -> torch.Generator:
+    """The generator of one training clip: its noise, timestep and text dropout.
+
+    `position` is the clip's place in the epoch's visiting order, whichever process and batch it
+    lands in, so batch_size x gradient_accumulation_steps x processes can be split any way and the
+    same clips get the same noise.
+    """
+    high, low = np.random.SeedSequence([seed, stream, epoch, position]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(high) << 32 | int(low))
+
+
+def tokenize_captions(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids [B, 77], padded as the pipeline pads a prompt; captions longer than CLIP's window are cut."""
+    return tokenizer(
+        captions, padding="max_length", max_length=CLIP_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+class FrozenEncoders:
+    """The frozen encoders' outputs, one clip or caption at a time, optionally memoised.
+
+    Memoising is exact: a clip is encoded by the same call whether its result is then cached or
+    not, and the VAE latent is the posterior mode (no sampling), as inference encodes the photo.
+    """
+
+    def __init__(self, vae, text_encoder, tokenizer, device, cache_latents: bool, cache_text: bool):
+        self.vae, self.text_encoder, self.tokenizer, self.device = vae, text_encoder, tokenizer, device
+        self.latents: dict[bytes, torch.Tensor] | None = {} if cache_latents else None
+        self.text: dict[str, torch.Tensor] | None = {} if cache_text else None
+
+    @torch.no_grad()
+    def clip_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [B, F, 3, H, W] in [-1, 1] -> scaled latents [B, F, 4, h, w] (float32)."""
+        out = []
+        for clip in frames:
+            key = None if self.latents is None else hashlib.blake2b(clip.numpy().tobytes(), digest_size=16).digest()
+            latent = None if key is None else self.latents.get(key)
+            if latent is None:
+                latent = encode_photo(self.vae, (clip.to(self.device) + 1) / 2).float()
+                if key is not None:
+                    self.latents[key] = latent
+            out.append(latent)
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        """captions -> CLIP embeddings [B, 77, D]."""
+        out = []
+        for caption in captions:
+            embedding = None if self.text is None else self.text.get(caption)
+            if embedding is None:
+                embedding = encode_text(self.text_encoder, tokenize_captions(self.tokenizer, [caption]))[0]
+                if self.text is not None:
+                    self.text[caption] = embedding
+            out.append(embedding)
+        return torch.stack(out)
+
+
+class ClipStream:
+    """This process's micro-batches. Epoch e visits the videos in the order
+    ``default_rng([seed, e]).permutation``: micro-step k on process r (of `world`) reads the clips at
+    places (k * batch_size + b) * world + r, b < batch_size, of that order; an epoch ends before the
+    first micro-step that would run past its end."""
+
+    def __init__(self, dataset: VideoCaptionDataset, batch_size: int, seed: int, rank: int, world: int, workers: int):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world, self.workers = rank, world, workers
+        self.batches_per_epoch = len(dataset) // (batch_size * world)
+        if self.batches_per_epoch == 0:
+            raise InvalidInputError(
+                f"{len(dataset)} usable videos do not fill one batch of {batch_size} on each of {world} "
+                f"process(es); lower batch_size or add videos"
+            )
+
+    def positions(self, batch: int) -> list[int]:
+        return [(batch * self.batch_size + b) * self.world + self.rank for b in range(self.batch_size)]
+
+    def __call__(self, start_micro_step: int):
+        """Yield (epoch, positions, batch) for every micro-step from `start_micro_step` on, without end."""
+        epoch, offset = divmod(start_micro_step, self.batches_per_epoch)
+        while True:
+            self.dataset.set_epoch(epoch)
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            places = [self.positions(k) for k in range(offset, self.batches_per_epoch)]
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=[order[p].tolist() for p in places], num_workers=self.workers
+            )
+            for positions, batch in zip(places, loader):
+                yield epoch, positions, batch
+            epoch, offset = epoch + 1, 0
+
+
+def make_lr_scheduler(config: TrainConfig, optimizer):
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
+
+
+def make_noise_scheduler(base_scheduler_config: dict, prediction_type: str):
+    """DDPM on the base's noise schedule, predicting what the LivePhoto config says."""
+    return make_scheduler("ddpm", base_scheduler_config, prediction_type)
+
+
+def make_livephoto_config(config: TrainConfig, base: TrainingBase, thresholds) -> LivePhotoConfig:
+    """The LivePhoto config: derived from the data and the base, plus config.model.livephoto."""
+    values = dict(
+        base_model="bundled" if config.model.from_scratch else "sd15",
+        num_frames=config.data.num_frames,
+        height=config.data.size,
+        width=config.data.size,
+        fps=config.data.fps,
+        prediction_type=config.model.prediction_type,
+        cross_attention_dim=base.unet2d.config.cross_attention_dim,
+        intensity_thresholds=tuple(thresholds),
+        dinov2_hidden_size=base.dinov2.config.hidden_size,
+        dinov2_patch_size=base.dinov2.config.patch_size,
+        unet_block_out_channels=tuple(base.unet2d.config.block_out_channels),
+    )
+    if config.model.from_scratch:
+        values.update(dinov2_image_size=base.dinov2.config.image_size, dinov2_variant="random-tiny")
+    if base.motion is not None:
+        adapter = base.motion.adapter.config
+        values.update(motion_max_seq_length=adapter.motion_max_seq_length,
+                      motion_use_mid_block=adapter.use_motion_mid_block,
+                      motion_num_attention_heads=adapter.motion_num_attention_heads,
+                      motion_norm_num_groups=adapter.motion_norm_num_groups)
+        if config.model.freeze_motion_module:
+            values.update(motion_weights="external", motion_module_hash=base.motion.content_hash)
+    return LivePhotoConfig(**{**values, **config.model.livephoto})
+
+
+# --- from scratch: the base and its VAE ----------------------------------------------------------
+
+
+def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCaptionDataset, log: RunLog) -> None:
+    """Build the tiny base, train its VAE, write <output_dir>/base and <output_dir>/dinov2 (atomically)."""
+    started = time.perf_counter()
+    scratch = build_scratch_base(config)
+    log({"event": "scratch_base", "parameters": {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in (("unet", scratch.unet), ("vae", scratch.vae), ("text_encoder", scratch.text_encoder),
+                             ("dinov2", scratch.dinov2))}},
+        "from scratch: training the VAE first")
+    eval_frames, split = vae_eval_frames(config, dataset)
+    psnr = train_vae(
+        scratch.vae, vae_batches(dataset, config), config.vae, config.seed,
+        lambda r: log(r, f"VAE step {r['step']}/{config.vae.steps}: loss {r['loss']:.4f}, {split} PSNR "
+                         f"{r['psnr']:.2f} dB ({r['seconds']:.0f} s)"),
+        eval_frames,
+    )
+    with torch.no_grad():
+        frames = next(vae_batches(dataset, config, clips=min(len(dataset), 64)))
+        scaling = latent_scaling_factor(scratch.vae, frames)
+    scratch.vae.register_to_config(scaling_factor=scaling)
+    log({"event": "vae_done", "psnr": psnr, "psnr_frames": split, "scaling_factor": scaling,
+         "seconds": time.perf_counter() - started},
+        f"VAE: reconstruction PSNR {psnr:.2f} dB on {len(eval_frames)} {split} frames, latent scaling factor "
+        f"{scaling:.4f}")
+    with atomic_directory(output_dir / "base") as folder:
+        write_base_folder(folder, scratch.unet, scratch.vae, scratch.text_encoder, scratch.scheduler_config)
+        write_word_tokenizer(folder / "tokenizer", scratch.words)
+    with atomic_directory(output_dir / "dinov2") as folder:
+        scratch.dinov2.eval().save_pretrained(folder)
+
+
+def vae_batches(dataset: VideoCaptionDataset, config: TrainConfig, clips: int | None = None):
+    """Frames [N, 3, H, W] in [-1, 1]: vae.frames_per_clip random frames of each of `clips` clips per
+    batch (many scenes per batch, few decodes), clips and frames drawn in seeded order."""
+    clips = clips or config.vae.clips_per_batch
+    epoch = 0
+    while True:
+        dataset.set_epoch(epoch)
+        rng = np.random.default_rng([config.seed, epoch, 1])
+        order = rng.permutation(len(dataset)).tolist()
+        batches = [order[i : i + clips] for i in range(0, len(order) - clips + 1, clips)]
+        if not batches:
+            raise InvalidInputError(f"the VAE stage needs at least {clips} usable videos")
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=config.data.loader_workers)
+        for batch in loader:
+            frames = batch["frames"]  # [clips, F, 3, H, W]
+            picks = min(config.vae.frames_per_clip, frames.shape[1])
+            chosen = torch.from_numpy(np.stack([rng.choice(frames.shape[1], picks, replace=False) for _ in frames]))
+            yield frames[torch.arange(len(frames))[:, None], chosen].flatten(0, 1)
+        epoch += 1
+
+
+def vae_eval_frames(config: TrainConfig, dataset: VideoCaptionDataset) -> tuple[np.ndarray, str]:
+    """Up to vae.psnr_frames frames (uint8 [N, H, W, 3]) to measure the VAE on: held-out ones from the
+    validation index, else (saying so) training frames."""
+    frames, split = [], "held-out"
+    if config.data.validation_index is not None:
+        for entry in read_index(config.data.validation_index, config.data.root):
+            if sum(len(f) for f in frames) >= config.vae.psnr_frames:
+                break
+            with contextlib.suppress(Exception):  # an unreadable held-out video: take the next one
+                frames.append(load_clip(entry.path, dataset.sampling))
+    if not frames:
+        split = "training"
+        for index in range(len(dataset)):
+            if sum(len(f) for f in frames) >= config.vae.psnr_frames:
+                break
+            clip = dataset[index]["frames"]
+            frames.append(((clip.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(frames)[: config.vae.psnr_frames], split
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One invocation of a training run; ``Trainer(config, resume).run()``."""
+
+    def __init__(self, config: TrainConfig, resume: str | None = None):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.checkpoints_dir = self.output_dir / "checkpoints"
+        self.started = time.perf_counter()
+        resume_from = resolve_resume(self.checkpoints_dir, resume)
+        if resume_from is None and list_checkpoints(self.checkpoints_dir):
+            raise OutputExistsError(
+                f"{self.output_dir} already holds checkpoints; pass --resume latest to continue, "
+                f"or choose a new output_dir"
+            )
+        self.checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+
+        # Several processes without CUDA (torchrun, or accelerate launch --multi_gpu, on a CPU machine):
+        # DDP over gloo on the CPU. (accelerate launch --cpu starts a single process unless MPI is set up.)
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+            cpu=multi_cpu,
+        )
+        self.main = self.accelerator.is_main_process
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        if self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
+        self.accelerator.wait_for_everyone()
+        self.log = RunLog(self.output_dir / "log.jsonl", self.main)
+        self.log({"event": "start", "resume": str(resume_from) if resume_from else None, "processes": self.world,
+                  "device": str(self.device), "mixed_precision": config.mixed_precision,
+                  "torch_threads": config.torch_threads or torch.get_num_threads(), "livephoto_version": __version__},
+                 f"run {self.output_dir}: {self.world} process(es) on {self.device}"
+                 + (f", resuming from {resume_from.name}" if resume_from else ""))
+        if self.checkpoint is not None:
+            changed = config_changes(self.checkpoint.state["config"], config.to_dict())
+            if changed:
+                self.log({"event": "config_changed", "keys": changed},
+                         f"the config differs from the checkpoint's in {', '.join(changed)}")
+
+    # -- setup --
+
+    def prepare_data(self) -> None:
+        """The labelling pass (main first, so the others only read its cache) and the dataset."""
+        config = self.config
+        self.sampling = ClipSampling(config.data.num_frames, config.data.stride, config.data.size)
+        thresholds = self.checkpoint.state["thresholds"] if self.checkpoint else config.data.thresholds
+        cache = Path(config.data.ssim_cache) if config.data.ssim_cache else self.output_dir / "ssim_cache.jsonl"
+        entries = read_index(config.data.index, config.data.root)
+        if self.main:
+            labelled = label_videos(entries, self.sampling, cache, config.data.label_workers, thresholds)
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            labelled = label_videos(entries, self.sampling, cache, 1, thresholds)
+        counts = labelled.counts
+        self.data_counts = counts
+        self.log({"event": "data", **counts, "thresholds": list(labelled.thresholds)},
+                 f"data: {counts['usable']} of {counts['total']} videos usable ({counts['decoded']} labelled now, "
+                 f"{counts['cached']} from the cache; skipped {counts['missing']} missing, "
+                 f"{counts['undecodable']} undecodable, {counts['too_short']} too short)")
+        self.thresholds = labelled.thresholds
+        self.dataset = VideoCaptionDataset(
+            labelled.videos, self.thresholds, self.sampling, config.seed, config.data.random_start
+        )
+
+    def prepare_model(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        if config.model.from_scratch and self.main and not (self.output_dir / "base").is_dir():
+            prepare_scratch_base(config, self.output_dir, self.dataset, self.log)
+        accelerator.wait_for_everyone()
+        self.base = base = load_training_base(config, self.output_dir)
+
+        torch.manual_seed(config.seed)  # the new LivePhoto layers start alike on every process
+        self.livephoto_config = make_livephoto_config(config, base, self.thresholds)
+        adapter = base.motion.adapter if base.motion is not None else None
+        model = LivePhotoModel.from_base(self.livephoto_config, base.unet2d, base.dinov2, adapter)
+        if config.model.from_scratch:
+            model.unet.unet.requires_grad_(True)  # no pretrained base: the whole UNet trains
+        elif config.model.freeze_motion_module:
+            for name, param in model.unet.unet.named_parameters():
+                if ".motion_modules." in name:
+                    param.requires_grad_(False)
+        if config.gradient_checkpointing:
+            model.unet.unet.enable_gradient_checkpointing()
+        self.model = model
+        self.text_encoder = base.text_encoder.to(self.device).requires_grad_(config.model.train_text_encoder)
+        self.vae = base.vae.to(self.device).eval().requires_grad_(False)
+        trainee = Trainee(model, self.text_encoder if config.model.train_text_encoder else None).to(self.device).train()
+        named = trainee_parameters(trainee)
+        frozen = sum(p.numel() for p in trainee.parameters() if not p.requires_grad) + sum(
+            p.numel() for p in self.vae.parameters()
+        )
+        if not config.model.train_text_encoder:
+            frozen += sum(p.numel() for p in self.text_encoder.parameters())
+        trained = sum(p.numel() for p in named.values())
+        self.log({"event": "model", "trained_parameters": trained, "frozen_parameters": frozen},
+                 f"training {trained / 1e6:.2f} M parameters ({frozen / 1e6:.2f} M frozen)")
+
+        optimizer = torch.optim.AdamW(
+            list(named.values()), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon, weight_decay=config.weight_decay,
+        )
+        self.lr_scheduler = make_lr_scheduler(config, optimizer)
+        self.ema = EMA(named, config.ema_decay) if config.ema_decay is not None else None
+        self.step = 0
+        if self.checkpoint is not None:
+            self.restore(self.checkpoint, named, optimizer)
+        self.trainee, self.optimizer = accelerator.prepare(trainee, optimizer)
+        self.named = trainee_parameters(accelerator.unwrap_model(self.trainee))
+        self.noise_scheduler = make_noise_scheduler(base.scheduler_config, self.livephoto_config.prediction_type)
+        self.encoders = FrozenEncoders(
+            self.vae, self.text_encoder, base.tokenizer, self.device, config.cache_latents, config.cache_text
+        )
+
+    def restore(self, checkpoint: TrainingCheckpoint, named: dict, optimizer) -> None:
+        missing = sorted(set(named) - set(checkpoint.trainable))
+        unexpected = sorted(set(checkpoint.trainable) - set(named))
+        if missing or unexpected:
+            raise InvalidInputError(
+                f"the checkpoint does not fit this config: {len(missing)} trained tensors missing (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); resume with the config it was trained with"
+            )
+        with torch.no_grad():
+            for name, param in named.items():
+                param.copy_(checkpoint.trainable[name])
+        optimizer.load_state_dict(checkpoint.optimizer)
+        self.lr_scheduler.load_state_dict(checkpoint.state["lr_scheduler"])
+        if self.ema is not None:
+            if checkpoint.ema is None:
+                raise InvalidInputError("ema_decay is set but the checkpoint has no EMA weights; resume without EMA")
+            self.ema.load_state_dict(checkpoint.ema)
+        if "grad_scaler" in checkpoint.state and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(checkpoint.state["grad_scaler"])
+        states = checkpoint.state["rng"]
+        if checkpoint.state["processes"] != self.world:
+            logger.warning("the checkpoint was written by %d processes, this run has %d: the data order and "
+                           "noise continue, but not bit for bit", checkpoint.state["processes"], self.world)
+        set_rng_state(states[self.rank % len(states)])
+        self.step = checkpoint.step
+
+    # -- one step --
+
+    def loss(self, batch: dict, generators: list[torch.Generator], text_dropout: float, module: nn.Module):
+        """The mean denoising loss of a batch; `generators` (one per clip) draw each clip's noise,
+        timestep and text dropout."""
+        config, device = self.config, self.device
+        latents = self.encoders.clip_latents(batch["frames"])
+        num_frames = latents.shape[1]
+        train_timesteps = self.noise_scheduler.config.num_train_timesteps
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(latents)
+        timesteps = torch.cat([torch.randint(0, train_timesteps, (1,), generator=g) for g in generators]).to(device)
+        dropped = [torch.rand(1, generator=g).item() < text_dropout for g in generators]
+        captions = ["" if drop else caption for caption, drop in zip(batch["caption"], dropped)]
+        if config.model.train_text_encoder:
+            text = tokenize_captions(self.base.tokenizer, captions).to(device)
+        else:
+            text = self.encoders.text_embeddings(captions)
+        conditioning = conditioning_channels(latents[:, 0], num_frames, batch["level"].to(latents))
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.livephoto_config.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        reference = ((batch["reference"] + 1) / 2).to(device)
+        prediction = module(noisy, timesteps, text, reference, conditioning)
+        return F.mse_loss(prediction.float(), target.float())
+
+    # -- checkpoints, validation, export --
+
+    def save(self) -> None:
+        from accelerate.utils import gather_object
+
+        rng = gather_object([rng_state()])
+        if self.main:
+            state = {
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "thresholds": list(self.thresholds),
+                "config": self.config.to_dict(),
+                "rng": rng,
+                "processes": self.world,
+            }
+            if self.accelerator.scaler is not None:
+                state["grad_scaler"] = self.accelerator.scaler.state_dict()
+            path = save_checkpoint(
+                self.checkpoints_dir, self.step, dict(self.named), self.ema.shadow if self.ema else None,
+                self.optimizer.state_dict(), state,
+            )
+            prune_checkpoints(self.checkpoints_dir, self.config.keep_checkpoints)
+            self.log({"event": "checkpoint", "step": self.step, "path": str(path)}, f"step {self.step}: saved {path.name}")
+        self.accelerator.wait_for_everyone()
+
+    def trained_weights(self):
+        """Context in which the model holds the weights to validate and export (the EMA's, when kept)."""
+        return self.ema.applied(self.named) if self.ema is not None else contextlib.nullcontext()
+
+    def validate(self) -> None:
+        config = self.config.validation
+        if self.main:
+            record = {"event": "validation", "step": self.step}
+            module = self.accelerator.unwrap_model(self.trainee)
+            with self.trained_weights():
+                module.eval()
+                if self.validation_sample is not None:
+                    path = self.output_dir / "validation" / f"{checkpoint_name(self.step)}.png"
+                    path.parent.mkdir(exist_ok=True)
+                    path.unlink(missing_ok=True)  # rendered again after a resume: same weights, same picture
+                    pipeline = LivePhotoPipeline(
+                        self.model, self.vae, self.text_encoder, self.base.tokenizer, self.base.scheduler_config
+                    )
+                    record["levels"] = render_validation(pipeline, self.validation_sample, config, path)
+                    record["strip"] = str(path)
+                if self.heldout:
+                    record["heldout_loss"] = self.heldout_loss(module)
+                module.train()
+            measured = ", ".join(f"{r['level']}->{r['measured']}" for r in record.get("levels", []))
+            self.log(record, f"step {self.step}: validation, intensity asked->measured {measured or '-'}"
+                     + (f", held-out loss {record['heldout_loss']:.4f}" if "heldout_loss" in record else ""))
+        self.accelerator.wait_for_everyone()
+
+    @torch.no_grad()
+    def heldout_loss(self, module: nn.Module) -> float:
+        """Mean loss over the held-out clips, each at the same noise and timestep every time."""
+        seed = self.config.validation.seed
+        return float(np.mean([
+            self.loss(batch, [clip_generator(seed, 0, i, HELDOUT_STREAM)], 0.0, module).item()
+            for i, batch in enumerate(self.heldout)
+        ]))
+
+    def load_heldout(self) -> list[dict]:
+        """The first validation.loss_clips decodable clips of the validation index, as batches of one."""
+        config = self.config
+        clips = []
+        if not self.main or not config.validation.loss_clips or config.data.validation_index is None:
+            return clips
+        for entry in read_index(config.data.validation_index, config.data.root):
+            if len(clips) == config.validation.loss_clips:
+                break
+            try:
+                clip = load_clip(entry.path, self.sampling)
+            except Exception:  # noqa: BLE001 - an unreadable held-out video: take the next one
+                continue
+            frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float()[None] / 127.5 - 1.0
+            level = level_from_ssim(mean_adjacent_ssim(clip), self.thresholds)
+            clips.append({"frames": frames, "reference": frames[:, 0], "caption": [entry.caption],
+                          "level": torch.tensor([level])})
+        return clips
+
+    def export(self) -> Path | None:
+        folder = self.output_dir / "export" / checkpoint_name(self.step)
+        if self.main and self.step > 0 and not folder.exists():
+            with self.trained_weights():
+                self.model.config.extra = {
+                    "training": {"steps": self.step, "index": self.config.data.index,
+                                 "usable_videos": self.data_counts["usable"], "base_hashes": self.base.hashes,
+                                 "livephoto_version": __version__, "config": self.config.to_dict()}
+                }
+                export_model(self.model, self.base, folder)
+            self.log({"event": "export", "step": self.step, "path": str(folder)}, f"exported {folder}")
+        self.accelerator.wait_for_everyone()
+        return folder if folder.exists() else None
+
+    # -- the loop --
+
+    def run(self) -> TrainResult:
+        from accelerate.state import AcceleratorState
+
+        threads = torch.get_num_threads()
+        if self.config.torch_threads is not None:
+            torch.set_num_threads(self.config.torch_threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+            self.accelerator.end_training()  # ends the process group of a multi-process run
+            # accelerate keeps one state per process; clear it so that a later run in this process
+            # (a notebook, the tests) may choose another precision.
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+    def _run(self) -> TrainResult:
+        config = self.config
+        self.prepare_data()
+        self.prepare_model()
+        self.validation_sample = (
+            validation_sample(config.validation, config.data.validation_index, config.data.root, self.sampling)
+            if self.main else None
+        )
+        self.heldout = self.load_heldout()
+        result = TrainResult(self.output_dir, self.step)
+        if self.step >= config.steps:
+            self.log({"event": "stop", "reason": "already trained", "step": self.step},
+                     f"already at step {self.step} of {config.steps}")
+        else:
+            self.loop(result)
+        if result.losses and not result.stopped_early:
+            self.validate()
+        result.export = self.export()
+        return result
+
+    def loop(self, result: TrainResult) -> None:
+        config, accelerator = self.config, self.accelerator
+        accumulation = config.gradient_accumulation_steps
+        clips_per_step = config.batch_size * accumulation * self.world
+        stream = ClipStream(self.dataset, config.batch_size, config.seed, self.rank, self.world,
+                            config.data.loader_workers)
+        window = Window()
+        micro_losses = []
+        step_started = data_started = time.perf_counter()
+        for epoch, positions, batch in stream(self.step * accumulation):
+            window.data += time.perf_counter() - data_started
+            model_started = time.perf_counter()
+            with accelerator.accumulate(self.trainee):
+                generators = [clip_generator(config.seed, epoch, p) for p in positions]
+                loss = self.loss(batch, generators, config.text_dropout, self.trainee)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(list(self.named.values()), config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            micro_losses.append(loss.detach())
+            window.replaced += int(batch["replaced"].sum())
+            window.model += time.perf_counter() - model_started
+            data_started = time.perf_counter()
+            if not accelerator.sync_gradients:
+                continue
+
+            self.lr_scheduler.step()
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update(self.named, self.step)
+            step_loss = accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean").item()
+            micro_losses = []
+            seconds = time.perf_counter() - step_started
+            result.losses[self.step] = step_loss
+            result.step = self.step
+            lr = self.lr_scheduler.get_last_lr()[0]
+            self.log({"event": "step", "step": self.step, "epoch": epoch, "loss": step_loss, "lr": lr,
+                      "s_per_step": seconds, "clips_per_s": clips_per_step / seconds})
+            window.add(step_loss, seconds)
+            finished = self.step >= config.steps
+            if self.step % config.log_every == 0 or finished:
+                self.log({"event": "progress", "step": self.step, **window.summary(clips_per_step)},
+                         f"step {self.step}/{config.steps} epoch {epoch} loss {window.loss / window.count:.4f} "
+                         f"lr {lr:.2e} {window.clips_per_s(clips_per_step):.2f} clips/s "
+                         f"(s/step: data {window.data / window.count:.3f}, model {window.model / window.count:.3f})")
+                window = Window()
+            limit = config.time_limit_minutes
+            if limit is not None and time.perf_counter() - self.started > 60 * limit:
+                accelerator.set_trigger()
+            out_of_time = accelerator.check_trigger() and not finished
+            if config.validation.every and self.step % config.validation.every == 0 and not finished:
+                self.validate()
+            if self.step % config.checkpoint_every == 0 or finished or out_of_time:
+                self.save()
+            if out_of_time:
+                result.stopped_early = True
+                self.log({"event": "stop", "reason": "time limit", "step": self.step},
+                         f"stopping at step {self.step}: time limit of {limit} minutes reached")
+            if finished or out_of_time:
+                return
+            step_started = data_started = time.perf_counter()  # s/step leaves out validation and saving
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last progress line."""
+
+    loss: float = 0.0
+    seconds: float = 0.0
+    count: int = 0
+    data: float = 0.0
+    model: float = 0.0
+    replaced: int = 0
+
+    def add(self, loss: float, seconds: float) -> None:
+        self.loss += loss
+        self.seconds += seconds
+        self.count += 1
+
+    def clips_per_s(self, clips_per_step: int) -> float:
+        return clips_per_step * self.count / self.seconds
+
+    def summary(self, clips_per_step: int) -> dict:
+        return {"loss": self.loss / self.count, "s_per_step": self.seconds / self.count,
+                "clips_per_s": self.clips_per_s(clips_per_step), "data_s_per_step": self.data / self.count,
+                "model_s_per_step": self.model / self.count, "replaced_videos": self.replaced}
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(prefix + key)
+    return changed
+
+
+def trainee_parameters(trainee: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: param for name, param in trainee.named_parameters() if param.requires_grad}
+
+
+def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
+    """Run (or, with resume="latest" or a checkpoint folder, continue) the training `config` describes."""
+    return Trainer(config, resume).run()
