@@ -52,6 +52,11 @@ class LivePhotoConfig:
     dinov2_patch_size: int = 14
     dinov2_variant: str = "dinov2-large"
 
+    # Ablation switches (paper Table 2): off, the reweighter passes CLIP through unchanged / the
+    # intensity map is all zeros. The full model has both on.
+    text_reweighting: bool = True
+    intensity_map: bool = True
+
     # Text reweighter: transformer encoder + Linear + sigmoid (paper §3.5).
     reweighter_layers: int = 3
     reweighter_heads: int = 8

@@ -14,7 +14,7 @@ from .config import LivePhotoConfig
 from .errors import ModelFileError
 from .modules.content import ContentEncoder
 from .modules.reweight import TextReweighter
-from .modules.unet import LivePhotoUNet, build_motion_adapter
+from .modules.unet import LivePhotoUNet, build_motion_adapter, conditioning_channels
 
 TOKENS_PER_CHUNK = 77  # CLIP's context; ComfyUI concatenates longer prompts in chunks of 77
 
@@ -125,9 +125,16 @@ class LivePhotoModel(nn.Module):
         batch, length, dim = text_embeddings.shape
         if length % TOKENS_PER_CHUNK:
             raise ValueError(f"text embeddings have {length} tokens; expected a multiple of {TOKENS_PER_CHUNK}")
+        if not self.config.text_reweighting:  # the ablation: CLIP as it is, every weight 1
+            return text_embeddings.to(self.dtype), text_embeddings.new_ones(batch, length)
         chunks = text_embeddings.reshape(batch * length // TOKENS_PER_CHUNK, TOKENS_PER_CHUNK, dim)
         reweighted, weights = self.text_reweighter(chunks.to(self.dtype))
         return reweighted.reshape(batch, length, dim), weights.reshape(batch, length)
+
+    def conditioning_channels(self, reference_latent: torch.Tensor, num_frames: int, intensity: torch.Tensor):
+        """[reference latent, frame embedding, intensity map] for the UNet; see modules.unet."""
+        levels = intensity if self.config.intensity_map else torch.zeros_like(intensity)  # the ablation
+        return conditioning_channels(reference_latent, num_frames, levels)
 
     def encode_content(self, pixels: torch.Tensor) -> torch.Tensor:
         """Photo pixels [B, 3, H, W] in 0..1 -> content tokens [B, N, D]."""

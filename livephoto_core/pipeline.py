@@ -23,7 +23,6 @@ from .images import load_image, prepare_photo
 from .intensity import IntensityMeasurement, measure_intensity, validate_level
 from .inversion import ddim_invert, inversion_timesteps, mix_prior, prior_weights
 from .model import LivePhotoModel
-from .modules.unet import conditioning_channels
 from .sampling import (
     DEFAULT_SCHEDULER,
     ProgressCallback,
@@ -152,7 +151,7 @@ def invert_reference(
     """DDIM-invert the reference latent [1, 4, h, w] with the empty prompt and no guidance, up to the
     first timestep that `scheduler` samples from with `num_inference_steps` steps."""
     target = first_timestep(scheduler, num_inference_steps)
-    channels = conditioning_channels(reference_latent, 1, torch.tensor([float(intensity)]))
+    channels = model.conditioning_channels(reference_latent, 1, torch.tensor([float(intensity)]))
     cond = build_conditioning(empty_text, None, content, channels)
     inverted = ddim_invert(
         model.unet,
@@ -197,7 +196,7 @@ def generate_latents(
             )
         noise = mix_prior(prior.inverted.to(noise), noise, prior_weights(num_frames, prior.start, prior.end))
     latents = noise * scheduler.init_noise_sigma
-    channels = conditioning_channels(reference_latent, num_frames, torch.tensor([float(intensity)]))
+    channels = model.conditioning_channels(reference_latent, num_frames, torch.tensor([float(intensity)]))
     cond = build_conditioning(text, uncond_text, content, channels)
     model.unet.set_content_scale(content_scale)
     return sample_video(model.unet, latents, cond, scheduler, num_inference_steps, guidance_scale, generator, callback)

@@ -183,3 +183,15 @@ def test_config_from_another_format_version_is_refused():
         LivePhotoConfig.from_metadata(metadata, "old.safetensors")
     with pytest.raises(ModelFileError, match="thresholds"):
         tiny_config(intensity_thresholds=[0.9] * 9)
+
+
+def test_ablation_switches_turn_the_modules_off():
+    model = tiny_model(tiny_config(text_reweighting=False, intensity_map=False))
+    randomize_(model.text_reweighter, 1)
+    text = torch.randn(1, 77, D)
+    with torch.no_grad():
+        reweighted, weights = model.reweight_text(text)
+    torch.testing.assert_close(reweighted, text)
+    assert torch.all(weights == 1)
+    channels = model.conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([7.0]))
+    assert torch.all(channels[:, :, 5] == 0) and torch.all(channels[:, -1, 4] == 1)

@@ -36,7 +36,6 @@ from ..config import LivePhotoConfig
 from ..errors import InvalidInputError, OutputExistsError
 from ..intensity import level_from_ssim, mean_adjacent_ssim
 from ..model import LivePhotoModel
-from ..modules.unet import conditioning_channels
 from ..pipeline import LivePhotoPipeline, encode_photo, encode_text
 from ..sampling import make_scheduler
 from .base import TrainingBase, build_scratch_base, load_training_base, write_base_folder
@@ -484,7 +483,7 @@ class Trainer:
             text = tokenize_captions(self.base.tokenizer, captions).to(device)
         else:
             text = self.encoders.text_embeddings(captions)
-        conditioning = conditioning_channels(latents[:, 0], num_frames, batch["level"].to(latents))
+        conditioning = self.model.conditioning_channels(latents[:, 0], num_frames, batch["level"].to(latents))
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.livephoto_config.prediction_type == "epsilon":
             target = noise
