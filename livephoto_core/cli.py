@@ -7,6 +7,7 @@ Every user error is one line on stderr and exit status 2; Ctrl-C exits 130 and w
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,11 +86,10 @@ def run_animate(args) -> int:
 
     import torch
 
-    from .intensity import validate_level
     from .loading.pipeline import load_pipeline
     from .video import write_video
 
-    intensity = validate_level(args.intensity)
+    intensity, photo = check_before_loading(args)
     quiet_library_progress()
     status(f"loading {'the demo model' if args.livephoto is None else args.livephoto} ...")
     pipe = load_pipeline(
@@ -102,7 +102,7 @@ def run_animate(args) -> int:
     height, width = args.size or (None, None)
     with ProgressBar() as progress:
         result = pipe(
-            args.image, args.prompt, intensity=intensity, num_frames=args.frames, num_inference_steps=args.steps,
+            photo, args.prompt, intensity=intensity, num_frames=args.frames, num_inference_steps=args.steps,
             guidance_scale=args.guidance, negative_prompt=args.negative, seed=args.seed, height=height, width=width,
             content_scale=args.content_scale, prior_inversion=not args.no_inversion, scheduler=args.scheduler,
             callback=progress,
@@ -120,16 +120,47 @@ def run_animate(args) -> int:
     return 0
 
 
+def check_before_loading(args):
+    """The photo and the settings that need no model weights (frames: the checkpoint's header), checked
+    before the loading, which takes a while for real models. The pipeline checks them all again; the
+    prompt's length needs the model's tokenizer and is checked once it is loaded. -> (intensity, photo)."""
+    from .images import load_image
+    from .intensity import validate_level
+    from .loading.checkpoint import read_livephoto_config
+    from .loading.pipeline import demo_checkpoint
+    from .validation import check_content_scale, check_frames, check_guidance, check_seed, check_size, check_steps
+
+    intensity = validate_level(args.intensity)
+    config = read_livephoto_config(args.livephoto if args.livephoto is not None else demo_checkpoint())
+    if args.frames is not None:
+        check_frames(args.frames, config.motion_max_seq_length)
+    check_steps(args.steps)
+    check_guidance(args.guidance)
+    check_content_scale(args.content_scale)
+    if args.seed is not None:
+        check_seed(args.seed)
+    if args.size is not None:
+        check_size(*args.size)
+    return intensity, load_image(args.image)
+
+
 def run_intensity(args) -> int:
+    from .errors import InvalidInputError
     from .intensity import DEFAULT_THRESHOLDS, measure_intensity
     from .video import read_video
 
+    if args.max_frames is not None and args.max_frames < 2:
+        raise InvalidInputError(f"--max-frames must be 2 or more (adjacent frames are compared); got {args.max_frames}")
     thresholds = DEFAULT_THRESHOLDS
     if args.livephoto:
-        from .loading.checkpoint import read_livephoto_checkpoint
+        from .loading.checkpoint import read_livephoto_config
 
-        thresholds = read_livephoto_checkpoint(args.livephoto)[0].intensity_thresholds
+        thresholds = read_livephoto_config(args.livephoto).intensity_thresholds
     clip = read_video(args.video, max_frames=args.max_frames)
+    if len(clip.frames) < 2:
+        raise InvalidInputError(
+            f"{args.video} holds one frame; motion intensity compares adjacent frames: pass a video of 2 frames or more"
+        )
     measured = measure_intensity(clip.frames, thresholds)
     source = "checkpoint" if args.livephoto else "built-in default"
     print(f"{args.video}: {len(clip.frames)} frames, mean adjacent SSIM {measured.mean_ssim:.4f}, "
@@ -138,11 +169,27 @@ def run_intensity(args) -> int:
 
 
 def run_inspect(args) -> int:
-    from .loading.detect import detect_path
+    """Exit 0 for any readable file, naming its kind ("unknown" included) and, for a LivePhoto checkpoint,
+    its config; exit 2 for a missing, empty, corrupt, truncated or unsafe one."""
+    from .config import FORMAT_VERSION, METADATA_KEY
+    from .loading.detect import detect_path, with_article
+    from .loading.files import WEIGHT_SUFFIXES, read_safetensors_metadata
 
-    found = detect_path(args.file)
-    details = ", ".join(f"{k} {v}" for k, v in sorted(found.details.items()))
-    print(f"{args.file}: {found.description}" + (f" ({details})" if details else ""))
+    path = Path(args.file)
+    if path.is_file() and path.stat().st_size and path.suffix.lower() not in WEIGHT_SUFFIXES:
+        print(f"{args.file}: unknown (not a weights file; LivePhoto reads {', '.join(WEIGHT_SUFFIXES)})")
+        return 0
+    found = detect_path(path)
+    named = f"unknown ({found.description})" if found.kind == "unknown" else with_article(found.description)
+    print(f"{args.file}: {named}")
+    if found.kind == "livephoto" and found.details["format_version"] is not None:
+        details = json.loads(read_safetensors_metadata(path)[METADATA_KEY])
+        if found.details["format_version"] != FORMAT_VERSION:
+            print(f"  (this livephoto reads format {FORMAT_VERSION}: re-export it with a matching livephoto version)")
+    else:
+        details = found.details
+    for key, value in sorted(details.items()):
+        print(f"  {key}: {value}")
     return 0
 
 

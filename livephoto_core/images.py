@@ -91,6 +91,11 @@ def _load_file(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 _check_side_lengths(image.size, str(path))
+                if getattr(image, "n_frames", 1) > 1:  # animated GIF/WebP/PNG, multi-page TIFF
+                    raise InvalidInputError(
+                        f"{path} holds {image.n_frames} frames; LivePhoto animates one still photo: save the frame "
+                        f"you want as a PNG or JPEG and pass that"
+                    )
                 return _to_rgb(ImageOps.exif_transpose(image))
     except InvalidInputError:  # our own size verdict: a ValueError, but not a damaged file
         raise

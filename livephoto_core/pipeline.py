@@ -45,6 +45,7 @@ from .validation import (
 CLIP_LENGTH = 77
 OFFLOAD_DEVICE = torch.device("cpu")
 DECODE_CHUNK_SIZE = 2  # frames the VAE decodes at once: ~0.2 GB each in fp32 at 256x256, no faster in bigger batches
+TRAINED_CONTENT_SCALE = 1.0  # the scale content attention was trained at
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ def invert_reference(
     """DDIM-invert the reference latent [1, 4, h, w] with the empty prompt and no guidance, up to the
     first timestep that `scheduler` samples from with `num_inference_steps` steps."""
     target = first_timestep(scheduler, num_inference_steps)
+    # The content scale is UNet state that each sampling run sets; invert at the trained scale, never
+    # at whatever the previous run left behind.
+    model.unet.set_content_scale(TRAINED_CONTENT_SCALE)
     channels = model.conditioning_channels(reference_latent, 1, torch.tensor([float(intensity)]))
     cond = build_conditioning(empty_text, None, content, channels)
     inverted = ddim_invert(

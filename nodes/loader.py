@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..livephoto_core.config import LivePhotoConfig
 from ..livephoto_core.errors import InvalidInputError, ModelFileError
 from ..livephoto_core.loading.checkpoint import read_livephoto_checkpoint
-from ..livephoto_core.loading.detect import detect_path
+from ..livephoto_core.loading.detect import detect_path, with_article
 from ..livephoto_core.loading.dinov2 import dinov2_from_state_dict, load_dinov2
 from ..livephoto_core.loading.files import read_safetensors_metadata
 from ..livephoto_core.loading.motion_module import load_motion_adapter
@@ -52,6 +52,8 @@ _MODEL_NAMES = {
 }
 # Which widget each kind of file belongs in, for messages about a file picked in the wrong one.
 _WIDGET_FOR_KIND = {"livephoto": "livephoto_checkpoint", "dinov2": "dinov2", "motion_module": "motion_module"}
+# The same, in the words of the core loaders' messages ("pass it with 'dinov2'").
+NODE_INPUTS = {"sd15": "Load Checkpoint", **{kind: f"'{widget}'" for kind, widget in _WIDGET_FOR_KIND.items()}}
 _KIND_NOUNS = {
     "livephoto": "a LivePhoto checkpoint",
     "dinov2": "a DINOv2 image encoder",
@@ -129,11 +131,16 @@ def check_file_kind(path: str, name: str, widget: str, wanted: str) -> None:
         return
     belongs = _WIDGET_FOR_KIND.get(found.kind)
     hint = f" (that file belongs in '{belongs}')" if belongs else ""
-    raise ModelFileError(f"{name} is {found.description}, not {_KIND_NOUNS[wanted]}{hint}; pick one in '{widget}'")
+    described = with_article(found.description)
+    raise ModelFileError(f"{name} is {described}, not {_KIND_NOUNS[wanted]}{hint}; pick one in '{widget}'")
 
 
 def checkpoint_config(path: str, name: str) -> LivePhotoConfig:
     """The checkpoint's config from its header alone (no tensors read)."""
+    if not path.lower().endswith(".safetensors"):
+        raise ModelFileError(
+            f"{name} is not a LivePhoto checkpoint (those are .safetensors files); pick one in 'livephoto_checkpoint'"
+        )
     return LivePhotoConfig.from_metadata(read_safetensors_metadata(path), name)
 
 
@@ -159,12 +166,12 @@ def build_handle(
     config, state = read_livephoto_checkpoint(checkpoint_path)
     unet2d = unet_from_ldm(patched_unet_state_dict(model, dtype), dtype, "the MODEL")
     if clip_vision is None:
-        dinov2 = load_dinov2(dinov2_file, dtype).model
+        dinov2 = load_dinov2(dinov2_file, dtype, NODE_INPUTS).model
     else:
         dinov2 = dinov2_from_clip_vision(clip_vision, dtype)
     motion = None
     if motion_path is not None:
-        motion = load_motion_adapter(motion_path, unet2d.config.block_out_channels, dtype)
+        motion = load_motion_adapter(motion_path, unet2d.config.block_out_channels, dtype, NODE_INPUTS)
     livephoto = assemble_model(config, state, unet2d, dinov2, checkpoint, motion)
     livephoto.eval().requires_grad_(False)
     scale = float(model.model.latent_format.scale_factor)

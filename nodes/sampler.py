@@ -33,7 +33,6 @@ from .handle import LIVEPHOTO_MODEL, LIVEPHOTO_PRIOR, LivePhotoModelHandle, Node
 from .text import reweighted_embeddings, single_prompt
 
 MAX_SEED = 2**63 - 1
-TRAINED_CONTENT_SCALE = 1.0
 VAE_FACTOR = 8  # pixels per latent pixel
 
 
@@ -93,6 +92,11 @@ def photo_pixels(image, height: int, width: int) -> torch.Tensor:
             f"ImageFromBatch and encode only that one"
         )
     photo_height, photo_width = image.shape[1:3]
+    if not (MIN_SIZE <= photo_height <= MAX_SIZE and MIN_SIZE <= photo_width <= MAX_SIZE):
+        raise InvalidInputError(
+            f"the photo is {photo_width}x{photo_height} pixels; LivePhoto works from {MIN_SIZE} to {MAX_SIZE} pixels "
+            f"a side: scale it with ImageScale before VAEEncode"
+        )
     if photo_height % VAE_FACTOR or photo_width % VAE_FACTOR:
         raise InvalidInputError(
             f"the photo is {photo_width}x{photo_height} pixels; LivePhoto needs sides that are multiples of 8: scale "
@@ -230,8 +234,6 @@ class PriorInversion(io.ComfyNode):
         model = handle.load(sampling_memory(1, *latent.shape[-2:], False, handle.model.dtype))
         empty_text = reweighted_embeddings(handle, empty, "empty-prompt")
         content = model.encode_content(pixels)
-        # The content scale is state of the UNet that the sampler sets per run; invert at the trained one.
-        model.unet.set_content_scale(TRAINED_CONTENT_SCALE)
         prior = invert_reference(
             model, sampler, steps, latent.to(device=model.device, dtype=model.dtype), empty_text, content, intensity,
             steps, start, end, NodeProgress(steps),

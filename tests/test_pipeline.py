@@ -50,6 +50,13 @@ def test_settings_change_the_video(pipeline, photo):
         assert not torch.allclose(base.frames, run(pipeline, photo, **change).frames), change
 
 
+def test_a_run_at_another_content_scale_leaves_the_next_run_unchanged(pipeline, photo):
+    first = run(pipeline, photo)
+    assert not torch.equal(run(pipeline, photo, content_scale=0.0).frames, first.frames)
+    # The prior inversion of the next run works at the trained scale, not the one left behind.
+    torch.testing.assert_close(run(pipeline, photo).frames, first.frames, rtol=0, atol=0)
+
+
 def test_unguided_run_skips_the_negative_branch(pipeline, photo):
     calls = []
     hook = pipeline.model.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))

@@ -17,7 +17,7 @@ from ..config import METADATA_KEY, LivePhotoConfig
 from ..errors import ModelFileError
 from ..fileio import atomic_write
 from ..model import LivePhotoModel
-from .files import load_state_dict
+from .files import SAFETENSORS_SUFFIXES, load_state_dict, read_safetensors_metadata
 
 
 def save_livephoto_checkpoint(
@@ -33,11 +33,22 @@ def save_livephoto_checkpoint(
     return Path(path)
 
 
-def read_livephoto_checkpoint(path: str | os.PathLike) -> tuple[LivePhotoConfig, dict[str, torch.Tensor]]:
-    state, metadata = load_state_dict(path)
+def read_livephoto_config(path: str | os.PathLike) -> LivePhotoConfig:
+    """A checkpoint's config, from the safetensors header alone (milliseconds, no tensors read)."""
+    path = Path(path)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        metadata = read_safetensors_metadata(path)
+    else:  # pickles carry no metadata, but reading one names any pickled code in it
+        metadata = load_state_dict(path)[1]
     if METADATA_KEY not in metadata:
         raise ModelFileError(
-            f"{Path(path).name} is not a LivePhoto checkpoint (no {METADATA_KEY} metadata); "
-            f"run `livephoto inspect {Path(path).name}` to see what it is"
+            f"{path.name} is not a LivePhoto checkpoint (no {METADATA_KEY} metadata); "
+            f"run `livephoto inspect {path.name}` to see what it is"
         )
-    return LivePhotoConfig.from_metadata(metadata, Path(path).name), state
+    return LivePhotoConfig.from_metadata(metadata, path.name)
+
+
+def read_livephoto_checkpoint(path: str | os.PathLike) -> tuple[LivePhotoConfig, dict[str, torch.Tensor]]:
+    config = read_livephoto_config(path)  # a wrong file is refused before its tensors are read
+    state, _ = load_state_dict(path)
+    return config, state

@@ -467,24 +467,34 @@ _BASE_HINTS = {
 }
 
 
-def require_kind(found: FileKind, wanted: str, path: str | os.PathLike, role: str) -> None:
+# Where each kind of file goes, in the CLI's words; other front ends pass their own (the nodes: widget names).
+CLI_INPUTS = {"sd15": "--base", "motion_module": "--motion-module", "dinov2": "--dinov2", "livephoto": "--livephoto"}
+
+
+def require_kind(
+    found: FileKind, wanted: str, path: str | os.PathLike, role: str, inputs: Mapping[str, str] = CLI_INPUTS
+) -> None:
     """Raise ModelFileError unless ``found`` is ``wanted`` (a key of _WANTED) and usable in ``role``.
 
-    ``role`` names the input as the user set it, e.g. ``"--base"``; the hints name the CLI flags.
+    ``role`` names the input as the user set it, e.g. ``"--base"``; ``inputs`` names, for each kind of
+    file, the input where it belongs (CLI flags by default), so that the hints say where to put it.
     """
     details = found.details
     accepted = found.kind == wanted and not details.get("sdxl") and not details.get("num_register_tokens")
     if accepted:
         return
-    hint = _hint(found, wanted)
-    article = (
-        "an" if found.description[:1].lower() in "aeiou" or found.description.startswith(("SD", "x", "LTX")) else "a"
-    )
-    message = f"{Path(path).name} is {article} {found.description}; {role} needs {_WANTED[wanted]}"
+    hint = _hint(found, wanted, inputs)
+    message = f"{Path(path).name} is {with_article(found.description)}; {role} needs {_WANTED[wanted]}"
     raise ModelFileError(message + (f"; {hint}" if hint else ""))
 
 
-def _hint(found: FileKind, wanted: str) -> str | None:
+def with_article(description: str) -> str:
+    """"SDXL checkpoint" -> "an SDXL checkpoint", "LoRA ..." -> "a LoRA ..." (by sound: SD is "es-dee")."""
+    vowel = description[:1].lower() in "aeiou" or description.startswith(("SD", "x", "LTX"))
+    return f"{'an' if vowel else 'a'} {description}"
+
+
+def _hint(found: FileKind, wanted: str, inputs: Mapping[str, str]) -> str | None:
     kind, details = found.kind, found.details
     if kind == "motion_module" and details.get("sdxl"):
         return "use an SD-1.5 motion module instead (mm_sd_v15_v2 or v3_sd15_mm)"
@@ -492,13 +502,17 @@ def _hint(found: FileKind, wanted: str) -> str | None:
         return "DINOv2 with registers is not supported; use a plain DINOv2 (facebook/dinov2-*)"
     if kind == "lora":
         if details.get("base") == "motion":
-            return "motion LoRAs are not supported; pass a full motion module with --motion-module"
-        return "load the SD-1.5 base with --base and apply the LoRA in ComfyUI with LoraLoader"
+            return f"motion LoRAs are not supported; pass a full motion module with {inputs['motion_module']}"
+        return f"load the SD-1.5 base with {inputs['sd15']} and apply the LoRA in ComfyUI with LoraLoader"
     if kind in _BASE_HINTS:
-        return _BASE_HINTS[kind] if wanted == "sd15" else "it is a base model; pass an SD-1.5 one with --base"
+        if wanted == "sd15":
+            return _BASE_HINTS[kind]
+        return f"it is a base model; pass an SD-1.5 one with {inputs['sd15']}"
     if kind == "vae" and wanted == "sd15":
-        return "a VAE alone has no UNet or text encoder; pass the whole SD-1.5 checkpoint (VAE included) with --base"
-    flags = {"sd15": "--base", "motion_module": "--motion-module", "dinov2": "--dinov2", "livephoto": "--livephoto"}
-    if kind in flags:
-        return f"pass it with {flags[kind]}"
+        return (
+            f"a VAE alone has no UNet or text encoder; pass the whole SD-1.5 checkpoint (VAE included) with "
+            f"{inputs['sd15']}"
+        )
+    if kind in inputs:
+        return f"pass it with {inputs[kind]}"
     return None

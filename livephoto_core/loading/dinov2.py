@@ -9,6 +9,7 @@ the config is read from the shapes; heads are DINOv2's width-64 heads.
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelFileError
-from .detect import detect_kind, detect_path, require_kind
+from .detect import CLI_INPUTS, detect_kind, detect_path, require_kind
 from .files import build_model, content_hash, load_state_dict
 
 DINOV2_HEAD_WIDTH = 64
@@ -54,13 +55,17 @@ class LoadedDinov2:
     content_hash: str
 
 
-def load_dinov2(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedDinov2:
-    """Load DINOv2 from a transformers folder (config.json + weights) or a single weights file."""
+def load_dinov2(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32, inputs: Mapping[str, str] = CLI_INPUTS
+) -> LoadedDinov2:
+    """Load DINOv2 from a transformers folder (config.json + weights) or a single weights file.
+
+    ``inputs``: the front end's names for its file inputs, for the messages (see ``require_kind``)."""
     from transformers import Dinov2Model
 
     path = Path(path)
     found = detect_path(path)
-    require_kind(found, "dinov2", path, "--dinov2")
+    require_kind(found, "dinov2", path, inputs["dinov2"], inputs)
     if path.is_dir():
         try:
             model = Dinov2Model.from_pretrained(path, local_files_only=True, dtype=dtype)

@@ -7,7 +7,7 @@ sinusoidal positional encodings; MotionAdapter recomputes the same values for th
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelFileError
-from .detect import detect_path, require_kind
+from .detect import CLI_INPUTS, detect_path, require_kind
 from .files import build_model, content_hash, load_state_dict
 
 MOTION_HEADS = 8
@@ -33,18 +33,22 @@ class LoadedMotionModule:
 
 
 def load_motion_adapter(
-    path: str | os.PathLike, block_out_channels: Sequence[int] | None = None, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike,
+    block_out_channels: Sequence[int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    inputs: Mapping[str, str] = CLI_INPUTS,
 ) -> LoadedMotionModule:
     """Load a motion module file or diffusers MotionAdapter folder.
 
     ``block_out_channels``, when given, is the UNet's; a module made for other widths is refused.
+    ``inputs``: the front end's names for its file inputs, for the messages (see ``require_kind``).
     """
     from diffusers import MotionAdapter
     from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
     path = Path(path)
     found = detect_path(path)
-    require_kind(found, "motion_module", path, "--motion-module")
+    require_kind(found, "motion_module", path, inputs["motion_module"], inputs)
     details = found.details
     if block_out_channels is not None and list(details["block_out_channels"]) != list(block_out_channels):
         raise ModelFileError(
