@@ -132,7 +132,13 @@ class LivePhotoConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ModelFileError(f"{source}: unknown LivePhoto config fields {unknown}; is it from a newer livephoto?")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ModelFileError:
+            raise
+        except (TypeError, ValueError, OverflowError) as error:  # a field of the wrong type, e.g. null for a list
+            raise ModelFileError(f"{source}: the LivePhoto config has a field of the wrong type ({error}); "
+                                 f"re-export the checkpoint") from None
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str] | None, source: str = "checkpoint") -> "LivePhotoConfig":

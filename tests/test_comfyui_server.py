@@ -520,6 +520,43 @@ def test_cancel_stops_within_one_step_and_the_model_stays_usable(comfy):
     assert frames_of(comfy.download(entry, "11")[0]).shape[0] == SMALL["frames"]
 
 
+def resident_mib(pid: int) -> float:
+    """A process's resident memory (RSS) in MiB: psutil where installed, else /proc/<pid>/status."""
+    try:
+        import psutil
+    except ImportError:
+        line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+RSS_RUNS, RSS_WARMUP, RSS_GROWTH_BOUND_MIB = 20, 10, 300
+
+
+def test_twenty_sampler_runs_in_a_row_keep_the_server_memory_bounded(comfy):
+    """The sampler run 20 times on one server (a new seed each time, so it really runs; the loaders stay
+    cached, as they do for users): after the first 10 runs, the rest grow the server's RSS by less than
+    RSS_GROWTH_BOUND_MIB in total. A leak of one latent batch, a model copy or a cache entry per run shows."""
+    workflow = small(api_workflow("animate"))
+    del workflow["8"], workflow["9"]["inputs"]["prior"], workflow["13"]  # the sampler alone, no chart
+    workflow["9"]["inputs"].update(frames=2, steps=1)
+    pid = comfy.server.process.pid
+    rss = [resident_mib(pid)]  # before: the server with whatever the earlier tests left loaded
+    executed = []
+    for run in range(RSS_RUNS):
+        workflow["9"]["inputs"]["seed"] = 1000 + run
+        entry, events = comfy.run(workflow, f"rss run {run + 1}")
+        executed.append(any(e["type"] == "executing" and e["data"]["node"] == "9" for e in events))
+        rss.append(resident_mib(pid))
+    growth = rss[-1] - rss[RSS_WARMUP]
+    print(f"\n[rss] MiB before and after each run: {[round(value) for value in rss]}")
+    print(f"[rss] runs {RSS_WARMUP + 1}-{RSS_RUNS}: {growth:+.0f} MiB (bound {RSS_GROWTH_BOUND_MIB}); "
+          f"peak {max(rss):.0f} MiB", flush=True)
+    assert all(executed), "a run was answered from ComfyUI's cache: the sampler did not run 20 times"
+    assert frames_of(comfy.download(entry, "11")[0]).shape[0] == 2
+    assert growth < RSS_GROWTH_BOUND_MIB, rss
+
+
 def test_a_missing_dependency_is_one_log_line_and_the_server_runs(tmp_path):
     """diffusers made unimportable for the server: ComfyUI starts, logs one LivePhoto line, lists no nodes."""
     fake = tmp_path / "fake_site" / "diffusers"

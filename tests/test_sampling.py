@@ -58,7 +58,8 @@ def test_guidance_batches_uncond_and_cond_in_one_call(model, inputs):
     with torch.no_grad():
         e_text = model.unet(latents, t, *_unguided(text, content, channels))
         e_uncond = model.unet(latents, t, *_unguided(uncond, content, channels))
-    torch.testing.assert_close(guided, e_uncond + 7.5 * (e_text - e_uncond), atol=1e-5, rtol=1e-4)
+    # 7.5 times the difference of two batched forwards: float32 noise of a few 1e-6 grows to ~1e-5.
+    torch.testing.assert_close(guided, e_uncond + 7.5 * (e_text - e_uncond), atol=1e-4, rtol=1e-4)
 
 
 def _unguided(text, content, channels):

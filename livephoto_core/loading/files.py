@@ -106,7 +106,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[in
     for name, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if not all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)):
+            if not isinstance(dtype, str) or not all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise _corrupt(path, f"the header entry of {name!r} is malformed") from None
