@@ -176,7 +176,7 @@ def measure_intensity(frames, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) 
 
 
 def _as_tensor(data) -> torch.Tensor:
-    tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+    tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(data))
     return tensor.cpu() if tensor.device.type == "mps" else tensor  # MPS has no float64
 
 
