@@ -9,6 +9,7 @@ position ids, the motion modules' sinusoidal tables) are computed by the models 
 from __future__ import annotations
 
 import math
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,12 @@ from torch import nn
 
 from livephoto_core.config import LivePhotoConfig
 from livephoto_core.loading.sd15 import shipped_config
+from livephoto_core.modules.unet import build_motion_adapter
 from livephoto_core.training.vocab import write_word_tokenizer
+
+# Tiny: the structure of SD-1.5 at a few MB, the same models as the tests'.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny import TINY_DINOV2, TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402
 
 WORDS = "a the red blue circle square moves left right up down camera zooms in out shaking head".split()
 PROMPT = "the red circle moves left"
@@ -27,33 +33,6 @@ NEGATIVE_PROMPT = ""
 
 SIZES = ("tiny", "full")
 
-# Tiny: the structure of SD-1.5 at a few MB (the same sizes as tests/tiny.py).
-TINY_UNET = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=64,
-    attention_head_dim=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    sample_size=8,
-    norm_num_groups=32,
-)
-TINY_VAE = dict(
-    block_out_channels=(32, 32, 64, 64),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=32,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    sample_size=64,
-)
-TINY_TEXT = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=128, vocab_size=1000,
-    max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1,
-)
-TINY_DINOV2 = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=56, patch_size=14
-)
 # DINOv2 ViT-L/14, the default content encoder of an SD-1.5 LivePhoto (300M parameters).
 DINOV2_LARGE = dict(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4, image_size=518, patch_size=14
@@ -117,7 +96,7 @@ def build_components(
     """The random-weight SD-1.5 (+ motion modules, + DINOv2 when asked) of `size` ("tiny" or "full").
 
     The values are those of float32, rounded to `dtype`: every dtype sees the same model."""
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Dinov2Config, Dinov2Model
 
     if size not in SIZES:
@@ -128,18 +107,7 @@ def build_components(
     vae_config = shipped_config("vae") if full else TINY_VAE
     text_config = CLIPTextConfig.from_dict(shipped_config("text_encoder")) if full else CLIPTextConfig(**TINY_TEXT)
     unet = build(lambda: UNet2DConditionModel.from_config(unet_config), f"{size}/unet", dtype)
-    adapter = build(
-        lambda: MotionAdapter(
-            block_out_channels=tuple(unet.config.block_out_channels),
-            motion_layers_per_block=unet.config.layers_per_block,
-            motion_num_attention_heads=config.motion_num_attention_heads,
-            motion_norm_num_groups=config.motion_norm_num_groups,
-            motion_max_seq_length=config.motion_max_seq_length,
-            use_motion_mid_block=config.motion_use_mid_block,
-        ),
-        f"{size}/motion",
-        dtype,
-    )
+    adapter = build(lambda: build_motion_adapter(config, unet), f"{size}/motion", dtype)
     vae = build(lambda: AutoencoderKL.from_config(vae_config), f"{size}/vae", dtype)
     text_encoder = build(lambda: CLIPTextModel(text_config), f"{size}/text", dtype)
     dinov2 = None

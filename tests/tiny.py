@@ -147,12 +147,12 @@ def tiny_text_encoder(seed: int = 0):
     return tiny_sd15_models(seed).text_encoder
 
 
+TINY_DINOV2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=56, patch_size=14)
+
+
 def tiny_dinov2(seed: int = 0) -> Dinov2Model:
     torch.manual_seed(seed)
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=56, patch_size=14
-    )
-    return Dinov2Model(config).eval()
+    return Dinov2Model(Dinov2Config(**TINY_DINOV2)).eval()
 
 
 def tiny_model(config: LivePhotoConfig | None = None, seed: int = 0) -> LivePhotoModel:
