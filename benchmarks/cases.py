@@ -150,6 +150,7 @@ def video(impl: str = "ours", size: str = "full", dtype: str = "float32", frames
             "steps": steps, "guidance": guidance, "inversion": inversion if impl == "ours" else None,
             "low_memory": low_memory, "decode_chunk_size": decode_chunk_size,
             "wall_s": median(walls), "walls_s": walls, "unet_s": median(unet_times), "unet_calls": timer.calls,
+            "unet_call_s": timer.call_seconds,  # the last video's calls: inversion (1 frame) first, then guided
             "vae_decode_s": median(decode_times), "decoder_calls": decoder.calls,
             "peak_gb": peak.peak_gb, "peak_exact": peak.exact, "resident_before_gb": resident_gb,
             "parameters_gb": weights,

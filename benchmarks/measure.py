@@ -73,12 +73,13 @@ def high_water_mark_gb() -> float | None:
 
 
 class ForwardTimer:
-    """Wall time spent inside `module`'s forward calls (outermost calls only), via forward hooks."""
+    """Wall time inside `module`'s forward calls (outermost calls only), in total and per call, via forward hooks."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
         self.seconds = 0.0
         self.calls = 0
+        self.call_seconds: list[float] = []  # each outermost call's own time, in call order
         self._depth = 0
         self._started = 0.0
 
@@ -97,8 +98,10 @@ class ForwardTimer:
     def _post(self, *args):
         self._depth -= 1
         if self._depth == 0:
-            self.seconds += time.perf_counter() - self._started
+            elapsed = time.perf_counter() - self._started
+            self.seconds += elapsed
             self.calls += 1
+            self.call_seconds.append(elapsed)
 
     def __exit__(self, *exc):
         for handle in self._handles:

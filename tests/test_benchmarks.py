@@ -37,6 +37,7 @@ def test_forward_timer_counts_outermost_calls_only():
         for _ in range(3):
             module(torch.ones(1, 4))
     assert timer.calls == 3 and timer.seconds > 0
+    assert len(timer.call_seconds) == 3 and sum(timer.call_seconds) == pytest.approx(timer.seconds)
     module(torch.ones(1, 4))  # hooks removed on exit
     assert timer.calls == 3
 
@@ -56,9 +57,11 @@ def test_ours_and_diffusers_make_the_same_unet_calls():
     ours = cases.video(impl="ours", **settings)
     theirs = cases.video(impl="diffusers", **settings)
     assert ours["unet_calls"] == theirs["unet_calls"] == 2
+    assert len(ours["unet_call_s"]) == len(theirs["unet_call_s"]) == 2  # each call timed on its own
     assert ours["finite"] and theirs["finite"]
     assert ours["peak_gb"] >= ours["resident_before_gb"] * 0.9
-    assert cases.video(impl="ours", **{**settings, "inversion": True})["unet_calls"] == 4
+    inverted = cases.video(impl="ours", **{**settings, "inversion": True})
+    assert inverted["unet_calls"] == len(inverted["unet_call_s"]) == 4
 
 
 def test_overhead_case_accounts_for_the_unet_calls():
