@@ -15,7 +15,8 @@ On toy-world photos and prompt phrasings held out from training (livephoto_core.
         --model "no reweighting=runs/ablation-reweighting/export/step-001000/livephoto.safetensors" \\
         --json benchmarks/results_motion.json
 
-Every model also gets an inference-only ablation row without prior inversion (--no-inversion-row).
+Each model is scored with prior inversion and, as the inference-only ablation, without it
+(--inversion on|off|both; default both).
 """
 
 from __future__ import annotations
@@ -200,7 +201,10 @@ def vae_round_trip_psnr(pipe, workload: Workload, count: int = 16) -> float:
     return float(np.mean(values))
 
 
-def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guidance: float, inversion_row: bool,
+INVERSION_ROWS = {"with inversion": True, "without prior inversion": False}
+
+
+def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guidance: float, rows: list[str],
                     log: Callable[[str], None]) -> dict:
     from livephoto_core.intensity import measure_intensity
     from livephoto_core.loading.pipeline import load_pipeline
@@ -213,10 +217,10 @@ def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guid
         return measure_intensity(frames, thresholds).level
 
     size, frames = pipe.config.height, pipe.config.num_frames
-    rows = {"with inversion": evaluate(render, measure_level, workload, size, frames, True, log).summary()}
-    if inversion_row:
-        rows["without prior inversion"] = evaluate(render, measure_level, workload, size, frames, False, log).summary()
-    return {"rows": rows, "vae_round_trip_psnr_db": vae_round_trip_psnr(pipe, workload)}
+    scored = {
+        row: evaluate(render, measure_level, workload, size, frames, INVERSION_ROWS[row], log).summary() for row in rows
+    }
+    return {"rows": scored, "vae_round_trip_psnr_db": vae_round_trip_psnr(pipe, workload)}
 
 
 # --- the table ------------------------------------------------------------------------------------------
@@ -269,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=4.0, help="CFG scale (default 4)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every clip count (0.25 for a quick look)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--no-inversion-row", action="store_true",
-                        help="skip the inference-only ablation without prior inversion")
+    parser.add_argument("--inversion", choices=("both", "on", "off"), default="both",
+                        help="score with prior inversion, without it (the inference-only ablation), or both")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -288,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         def log(message: str, name=name) -> None:
             print(f"  {name}: {message}", file=sys.stderr, flush=True)
 
-        results[name] = benchmark_model(checkpoint, workload, args.steps, args.guidance,
-                                        inversion_row=not args.no_inversion_row, log=log)
+        rows = {"both": list(INVERSION_ROWS), "on": ["with inversion"], "off": ["without prior inversion"]}
+        results[name] = benchmark_model(checkpoint, workload, args.steps, args.guidance, rows[args.inversion], log)
         results[name]["checkpoint"] = checkpoint
     print(table(results))
     if args.json:
