@@ -7,6 +7,7 @@ and DINOv2 tokens), optionally invert the reference latent, denoise, decode.
 
 from __future__ import annotations
 
+import ctypes
 import secrets
 import shutil
 import tempfile
@@ -116,6 +117,16 @@ def offload_to_file(module: torch.nn.Module, path: Path) -> Path:
 def leave_for_file(module: torch.nn.Module) -> None:
     for name, param in list(module.named_parameters()):
         set_parameter(module, name, torch.empty_like(param, device="meta"), param.requires_grad)
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system. glibc keeps what freed tensors below its mmap
+    threshold leave behind, so weights moved to a file would otherwise still count as resident."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc; other C libraries have no malloc_trim
+    except (OSError, AttributeError):
+        pass
 
 
 def restore_from_file(module: torch.nn.Module, path: Path, device: torch.device) -> None:
