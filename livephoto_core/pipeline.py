@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -195,6 +195,7 @@ def generate_latents(
     content_scale: float = 1.0,
     prior: Prior | None = None,
     callback: ProgressCallback | None = None,
+    split_guidance: bool = False,
 ) -> torch.Tensor:
     """Reweighted text [1, L, D] (uncond None = no guidance), content [1, N, D], reference latent
     [1, 4, h, w] -> denoised scaled latents [1, F, 4, h, w]."""
@@ -212,7 +213,7 @@ def generate_latents(
         noise = mix_prior(prior.inverted.to(noise), noise, prior_weights(num_frames, prior.start, prior.end))
     latents = noise * scheduler.init_noise_sigma
     channels = model.conditioning_channels(reference_latent, num_frames, torch.tensor([float(intensity)]))
-    cond = build_conditioning(text, uncond_text, content, channels)
+    cond = replace(build_conditioning(text, uncond_text, content, channels), split_guidance=split_guidance)
     model.unet.set_content_scale(content_scale)
     return sample_video(model.unet, latents, cond, scheduler, num_inference_steps, guidance_scale, generator, callback)
 
@@ -224,7 +225,7 @@ class LivePhotoPipeline:
     encoder, DINOv2, VAE) hold no memory on the UNet's device while idle: with the UNet on an
     accelerator they wait in CPU memory; with the UNet on the CPU their weights wait in a temporary
     file and are read back for each use. The UNet's feed-forward layers and the VAE decoder work a
-    frame at a time. Choose the device before building the pipeline; it sets the UNet's feed-forward
+    frame at a time, and guidance runs as two half batches. Choose the device before building the pipeline; it sets the UNet's feed-forward
     chunking on `model`.
     """
 
@@ -365,7 +366,7 @@ class LivePhotoPipeline:
             )
         latents = generate_latents(
             self.model, sampler, text, uncond, content, reference, intensity, num_frames,
-            num_inference_steps, guidance_scale, seed, content_scale, prior, callback,
+            num_inference_steps, guidance_scale, seed, content_scale, prior, callback, split_guidance=self.low_memory,
         )
         with self.visiting(self.vae):
             frames = decode_latents(self.vae, latents[0], decode_chunk_size)

@@ -77,6 +77,9 @@ class VideoConditioning:
     video_context: torch.Tensor  # [B, text + content tokens, D]
     channels: torch.Tensor  # [B, F, 6, h, w]
     guided: bool
+    # Guidance as two UNet calls of half the batch: the same arithmetic with half the activations
+    # (low-memory mode), at the cost of one more call per step.
+    split_guidance: bool = False
 
     @property
     def num_frames(self) -> int:
@@ -113,11 +116,14 @@ def guided_prediction(
     cond: VideoConditioning,
     guidance_scale: float,
 ) -> torch.Tensor:
-    """One UNet call; classifier-free guidance over [uncond, cond] in a single batch."""
+    """Classifier-free guidance over [uncond, cond]: one UNet call on both, or one each when split."""
     if not cond.guided:
         return unet(latents, timestep, cond.video_context, cond.channels)
-    prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels)
-    uncond, text = prediction.chunk(2)
+    if cond.split_guidance:
+        uncond, text = (unet(latents, timestep, cond.video_context[i : i + 1], cond.channels[i : i + 1]) for i in (0, 1))
+    else:
+        prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels)
+        uncond, text = prediction.chunk(2)
     return uncond + guidance_scale * (text - uncond)
 
 

@@ -1,5 +1,7 @@
 """The denoising loop, guidance, schedulers and prior inversion."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny import SD_SCHEDULER, TINY_UNET, randomize_, tiny_model
@@ -60,6 +62,23 @@ def test_guidance_batches_uncond_and_cond_in_one_call(model, inputs):
         e_uncond = model.unet(latents, t, *_unguided(uncond, content, channels))
     # 7.5 times the difference of two batched forwards: float32 noise of a few 1e-6 grows to ~1e-5.
     torch.testing.assert_close(guided, e_uncond + 7.5 * (e_text - e_uncond), atol=1e-4, rtol=1e-4)
+
+
+def test_split_guidance_makes_two_half_calls_with_the_same_result(model, inputs):
+    reference, text, uncond, content = inputs
+    channels = conditioning_channels(reference, F, torch.tensor([5.0]))
+    latents, t = torch.randn(1, F, 4, 8, 8), torch.tensor(500)
+    cond = build_conditioning(text, uncond, content, channels)
+    calls = []
+    hook = model.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            batched = guided_prediction(model.unet, latents, t, cond, 7.5)
+            split = guided_prediction(model.unet, latents, t, replace(cond, split_guidance=True), 7.5)
+    finally:
+        hook.remove()
+    assert calls == [2, 1, 1]
+    torch.testing.assert_close(split, batched, atol=1e-4, rtol=1e-4)
 
 
 def _unguided(text, content, channels):
