@@ -42,6 +42,23 @@ def test_animate_writes_the_video_with_its_settings(tiny_files, photo, tmp_path,
     assert "wrote" in capsys.readouterr().out
 
 
+def test_low_memory_gives_the_same_video(tiny_files, photo, tmp_path, monkeypatch):
+    import livephoto_core.loading.pipeline as loading
+
+    modes, build = [], loading.LivePhotoPipeline
+
+    def recording(*args, **kwargs):
+        modes.append(kwargs["low_memory"])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "LivePhotoPipeline", recording)
+    default, low = tmp_path / "default.webp", tmp_path / "low.webp"
+    assert animate(tiny_files, photo, "--seed", "3", "-o", str(default)) == 0
+    assert animate(tiny_files, photo, "--seed", "3", "--low-memory", "-o", str(low)) == 0
+    assert modes == [False, True]
+    assert np.abs(read_video(low).frames.astype(int) - read_video(default).frames.astype(int)).max() <= 1
+
+
 def test_existing_output_is_refused_before_loading_and_kept(tiny_files, photo, tmp_path, capsys):
     out = tmp_path / "out.gif"
     out.write_bytes(b"precious")

@@ -43,8 +43,10 @@ def load_pipeline(
     tokenizer: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    low_memory: bool = False,
 ) -> LivePhotoPipeline:
-    """Load every part from local paths (the bundled demo model when `livephoto` is None)."""
+    """Load every part from local paths (the bundled demo model when `livephoto` is None).
+    `low_memory`: see LivePhotoPipeline."""
     checkpoint = Path(livephoto) if livephoto is not None else demo_checkpoint()
     config, state = read_livephoto_checkpoint(checkpoint)
     bundled = checkpoint.parent
@@ -85,6 +87,7 @@ def load_pipeline(
         components.tokenizer,
         components.scheduler_config,
         hashes,
+        low_memory=low_memory,
     )
 
 
