@@ -225,8 +225,8 @@ class LivePhotoPipeline:
     encoder, DINOv2, VAE) hold no memory on the UNet's device while idle: with the UNet on an
     accelerator they wait in CPU memory; with the UNet on the CPU their weights wait in a temporary
     file and are read back for each use. The UNet's feed-forward layers and the VAE decoder work a
-    frame at a time, and guidance runs as two half batches. Choose the device before building the pipeline; it sets the UNet's feed-forward
-    chunking on `model`.
+    frame at a time, and guidance runs as two half batches. Choose the device before building the
+    pipeline; it sets the UNet's feed-forward chunking on `model`.
     """
 
     def __init__(
@@ -366,7 +366,8 @@ class LivePhotoPipeline:
             )
         latents = generate_latents(
             self.model, sampler, text, uncond, content, reference, intensity, num_frames,
-            num_inference_steps, guidance_scale, seed, content_scale, prior, callback, split_guidance=self.low_memory,
+            num_inference_steps, guidance_scale, seed, content_scale, prior, callback,
+            split_guidance=self.low_memory,
         )
         with self.visiting(self.vae):
             frames = decode_latents(self.vae, latents[0], decode_chunk_size)
