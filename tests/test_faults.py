@@ -104,8 +104,12 @@ def start_cli(script: Path, files: Path, photo: Path, output: Path, *, pause: fl
               count: int = 0, seed: int = 1) -> subprocess.Popen:
     argv = ["animate", str(photo), PROMPT, "--frames", "3", "--steps", "4", "--seed", str(seed), "-o", str(output),
             *model_args(files)]
+    # A process started from a terminal gets Ctrl-C's default action; one started from this test run might
+    # inherit SIGINT ignored (some library in the run ignores it, and that survives exec), and Python then
+    # installs no KeyboardInterrupt handler.
     return subprocess.Popen([sys.executable, str(script), str(pause), barrier, str(count), *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.fixture
