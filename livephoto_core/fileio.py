@@ -29,7 +29,7 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     temporary = _create_temporary(final)
     try:
         yield temporary
-        _fsync_file(temporary)
+        fsync_file(temporary)
         if overwrite:
             os.replace(temporary, final)
         else:
@@ -37,7 +37,7 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(final.parent)
+    fsync_directory(final.parent)
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -82,12 +82,12 @@ def _publish_exclusively(temporary: Path, final: Path) -> None:
         temporary.unlink()
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     with open(path, "rb+") as file:
         os.fsync(file.fileno())
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     """Make the new directory entry durable (POSIX; Windows has no directory handles to sync)."""
     if os.name != "posix":
         return

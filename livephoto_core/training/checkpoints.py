@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidInputError, OutputExistsError
+from ..fileio import fsync_directory, fsync_file
 
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)")
 
@@ -56,34 +57,19 @@ def atomic_directory(final: Path):
         yield temporary
         for file in temporary.rglob("*"):
             if file.is_file():
-                _fsync(file)
+                fsync_file(file)
         try:
             final.mkdir()
         except FileExistsError:
             raise OutputExistsError(f"{final} already exists; it is never overwritten") from None
         reserved = True
         os.replace(temporary, final)
-        _fsync_directory(final.parent)
+        fsync_directory(final.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         if reserved and final.is_dir() and not any(final.iterdir()):
             final.rmdir()
         raise
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as file:
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
