@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_stubs import NodeEnv, stubbed_comfyui, write_tiny_livephoto_files
 from PIL import Image
+from test_nodes import env  # noqa: F401 - the pack over ComfyUI stubs, a fixture
 from test_training import log_records, tiny_config, toy_data  # noqa: F401 - toy_data is a fixture
 from tiny import tiny_pipeline
 
@@ -294,28 +294,20 @@ def test_two_cli_runs_to_one_name_one_wins_the_other_is_refused_and_the_file_is_
 # --- node file inputs stay inside the model folders --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def node_env(tmp_path_factory):
-    models = tmp_path_factory.mktemp("comfyui") / "models"
-    files = write_tiny_livephoto_files(models)
-    with stubbed_comfyui(models) as stubs:
-        yield NodeEnv(stubs, files)
-
-
-def test_node_file_inputs_cannot_name_files_outside_the_model_folders(node_env):
+def test_node_file_inputs_cannot_name_files_outside_the_model_folders(env):  # noqa: F811
     """Every file widget goes through ComfyUI's folder_paths.get_full_path, which keeps names inside the
     folder (ComfyUI skips its own "value not in list" check for inputs a node validates itself)."""
-    models = Path(node_env.stubs.folder_paths.models_dir)
-    checkpoint = models / "livephoto" / node_env.files.checkpoint
-    dinov2 = models / node_env.files.dinov2
+    models = Path(env.stubs.folder_paths.models_dir)
+    checkpoint = models / "livephoto" / env.files.checkpoint
+    dinov2 = models / env.files.dinov2
     # Working files where each traversal would land if it were followed.
     shutil.copy(checkpoint, models / "outside.safetensors")
     shutil.copy(checkpoint, models.parent / "far_outside.safetensors")
     shutil.copy(dinov2, models / "outside_dinov2.safetensors")
     shutil.copy(checkpoint, models / "livephoto" / "inside_copy.safetensors")
-    assert node_env.load(livephoto_checkpoint="inside_copy.safetensors") is not None  # the copies do load
+    assert env.load(livephoto_checkpoint="inside_copy.safetensors") is not None  # the copies do load
 
-    node = node_env.node("LoadLivePhotoModel")
+    node = env.node("LoadLivePhotoModel")
     refused = [
         {"livephoto_checkpoint": "../outside.safetensors"},
         {"livephoto_checkpoint": "../../far_outside.safetensors"},
@@ -328,8 +320,8 @@ def test_node_file_inputs_cannot_name_files_outside_the_model_folders(node_env):
         {"motion_module": "../../../../../../etc/passwd"},
     ]
     for names in refused:
-        inputs = {"livephoto_checkpoint": node_env.files.checkpoint, "dinov2": node_env.files.dinov2,
+        inputs = {"livephoto_checkpoint": env.files.checkpoint, "dinov2": env.files.dinov2,
                   "motion_module": "none", **names}
         assert isinstance(node.validate_inputs(**inputs), str), names  # refused before the prompt runs
-        with pytest.raises(node_env.errors.InvalidInputError, match="is not in models/|not one of the listed"):
-            node_env.load(**names)
+        with pytest.raises(env.errors.InvalidInputError, match="is not in models/|not one of the listed"):
+            env.load(**names)
