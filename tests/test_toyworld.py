@@ -78,8 +78,8 @@ def test_bad_sampling_arguments_are_refused(bad):
 
 
 def test_two_shapes_have_distinct_colours_and_never_overlap():
-    two = [s for s in specs(300, two_shape_rate=1.0) if len(s.scene.shapes) == 2]
-    assert len(two) > 250
+    two = [s for s in specs(300, two_shape_rate=1.0, conflict_rate=0.0) if len(s.scene.shapes) == 2]
+    assert len(two) > 220  # the rest found no room beside the first shape
     for spec in two:
         assert spec.scene.shapes[0].colour != spec.scene.shapes[1].colour
         clip = tw.render_clip(spec)
@@ -115,11 +115,14 @@ def test_rotation_never_picks_a_circle_and_stays_below_half_the_symmetry():
 
 
 def test_speeds_spread_from_very_slow_to_fast():
+    # Translations move at least 2 latent pixels (8 px at 64 px); the other motions start barely visible.
     travel = [s.speed * (s.frames - 1) for s in specs(600, motion_weights={"left": 1.0})]
-    assert min(travel) < 2.0 and max(travel) > 25.0
-    # Log-uniform: every factor-of-2 band between the extremes is populated.
-    counts, _ = np.histogram(np.log2(travel), bins=np.arange(math.log2(1.28), math.log2(35.2) + 1e-9, 1.0))
-    assert (counts > 30).all(), counts
+    assert 8.0 <= min(travel) < 9.0 and max(travel) > 25.0
+    # Log-uniform: every band of a factor of 1.5 between the extremes is populated.
+    counts, _ = np.histogram(np.log(travel), bins=np.arange(math.log(8.0), math.log(35.2), math.log(1.5)))
+    assert (counts > 60).all(), counts
+    zooms = [s.speed ** (s.frames - 1) for s in specs(600, motion_weights={"zoom_in": 1.0})]
+    assert min(zooms) < 1.06 and max(zooms) > 1.9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +177,7 @@ def test_captions_match_the_clip_unless_marked_as_conflict():
         present = {(s.colour, s.kind) for s in spec.scene.shapes}
         if spec.conflict:
             assert (spec.named_colour, spec.named_kind) not in present
+            assert len(spec.scene.shapes) == 1  # which shape moves is never a guess
         else:
             assert (spec.named_colour, spec.named_kind) == (subject.colour, subject.kind)
     assert not any(s.conflict for s in specs(200, conflict_rate=0.0))
@@ -215,18 +219,24 @@ def test_locate_shape_finds_the_analytic_centre_and_area():
         "triangle": 3 * math.sqrt(3) / 4,
         "star": 10 * 0.5 * 0.45 * math.sin(math.radians(36)),
     }
-    for spec in specs(200, two_shape_rate=1.0):
+    for spec in specs(100, two_shape_rate=1.0, look="classic") + specs(200, two_shape_rate=1.0, look="varied"):
         photo = tw.render_photo(spec)
+        # Drawn at the frame's own size the edges are exact; drawn larger and Lanczos-resized, nearly.
+        exact = spec.scene.render_scale == 1
         for shape in spec.scene.shapes:
             centroid, area = tw.locate_shape(photo, shape.colour)
-            # Regular shapes have their centroid at the centre of their circumcircle.
-            assert math.dist(centroid, shape.centre) < 0.1, (shape, centroid)
-            assert abs(area / (areas[shape.kind] * shape.radius**2) - 1) < 0.02, shape
+            # Regular shapes (also squeezed ones) have their centroid at the centre of their circumcircle.
+            assert math.dist(centroid, shape.centre) < (0.1 if exact else 0.2), (shape, centroid)
+            squeeze = min(shape.stretch, 1 / shape.stretch)
+            expected = areas[shape.kind] * shape.radius**2 * squeeze
+            # Small or squeezed shapes are mostly edge pixels, which the colour blend measures less exactly.
+            sharp = exact and shape.radius * squeeze >= 6.4  # the classic look's smallest
+            assert abs(area / expected - 1) < (0.02 if sharp else 0.08), shape
     assert tw.locate_shape(np.full((32, 32, 3), 128, np.uint8), "red") == (None, 0.0)
 
 
 def test_zoom_scales_the_whole_frame_about_the_centre():
-    spec = next(s for s in specs(200, motion_weights={"zoom_in": 1.0}) if s.speed ** (s.frames - 1) > 1.5)
+    spec = next(s for s in specs(200, motion_weights={"zoom_in": 1.0}, look="classic") if s.speed ** (s.frames - 1) > 1.5)
     clip = tw.render_clip(spec).astype(float)
     scale = spec.speed ** (spec.frames - 1)
     size = spec.scene.size
@@ -239,14 +249,16 @@ def test_zoom_scales_the_whole_frame_about_the_centre():
 
 
 def test_background_is_low_saturation_and_shapes_are_saturated():
-    for spec in specs(100):
+    for spec in specs(50, look="classic") + specs(100, look="varied"):
         photo = tw.render_photo(spec).astype(float) / 255
         _, chroma = tw._hue_and_chroma(photo)
         size = spec.scene.size
         y, x = np.mgrid[0:size, 0:size] + 0.5
         background = np.ones((size, size), bool)
         for shape in spec.scene.shapes:
-            background &= np.hypot(x - shape.centre[0], y - shape.centre[1]) > shape.radius + 1
+            # Lanczos resizing rings for about three output pixels beside an edge.
+            rim = 1 if spec.scene.render_scale == 1 else 3
+            background &= np.hypot(x - shape.centre[0], y - shape.centre[1]) > shape.radius + rim
             _, area = tw.locate_shape(photo, shape.colour)
             assert area > 0
         assert chroma[background].max() < 0.1
@@ -271,7 +283,8 @@ def test_every_motion_spreads_over_the_ssim_intensity_levels():
     left = [i for i, s in enumerate(drawn) if s.motion == "translate"]
     speed_rank = np.argsort(np.argsort([drawn[i].speed for i in left]))
     ssim_rank = np.argsort(np.argsort(ssims[left]))
-    assert np.corrcoef(speed_rank, ssim_rank)[0, 1] < -0.6
+    # Textured backgrounds make SSIM depend on the scene too, so the correlation is strong, not perfect.
+    assert np.corrcoef(speed_rank, ssim_rank)[0, 1] < -0.5
 
 
 # ---------------------------------------------------------------------------------------------

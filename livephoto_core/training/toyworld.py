@@ -22,11 +22,12 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from ..errors import InvalidInputError, OutputExistsError
@@ -69,8 +70,9 @@ DEFAULT_MOTION_WEIGHTS = {
     "still": 0.08,
 }
 
-# Caption templates. The held-out phrasings recombine the motion words of the training phrasings
-# (left/right/up/down, zoom in/out, rotates/spinning, still/static) with new verbs and word orders.
+# Caption templates. The held-out phrasings are new combinations of words the training phrasings
+# use (other articles, verbs and word orders): a from-scratch text encoder has only ever trained the
+# embeddings of words it has seen, so a held-out word would test its random initialisation.
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "translate": {
         "train": (
@@ -81,9 +83,9 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "a {colour} {kind} goes {dir}",
         ),
         "heldout": (
-            "the {colour} {kind} drifts {dir}",
-            "watch the {colour} {kind} moving {dir}",
-            "a {colour} {kind} travels {dir}",
+            "a {colour} {kind} moves {dir}",
+            "the {colour} {kind} goes {dir}",
+            "{colour} {kind} sliding {dir}",
         ),
     },
     "rotate": {
@@ -94,8 +96,8 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "the {colour} {kind} rotating",
         ),
         "heldout": (
-            "watch the {colour} {kind} spinning",
-            "a {colour} {kind} rotates around",
+            "a {colour} {kind} rotates",
+            "the {colour} {kind} spins around",
         ),
     },
     "zoom": {
@@ -106,7 +108,7 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
             "zoom {dir}",
         ),
         "heldout": (
-            "the view zooms {dir} {prep} the {colour} {kind}",
+            "the camera zooms {dir} {prep} the {colour} {kind}",
             "camera zooming {dir}",
         ),
     },
@@ -152,10 +154,48 @@ TOY_VOCABULARY: tuple[str, ...] = _vocabulary()
 
 # Geometry, as fractions of the frame size.
 _MARGIN = 0.03  # gap kept between a shape and the frame edge
-_RADIUS_RANGE = (0.10, 0.19)  # circumradius of a shape
 _TRAVEL_RANGE = (0.02, 0.55)  # total displacement over a clip, log-uniform (also drives rotate and zoom)
+# A translation moves at least 2 latent pixels of a factor-4 VAE (8 px at 64 px): slower ones were
+# half of all translations, and their direction is hardly visible in the latents the model sees.
+_MIN_TRANSLATION = 0.125
 _SHAPE_GAP = 0.04  # minimum gap between two shapes
 _LUMA_SEPARATION = 0.2  # background lightness kept this far from every shape's luma where possible
+
+
+@dataclass(frozen=True)
+class ToyLook:
+    """How varied the pictures are: shape sizes and proportions, backgrounds, and the resolution a
+    clip is rendered at before it is scaled down to its size (as the CLI scales a larger photo).
+
+    Fractions are of the frame size; lightness values are grey levels in 0..1.
+    """
+
+    radius_range: tuple[float, float]  # circumradius of a shape
+    stretch_rate: float  # chance that a shape is squeezed along one of its axes
+    stretch_range: tuple[float, float]  # the squeezed axis keeps this fraction of its length
+    render_scales: tuple[int, ...]  # rendered at size x scale, then Lanczos-resized to size
+    lightness_range: tuple[float, float]
+    max_gradient: float  # lightness change across the frame
+    textures: tuple[str, ...]  # of "gradient" (none), "blobs", "stripes", "waves"
+    texture_amplitude: float  # largest lightness swing of a texture
+
+
+# The look of the first toy world (the benchmark's first photo set).
+CLASSIC_LOOK = ToyLook(
+    radius_range=(0.10, 0.19), stretch_rate=0.0, stretch_range=(1.0, 1.0), render_scales=(1,),
+    lightness_range=(0.2, 0.85), max_gradient=0.2, textures=("gradient", "blobs", "stripes"), texture_amplitude=0.12,
+)
+# What training draws from: the classic look widened in every direction a photo may differ.
+VARIED_LOOK = ToyLook(
+    radius_range=(0.08, 0.25), stretch_rate=0.5, stretch_range=(0.55, 1.0), render_scales=(1, 2, 4),
+    lightness_range=(0.1, 0.9), max_gradient=0.45, textures=("gradient", "blobs", "stripes", "waves"),
+    texture_amplitude=0.2,
+)
+# The benchmark's second photo set: photos 4x larger than the model's size, scaled down by the
+# pipeline, always on textured backgrounds, every shape squeezed.
+PHOTO_LOOK = replace(VARIED_LOOK, stretch_rate=1.0, stretch_range=(0.55, 0.8), render_scales=(4,),
+                     textures=("blobs", "stripes", "waves"))
+LOOKS = {"classic": CLASSIC_LOOK, "varied": VARIED_LOOK, "photo": PHOTO_LOOK}
 
 
 @dataclass(frozen=True)
@@ -167,6 +207,8 @@ class ToyShape:
     centre: tuple[float, float]  # (x, y); pixel (row i, column j) covers [j, j+1] x [i, i+1]
     radius: float  # circumradius
     angle: float = 0.0  # clockwise on screen
+    stretch: float = 1.0  # the shape's own vertical axis is this fraction of its horizontal one, or
+    # (above 1) the horizontal of the vertical: 1 / stretch; applied before the rotation
 
 
 @dataclass(frozen=True)
@@ -178,6 +220,7 @@ class ToyBackground:
     tint: tuple[float, float, float]  # per-channel offset (zero mean): the background's small chroma
     blobs: tuple[tuple[float, float, float, float], ...] = ()  # (x, y, sigma, amplitude), pixels
     stripes: tuple[float, float, float, float] | None = None  # (angle deg, period px, phase, amplitude)
+    waves: tuple[tuple[float, float, float, float], ...] = ()  # (cycles per frame along x, along y, phase, amplitude)
 
 
 @dataclass(frozen=True)
@@ -185,6 +228,7 @@ class ToyScene:
     size: int  # frames are size x size pixels
     background: ToyBackground
     shapes: tuple[ToyShape, ...]
+    render_scale: int = 1  # rendered at size x render_scale, then Lanczos-resized to size
 
 
 @dataclass(frozen=True)
@@ -228,11 +272,14 @@ class ToyClipSpec:
                         tint=tuple(background["tint"]),
                         blobs=tuple(tuple(b) for b in background["blobs"]),
                         stripes=None if background["stripes"] is None else tuple(background["stripes"]),
+                        waves=tuple(tuple(w) for w in background.get("waves", ())),
                     ),
                     shapes=tuple(
-                        ToyShape(s["kind"], s["colour"], tuple(s["centre"]), s["radius"], s["angle"])
+                        ToyShape(s["kind"], s["colour"], tuple(s["centre"]), s["radius"], s["angle"],
+                                 s.get("stretch", 1.0))
                         for s in scene["shapes"]
                     ),
+                    render_scale=scene.get("render_scale", 1),
                 ),
             }
         )
@@ -248,20 +295,24 @@ def _luma(rgb: tuple[int, int, int]) -> float:
     return (0.2125 * rgb[0] + 0.7154 * rgb[1] + 0.0721 * rgb[2]) / 255.0
 
 
-def _sample_background(rng: np.random.Generator, size: int, shape_lumas: list[float]) -> ToyBackground:
+def _sample_background(
+    rng: np.random.Generator, size: int, shape_lumas: list[float], look: ToyLook
+) -> ToyBackground:
     # Keep the background's grey level away from the shapes' so they also stand out in grayscale,
     # which is what the SSIM intensity measure sees.
     for _ in range(50):
-        lightness = float(rng.uniform(0.2, 0.85))
+        lightness = float(rng.uniform(*look.lightness_range))
         if all(abs(lightness - luma) >= _LUMA_SEPARATION for luma in shape_lumas):
             break
     gradient_angle = rng.uniform(0, 2 * math.pi)
-    gradient_strength = rng.uniform(0.0, 0.2)
+    gradient_strength = rng.uniform(0.0, look.max_gradient)
     tint = rng.uniform(-0.04, 0.04, size=3)
     tint -= tint.mean()
-    texture = rng.choice(["gradient", "blobs", "stripes"])
+    texture = look.textures[int(rng.integers(len(look.textures)))]
+    amplitude = look.texture_amplitude
     blobs: tuple = ()
     stripes = None
+    waves: tuple = ()
     if texture == "blobs":
         # Spread beyond the frame: a zoom out shows up to twice the frame's extent.
         count = int(rng.integers(6, 14))
@@ -270,7 +321,7 @@ def _sample_background(rng: np.random.Generator, size: int, shape_lumas: list[fl
                 float(rng.uniform(-0.6, 1.6) * size),
                 float(rng.uniform(-0.6, 1.6) * size),
                 float(rng.uniform(0.08, 0.25) * size),
-                float(rng.uniform(-0.12, 0.12)),
+                float(rng.uniform(-amplitude, amplitude)),
             )
             for _ in range(count)
         )
@@ -279,7 +330,15 @@ def _sample_background(rng: np.random.Generator, size: int, shape_lumas: list[fl
             float(rng.uniform(0, 180)),
             float(rng.uniform(0.15, 0.4) * size),
             float(rng.uniform(0, 2 * math.pi)),
-            float(rng.uniform(0.03, 0.08)),
+            float(rng.uniform(0.25, 0.65) * amplitude),
+        )
+    elif texture == "waves":
+        # A few plane waves of 1.5 to 6 cycles per frame: a smooth, irregular texture.
+        count = int(rng.integers(3, 7))
+        waves = tuple(
+            (float(fx), float(fy), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.2, 0.5) * amplitude))
+            for fx, fy in (rng.uniform(1.5, 6.0) * np.array([math.cos(a), math.sin(a)])
+                           for a in rng.uniform(0, 2 * math.pi, size=count))
         )
     return ToyBackground(
         lightness=lightness,
@@ -287,6 +346,7 @@ def _sample_background(rng: np.random.Generator, size: int, shape_lumas: list[fl
         tint=tuple(float(t) for t in tint),
         blobs=blobs,
         stripes=stripes,
+        waves=waves,
     )
 
 
@@ -319,6 +379,23 @@ def _caption(
     return template.format(**fields), "{colour}" in template
 
 
+def _checked_look(look: ToyLook | str) -> ToyLook:
+    if isinstance(look, ToyLook):
+        return look
+    if look not in LOOKS:
+        raise InvalidInputError(f"unknown look {look!r}; use one of {', '.join(LOOKS)}")
+    return LOOKS[look]
+
+
+def _sample_stretch(rng: np.random.Generator, look: ToyLook) -> float:
+    """1 (unstretched), or the squeezed axis's fraction: below 1 squeezes the vertical axis, above 1
+    (its inverse) the horizontal one."""
+    if rng.random() >= look.stretch_rate:
+        return 1.0
+    fraction = float(rng.uniform(*look.stretch_range))
+    return fraction if rng.random() < 0.5 else 1.0 / fraction
+
+
 def sample_clip_spec(
     rng: np.random.Generator,
     size: int = 64,
@@ -327,13 +404,17 @@ def sample_clip_spec(
     conflict_rate: float = 0.15,
     two_shape_rate: float = 0.5,
     motion_weights: dict[str, float] | None = None,
+    look: ToyLook | str = VARIED_LOOK,
 ) -> ToyClipSpec:
     """Draw one clip: scene, motion, speed and caption.
 
     motion_weights maps keys of MOTIONS to relative frequencies (default DEFAULT_MOTION_WEIGHTS);
     e.g. {"left": 1, "right": 1} gives only horizontal translations. two_shape_rate is the chance of
-    a second, static distractor shape (lower it for a single-shape curriculum).
+    a second, static distractor shape (lower it for a single-shape curriculum). A conflict clip (its
+    caption names a shape the scene lacks) always shows one shape: with two, which of them the
+    caption means would be anyone's guess. look: a ToyLook or a key of LOOKS.
     """
+    look = _checked_look(look)
     if size < 16 or frames < 2:
         raise InvalidInputError(f"toy clips need size >= 16 and frames >= 2 (got size {size}, frames {frames})")
     if not (0 <= conflict_rate <= 1 and 0 <= two_shape_rate <= 1):
@@ -352,11 +433,12 @@ def sample_clip_spec(
 
     margin = _MARGIN * size
     half = size / 2
-    r_min, r_max = (f * size for f in _RADIUS_RANGE)
+    r_min, r_max = (f * size for f in look.radius_range)
+    lowest_travel = _MIN_TRANSLATION if motion == "translate" else _TRAVEL_RANGE[0]
     travel = (
         0.0
         if motion == "still"
-        else float(size * math.exp(rng.uniform(math.log(_TRAVEL_RANGE[0]), math.log(_TRAVEL_RANGE[1]))))
+        else float(size * math.exp(rng.uniform(math.log(lowest_travel), math.log(_TRAVEL_RANGE[1]))))
     )
     steps = frames - 1
 
@@ -390,10 +472,11 @@ def sample_clip_spec(
     high = np.minimum(high, high - step)
     start = rng.uniform(low, np.maximum(low, high))
     angle = float(rng.uniform(0, _SYMMETRY_DEGREES.get(kind, 360.0)))
-    subject = ToyShape(kind, colour, (float(start[0]), float(start[1])), radius, angle)
+    subject = ToyShape(kind, colour, (float(start[0]), float(start[1])), radius, angle, _sample_stretch(rng, look))
     shapes = [subject]
 
-    if rng.random() < two_shape_rate:
+    conflict = bool(rng.random() < conflict_rate)
+    if not conflict and rng.random() < two_shape_rate:
         other_radius = float(rng.uniform(r_min, max(r_min, min(r_max, reach * 0.8))))
         path_end = start + step
         for _ in range(100):
@@ -404,14 +487,16 @@ def sample_clip_spec(
                 other_colour = colours[int(rng.integers(len(colours)))]
                 other_angle = float(rng.uniform(0, _SYMMETRY_DEGREES.get(other_kind, 360.0)))
                 shapes.append(
-                    ToyShape(other_kind, other_colour, (float(centre[0]), float(centre[1])), other_radius, other_angle)
+                    ToyShape(other_kind, other_colour, (float(centre[0]), float(centre[1])), other_radius, other_angle,
+                             _sample_stretch(rng, look))
                 )
                 break
     # Where the subject goes in the list is random, so "the first shape moves" is no shortcut.
     subject_index = int(rng.integers(len(shapes)))
     shapes.insert(subject_index, shapes.pop(0))
 
-    background = _sample_background(rng, size, [_luma(PALETTE[s.colour]) for s in shapes])
+    background = _sample_background(rng, size, [_luma(PALETTE[s.colour]) for s in shapes], look)
+    render_scale = int(look.render_scales[int(rng.integers(len(look.render_scales)))])
 
     if motion == "translate":
         speed = travel / steps
@@ -425,7 +510,6 @@ def sample_clip_spec(
     else:
         speed = 0.0
 
-    conflict = bool(rng.random() < conflict_rate)
     named_colour, named_kind = colour, kind
     if conflict:
         present = {(s.colour, s.kind) for s in shapes}
@@ -437,7 +521,7 @@ def sample_clip_spec(
                 named_kind = str(SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))])
     caption, has_content = _caption(rng, motion, direction, phrasings, named_colour, named_kind, conflict)
     return ToyClipSpec(
-        scene=ToyScene(size=size, background=background, shapes=tuple(shapes)),
+        scene=ToyScene(size=size, background=background, shapes=tuple(shapes), render_scale=render_scale),
         frames=frames,
         motion=motion,
         direction=direction,
@@ -456,7 +540,14 @@ def sample_clip_spec(
 # ---------------------------------------------------------------------------------------------
 
 
-def _polygon_vertices(kind: str, centre: tuple[float, float], radius: float, angle: float) -> np.ndarray:
+def _axis_scales(stretch: float) -> tuple[float, float]:
+    """(horizontal, vertical) scale of a shape's own axes; the longer stays at the circumradius."""
+    return (1.0, stretch) if stretch <= 1 else (1.0 / stretch, 1.0)
+
+
+def _polygon_vertices(
+    kind: str, centre: tuple[float, float], radius: float, angle: float, stretch: float = 1.0
+) -> np.ndarray:
     if kind == "square":
         base = np.radians(45.0 + 90.0 * np.arange(4))
         radii = np.full(4, radius)
@@ -468,8 +559,11 @@ def _polygon_vertices(kind: str, centre: tuple[float, float], radius: float, ang
         radii = np.where(np.arange(10) % 2 == 0, radius, 0.45 * radius)
     else:
         raise InvalidInputError(f"unknown shape kind {kind!r}; use one of {', '.join(SHAPE_KINDS)}")
-    theta = base + math.radians(angle)  # y points down, so a growing angle turns clockwise on screen
-    return np.stack([centre[0] + radii * np.cos(theta), centre[1] + radii * np.sin(theta)], axis=-1)
+    sx, sy = _axis_scales(stretch)
+    u, v = radii * np.cos(base) * sx, radii * np.sin(base) * sy  # the shape's own axes, squeezed
+    turn = math.radians(angle)  # y points down, so a growing angle turns clockwise on screen
+    cos, sin = math.cos(turn), math.sin(turn)
+    return np.stack([centre[0] + u * cos - v * sin, centre[1] + u * sin + v * cos], axis=-1)
 
 
 def _polygon_inside(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
@@ -500,8 +594,22 @@ _SUBSAMPLES = 8  # per axis, in pixels that an edge crosses
 _SUBSAMPLE_OFFSETS = (np.arange(_SUBSAMPLES) + 0.5) / _SUBSAMPLES - 0.5
 
 
+def _ellipse_distance(
+    x: np.ndarray, y: np.ndarray, centre: tuple[float, float], radius: float, angle: float, stretch: float
+) -> np.ndarray:
+    """Signed distance (negative inside) to a circle squeezed along its own axes; exact for a circle,
+    a lower bound in size (exact in sign) for an ellipse."""
+    sx, sy = _axis_scales(stretch)
+    turn = math.radians(angle)
+    dx, dy = x - centre[0], y - centre[1]
+    u = (dx * math.cos(turn) + dy * math.sin(turn)) / sx  # into the shape's own, unsqueezed axes
+    v = (-dx * math.sin(turn) + dy * math.cos(turn)) / sy
+    return (np.hypot(u, v) - radius) * min(sx, sy)
+
+
 def _paint_shape(
-    image: np.ndarray, kind: str, colour: str, centre: tuple[float, float], radius: float, angle: float
+    image: np.ndarray, kind: str, colour: str, centre: tuple[float, float], radius: float, angle: float,
+    stretch: float = 1.0,
 ) -> None:
     """Composite a shape onto image (float RGB, in place) with exact-area anti-aliasing: pixels an
     edge crosses get the inside fraction of 8x8 subsamples, the others are fully in or out."""
@@ -514,9 +622,9 @@ def _paint_shape(
         return
     y, x = np.mgrid[y0:y1, x0:x1] + 0.5
     if kind == "circle":
-        distance = np.hypot(x - centre[0], y - centre[1]) - radius
+        distance = _ellipse_distance(x, y, centre, radius, angle, stretch)
     else:
-        vertices = _polygon_vertices(kind, centre, radius, angle)
+        vertices = _polygon_vertices(kind, centre, radius, angle, stretch)
         distance = _polygon_signed_distance(x, y, vertices)
     coverage = (distance < 0).astype(float)
     edge = np.abs(distance) < 0.75  # a pixel's corners are 0.71 from its centre
@@ -524,7 +632,7 @@ def _paint_shape(
         sub_y, sub_x = (g.ravel() for g in np.meshgrid(_SUBSAMPLE_OFFSETS, _SUBSAMPLE_OFFSETS, indexing="ij"))
         sx, sy = x[edge][:, None] + sub_x, y[edge][:, None] + sub_y
         if kind == "circle":
-            inside = np.hypot(sx - centre[0], sy - centre[1]) < radius
+            inside = _ellipse_distance(sx, sy, centre, radius, angle, stretch) < 0
         else:
             inside = _polygon_inside(sx, sy, vertices)
         coverage[edge] = inside.mean(axis=-1)
@@ -543,6 +651,8 @@ def _background(background: ToyBackground, size: int, x: np.ndarray, y: np.ndarr
         angle, period, phase, amplitude = background.stripes
         along = x * math.cos(math.radians(angle)) + y * math.sin(math.radians(angle))
         lightness = lightness + amplitude * np.sin(2 * math.pi * along / period + phase)
+    for fx, fy, phase, amplitude in background.waves:
+        lightness = lightness + amplitude * np.sin(2 * math.pi * (fx * u + fy * v) + phase)
     return np.clip(lightness[..., None] + np.array(background.tint), 0.0, 1.0)
 
 
@@ -552,12 +662,17 @@ def _zoom_at(spec: ToyClipSpec, frame: int) -> float:
     return spec.speed**frame
 
 
-def render_frame(spec: ToyClipSpec, frame: int) -> np.ndarray:
-    """Frame `frame` of the clip as float RGB [H, W, 3] in 0..1."""
-    size = spec.scene.size
+def render_frame(spec: ToyClipSpec, frame: int, full_resolution: bool = False) -> np.ndarray:
+    """Frame `frame` of the clip as float RGB [H, W, 3] in 0..1.
+
+    A scene with render_scale k is drawn at k times its size and Lanczos-resized to its size, as the
+    pipeline scales a larger photo; full_resolution returns the large frame itself.
+    """
+    size, fine = spec.scene.size, spec.scene.render_scale
     scale = _zoom_at(spec, frame)
     half = size / 2
-    y, x = np.mgrid[0:size, 0:size] + 0.5
+    # Pixel centres of the fine grid, in the scene's own pixel units.
+    y, x = (np.mgrid[0 : size * fine, 0 : size * fine] + 0.5) / fine
     image = _background(spec.scene.background, size, half + (x - half) / scale, half + (y - half) / scale)
     for index, shape in enumerate(spec.scene.shapes):
         cx, cy = shape.centre
@@ -567,9 +682,17 @@ def render_frame(spec: ToyClipSpec, frame: int) -> np.ndarray:
             cx, cy = cx + dx * spec.speed * frame, cy + dy * spec.speed * frame
         if index == spec.subject and spec.motion == "rotate":
             angle += (1 if spec.direction == "clockwise" else -1) * spec.speed * frame
-        centre = (half + (cx - half) * scale, half + (cy - half) * scale)
-        _paint_shape(image, shape.kind, shape.colour, centre, shape.radius * scale, angle)
-    return image
+        centre = (fine * (half + (cx - half) * scale), fine * (half + (cy - half) * scale))
+        _paint_shape(image, shape.kind, shape.colour, centre, fine * shape.radius * scale, angle, shape.stretch)
+    if fine == 1 or full_resolution:
+        return image
+    return np.clip(_resize_lanczos(image, size), 0.0, 1.0)
+
+
+def _resize_lanczos(image: np.ndarray, size: int) -> np.ndarray:
+    """Float RGB [H, W, 3] -> [size, size, 3], channel by channel with Pillow's Lanczos (antialiased)."""
+    channels = [Image.fromarray(image[..., c].astype(np.float32), mode="F") for c in range(3)]
+    return np.stack([np.asarray(c.resize((size, size), Image.Resampling.LANCZOS)) for c in channels], axis=-1)
 
 
 def render_clip(spec: ToyClipSpec) -> np.ndarray:
@@ -578,9 +701,9 @@ def render_clip(spec: ToyClipSpec) -> np.ndarray:
     return np.round(frames * 255.0).astype(np.uint8)
 
 
-def render_photo(spec: ToyClipSpec) -> np.ndarray:
-    """Frame 0 (the photo to animate) as uint8 RGB [H, W, 3]."""
-    return np.round(render_frame(spec, 0) * 255.0).astype(np.uint8)
+def render_photo(spec: ToyClipSpec, full_resolution: bool = False) -> np.ndarray:
+    """Frame 0 (the photo to animate) as uint8 RGB [H, W, 3]; see render_frame for full_resolution."""
+    return np.round(render_frame(spec, 0, full_resolution) * 255.0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,6 +751,7 @@ def write_dataset(
     conflict_rate: float = 0.15,
     two_shape_rate: float = 0.5,
     motion_weights: dict[str, float] | None = None,
+    look: ToyLook | str = VARIED_LOOK,
     overwrite: bool = False,
 ) -> Path:
     """Render `num_clips` clips into out_dir and return the path of its captions.csv.
@@ -658,6 +782,7 @@ def write_dataset(
             conflict_rate=conflict_rate,
             two_shape_rate=two_shape_rate,
             motion_weights=motion_weights,
+            look=look,
         )
         relative = f"clips/{index:06d}.mp4"
         write_video_lossless(out / relative, render_clip(spec), fps)
