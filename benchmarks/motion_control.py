@@ -1,18 +1,31 @@
 """Motion-control benchmark: does the model do what the prompt and the intensity level ask?
 
-On toy-world photos and prompt phrasings held out from training (livephoto_core.training.toyworld's
-"heldout" stream and templates), for each model one row of:
+Held-out toy-world scenes (toyworld's "heldout" stream, which training never draws) and held-out
+phrasings (new combinations of trained words), rendered through the pipeline as the CLI renders
+them, on two photo sets:
 
-- direction: the named shape's displacement between first and last frame (a least-squares track of
-  its centroid) against the prompt's left/right/up/down; chance 25 %;
-- zoom: whether the shapes grow or shrink, against "zoom in"/"zoom out"; chance 50 %;
+- "toy": photos at the model's size in the first toy world's look;
+- "photos": a different look (textured and graded backgrounds, squeezed shapes) in photos 4x the
+  model's size, which the pipeline scales down as it scales a user's photo.
+
+For each model and photo set, one row of:
+
+- direction: every photo is rendered under all four direction prompts (left/right/up/down, naming
+  its shape); the shape's least-squares centroid track against the prompt; chance 25 %;
+- zoom: every photo under "zoom in" and "zoom out"; whether the shapes grow or shrink; chance 50 %;
 - Spearman: rank correlation of the requested level (2..9) and the level measured on the output;
 - frame-0 PSNR and SSIM against the photo (the VAE's own round trip is printed as the bound);
-- conflict: direction accuracy when the prompt names a colour and shape the photo does not have.
+- conflict: direction accuracy when the prompt names a colour and shape the photo does not have;
+- text dependence: the pixel spread between one photo's four direction renders, and the
+  caption-swap probe: the denoising loss with the clip's direction word swapped for its opposite,
+  relative to the true caption's, at several noise levels (0: the model ignores the word);
+- token weights: the reweighter's mean weight on motion words and on content words.
+
+Accuracies come with 95 % Wilson intervals.
 
     python benchmarks/motion_control.py                      # the bundled demo model
     python benchmarks/motion_control.py --model full=runs/demo/export/step-003000/livephoto.safetensors \\
-        --model "no reweighting=runs/ablation-reweighting/export/step-001000/livephoto.safetensors" \\
+        --model "no reweighting=runs/ablation-reweighting/export/step-003000/livephoto.safetensors" \\
         --json benchmarks/results_motion.json
 
 Each model is scored with prior inversion and, as the inference-only ablation, without it
@@ -23,10 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +51,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from livephoto_core.images import prepare_photo  # noqa: E402
 from livephoto_core.training.toyworld import (  # noqa: E402
+    PALETTE,
+    SHAPE_KINDS,
+    TEMPLATES,
     ToyClipSpec,
+    caption,
     clip_spec,
     displacement_direction,
     render_photo,
@@ -46,8 +65,18 @@ from livephoto_core.training.toyworld import (  # noqa: E402
 )
 
 TRANSLATIONS = ("left", "right", "up", "down")
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "in": "out", "out": "in"}
 ZOOMS = ("zoom_in", "zoom_out")
 LEVELS = tuple(range(2, 10))
+PHOTO_SETS = {"toy": "classic", "photos": "photo"}  # photo set -> toyworld look
+SWAP_TIMESTEPS = (999, 900, 700, 500, 300)
+# Words that say how things move, and words that say what is in the photo (for the token weights).
+CONTENT_WORDS = frozenset(PALETTE) | frozenset(SHAPE_KINDS)
+MOTION_WORDS = frozenset(
+    {"left", "right", "up", "down", "in", "out", "still", "static"}
+    | {w for by_split in TEMPLATES.values() for templates in by_split.values() for t in templates for w in t.split()
+       if w.startswith(("mov", "slid", "go", "zoom", "rotat", "spin", "stay"))}
+)
 
 # (photo uint8 [H, W, 3], prompt, level, prior inversion, seed) -> frames float [F, H, W, 3] in 0..1
 Render = Callable[[np.ndarray, str, int, bool, int], np.ndarray]
@@ -55,14 +84,32 @@ Render = Callable[[np.ndarray, str, int, bool, int], np.ndarray]
 
 @dataclass
 class Workload:
-    """How many held-out clips each metric uses, and the settings every render shares."""
+    """How many held-out photos each metric uses, and the settings every render shares."""
 
-    direction_clips: int = 32  # split evenly over left/right/up/down
-    zoom_clips: int = 16  # split evenly over in/out
+    direction_photos: int = 32  # each rendered under the four direction prompts: 4x as many clips
+    zoom_photos: int = 16  # each rendered zooming in and out
     intensity_photos: int = 6  # each rendered at every level of LEVELS
     conflict_clips: int = 16
+    swap_clips: int = 16  # translation clips of the caption-swap probe
     direction_level: int = 7  # the level for direction, zoom and conflict: clearly visible motion
     seed: int = 20261126  # held-out scenes: toyworld's "heldout" stream of this seed
+
+
+@dataclass(frozen=True)
+class Case:
+    """One render: the clip the prompt asks for (its caption is the prompt) and the photo given."""
+
+    spec: ToyClipSpec
+    full_resolution: bool  # the photo set's photos are larger than the model's size
+
+    def photo(self) -> np.ndarray:
+        return render_photo(self.spec, self.full_resolution)
+
+    def reference(self) -> np.ndarray:
+        """The photo as the pipeline sees it, at the model's size: what frame 0 should reproduce."""
+        size = self.spec.scene.size
+        prepared = prepare_photo(self.photo(), (size, size)).pixels  # [3, H, W] in 0..1
+        return np.round(prepared.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
 @dataclass
@@ -74,6 +121,7 @@ class Scores:
     measured_levels: list[int] = field(default_factory=list)
     frame0_psnr: list[float] = field(default_factory=list)
     frame0_ssim: list[float] = field(default_factory=list)
+    direction_spread: list[float] = field(default_factory=list)  # per photo: mean |a - b| over render pairs
     seconds: float = 0.0
 
     def summary(self) -> dict:
@@ -82,11 +130,15 @@ class Scores:
         rho = spearmanr(self.requested_levels, self.measured_levels).statistic if varied else None
         return {
             "direction_accuracy": _mean(self.direction),
+            "direction_ci95": wilson_interval(self.direction),
             "zoom_accuracy": _mean(self.zoom),
+            "zoom_ci95": wilson_interval(self.zoom),
             "conflict_direction_accuracy": _mean(self.conflict),
+            "conflict_ci95": wilson_interval(self.conflict),
             "intensity_spearman": None if rho is None else float(rho),
             "frame0_psnr_db": _mean(self.frame0_psnr),
             "frame0_ssim": _mean(self.frame0_ssim),
+            "direction_pixel_spread": _mean(self.direction_spread),
             "clips": len(self.frame0_psnr),
             "seconds_per_clip": self.seconds / max(len(self.frame0_psnr), 1),
             "counts": {"direction": len(self.direction), "zoom": len(self.zoom), "conflict": len(self.conflict),
@@ -98,18 +150,67 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-# --- the held-out clips ---------------------------------------------------------------------------------
+def wilson_interval(hits: list[bool], z: float = 1.96) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a success rate (sound at 0 % and 100 %, unlike the normal one)."""
+    n = len(hits)
+    if not n:
+        return None
+    p = sum(hits) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def heldout_specs(seed: int, motions: tuple[str, ...], count: int, conflict: bool, size: int, frames: int
-                  ) -> list[ToyClipSpec]:
+# --- the held-out cases ---------------------------------------------------------------------------------
+
+
+def heldout_specs(seed: int, motions: tuple[str, ...], count: int, conflict: bool, size: int, frames: int,
+                  look: str = "classic") -> list[ToyClipSpec]:
     """`count` held-out clips, the motions in turn (balanced), all with or all without a content conflict."""
     specs = []
     for index in range(count):
         motion = motions[index % len(motions)]
-        specs.append(clip_spec(seed, index, "heldout", size=size, frames=frames,
+        specs.append(clip_spec(seed, index, "heldout", size=size, frames=frames, look=look,
                                conflict_rate=1.0 if conflict else 0.0, motion_weights={motion: 1.0}))
     return specs
+
+
+def with_direction(spec: ToyClipSpec, direction: str, rng: np.random.Generator) -> ToyClipSpec:
+    """The same scene moving `direction` (a translation's or a zoom's), with a held-out caption for it."""
+    subject = spec.scene.shapes[spec.subject]
+    motion = "zoom" if direction in ("in", "out") else "translate"
+    speed = spec.speed
+    if motion == "zoom" and (speed > 1) != (direction == "in"):
+        speed = 1 / speed
+    text, _ = caption(rng, motion, direction, "heldout", subject.colour, subject.kind, need_content=motion != "zoom")
+    return replace(spec, motion=motion, direction=direction, speed=speed, caption=text, phrasing="heldout")
+
+
+def centred_translations(seed: int, count: int, size: int, frames: int, look: str) -> list[ToyClipSpec]:
+    """Held-out one-shape scenes whose shape has room to move a fifth of the frame in every direction."""
+    specs, index = [], 0
+    while len(specs) < count:
+        spec = clip_spec(seed, index, "heldout", size=size, frames=frames, look=look, conflict_rate=0.0,
+                         two_shape_rate=0.0, motion_weights={"left": 1.0})
+        index += 1
+        shape = spec.scene.shapes[spec.subject]
+        travel = 0.2 * size
+        if all(shape.radius + travel <= c <= size - shape.radius - travel for c in shape.centre):
+            specs.append(replace(spec, speed=travel / (frames - 1)))
+    return specs
+
+
+def direction_cases(workload: Workload, size: int, frames: int, look: str) -> list[list[ToyClipSpec]]:
+    """Per photo, its scene moving in each of the four directions."""
+    rng = np.random.default_rng([workload.seed, 0])
+    return [[with_direction(spec, d, rng) for d in TRANSLATIONS]
+            for spec in centred_translations(workload.seed, workload.direction_photos, size, frames, look)]
+
+
+def zoom_cases(workload: Workload, size: int, frames: int, look: str) -> list[list[ToyClipSpec]]:
+    rng = np.random.default_rng([workload.seed, 1])
+    specs = heldout_specs(workload.seed + 1, ("zoom_in",), workload.zoom_photos, False, size, frames, look)
+    return [[with_direction(spec, d, rng) for d in ("in", "out")] for spec in specs]
 
 
 def subject_colour(spec: ToyClipSpec) -> str:
@@ -138,39 +239,50 @@ def moved_as_asked(spec: ToyClipSpec, frames: np.ndarray) -> bool:
     raise ValueError(f"no direction to score for a {spec.motion} clip")
 
 
+def pixel_spread(renders: list[np.ndarray]) -> float:
+    """Mean absolute pixel difference over every pair of renders of one photo."""
+    pairs = [(a, b) for i, a in enumerate(renders) for b in renders[i + 1 :]]
+    return float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
+
+
 # --- one model ------------------------------------------------------------------------------------------
 
 
 def evaluate(render: Render, measure_level: Callable[[np.ndarray], int], workload: Workload, size: int,
-             frames: int, prior_inversion: bool = True, progress: Callable[[str], None] = lambda _: None) -> Scores:
-    """Render every held-out case with `render` and score it."""
+             frames: int, prior_inversion: bool = True, photo_set: str = "toy",
+             progress: Callable[[str], None] = lambda _: None) -> Scores:
+    """Render every held-out case of one photo set with `render` and score it."""
+    look = PHOTO_SETS[photo_set]
+    full_resolution = photo_set != "toy"
     scores = Scores()
     started = time.perf_counter()
 
     def run(spec: ToyClipSpec, level: int) -> np.ndarray:
-        photo = render_photo(spec)
-        output = render(photo, spec.caption, level, prior_inversion, workload.seed)
-        psnr, ssim = frame0_fidelity(photo, output)
+        case = Case(spec, full_resolution)
+        output = render(case.photo(), spec.caption, level, prior_inversion, workload.seed)
+        psnr, ssim = frame0_fidelity(case.reference(), output)
         scores.frame0_psnr.append(psnr)
         scores.frame0_ssim.append(ssim)
         return output
 
     level = workload.direction_level
-    for spec in heldout_specs(workload.seed, TRANSLATIONS, workload.direction_clips, False, size, frames):
-        scores.direction.append(moved_as_asked(spec, run(spec, level)))
-    progress(f"direction {_mean(scores.direction)}")
-    for spec in heldout_specs(workload.seed + 1, ZOOMS, workload.zoom_clips, False, size, frames):
-        scores.zoom.append(moved_as_asked(spec, run(spec, level)))
-    progress(f"zoom {_mean(scores.zoom)}")
-    for spec in heldout_specs(workload.seed + 2, TRANSLATIONS, workload.conflict_clips, True, size, frames):
+    for variants in direction_cases(workload, size, frames, look):
+        outputs = [run(spec, level) for spec in variants]
+        scores.direction += [moved_as_asked(spec, out) for spec, out in zip(variants, outputs)]
+        scores.direction_spread.append(pixel_spread(outputs))
+    progress(f"{photo_set}: direction {_mean(scores.direction)}")
+    for variants in zoom_cases(workload, size, frames, look):
+        scores.zoom += [moved_as_asked(spec, run(spec, level)) for spec in variants]
+    progress(f"{photo_set}: zoom {_mean(scores.zoom)}")
+    for spec in heldout_specs(workload.seed + 2, TRANSLATIONS, workload.conflict_clips, True, size, frames, look):
         scores.conflict.append(moved_as_asked(spec, run(spec, level)))
-    progress(f"conflict {_mean(scores.conflict)}")
+    progress(f"{photo_set}: conflict {_mean(scores.conflict)}")
     for spec in heldout_specs(workload.seed + 3, TRANSLATIONS + ZOOMS, workload.intensity_photos, False, size,
-                              frames):
+                              frames, look):
         for requested in LEVELS:
             scores.requested_levels.append(requested)
             scores.measured_levels.append(measure_level(run(spec, requested)))
-    progress(f"intensity {scores.summary()['intensity_spearman']}")
+    progress(f"{photo_set}: intensity {scores.summary()['intensity_spearman']}")
     scores.seconds = time.perf_counter() - started
     return scores
 
@@ -184,7 +296,7 @@ def pipeline_renderer(pipe, steps: int, guidance: float) -> Render:
     return render
 
 
-def vae_round_trip_psnr(pipe, workload: Workload, count: int = 16) -> float:
+def vae_round_trip_psnr(pipe, workload: Workload, photo_set: str, count: int = 16) -> float:
     """Frame-0 PSNR's ceiling: the photo through the model's VAE and back."""
     import torch
 
@@ -192,8 +304,9 @@ def vae_round_trip_psnr(pipe, workload: Workload, count: int = 16) -> float:
 
     config = pipe.config
     values = []
-    for spec in heldout_specs(workload.seed, TRANSLATIONS, count, False, config.height, config.num_frames):
-        photo = render_photo(spec)
+    for spec in heldout_specs(workload.seed, TRANSLATIONS, count, False, config.height, config.num_frames,
+                              PHOTO_SETS[photo_set]):
+        photo = Case(spec, photo_set != "toy").reference()
         pixels = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             decoded = decode_latents(pipe.vae, encode_photo(pipe.vae, pixels))
@@ -201,11 +314,70 @@ def vae_round_trip_psnr(pipe, workload: Workload, count: int = 16) -> float:
     return float(np.mean(values))
 
 
+def swapped_caption(spec: ToyClipSpec) -> str:
+    """The caption with its direction word replaced by the opposite one."""
+    return " ".join(OPPOSITE[w] if w == spec.direction else w for w in spec.caption.split())
+
+
+def caption_swap_gaps(pipe, workload: Workload, photo_set: str = "toy") -> dict[int, float]:
+    """Per timestep, the mean relative increase of the denoising loss when a held-out translation clip's
+    caption names the opposite direction. The noise and everything else are the same for both captions."""
+    import torch
+
+    from livephoto_core.intensity import measure_intensity
+    from livephoto_core.pipeline import encode_photo
+    from livephoto_core.sampling import make_scheduler
+    from livephoto_core.training.toyworld import render_clip
+
+    model, config = pipe.model, pipe.config
+    scheduler = make_scheduler("ddpm", pipe.scheduler_config, config.prediction_type)
+    specs = heldout_specs(workload.seed + 4, TRANSLATIONS, workload.swap_clips, False, config.height,
+                          config.num_frames, PHOTO_SETS[photo_set])
+    gaps = {t: [] for t in SWAP_TIMESTEPS}
+    generator = torch.Generator().manual_seed(workload.seed)
+    with torch.no_grad():
+        for spec in specs:
+            clip = render_clip(spec)
+            pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+            latents = encode_photo(pipe.vae, pixels).to(model.dtype)[None]  # [1, F, 4, h, w]
+            level = measure_intensity(clip, config.intensity_thresholds).level
+            channels = model.conditioning_channels(latents[:, 0], latents.shape[1], torch.tensor([float(level)]))
+            content = model.encode_content(pixels[:1])
+            contexts = [torch.cat([pipe.reweighted_text(text)[0], content], dim=1)
+                        for text in (spec.caption, swapped_caption(spec))]
+            for t in SWAP_TIMESTEPS:
+                timestep = torch.tensor([t])
+                noise = torch.randn(latents.shape, generator=generator).to(latents)
+                noisy = scheduler.add_noise(latents, noise, timestep)
+                target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timestep)
+                true_loss, swapped_loss = (
+                    float(((model.unet(noisy, timestep, context, channels) - target) ** 2).mean()) for context in contexts
+                )
+                gaps[t].append((swapped_loss - true_loss) / true_loss)
+    return {t: float(np.mean(v)) for t, v in gaps.items()}
+
+
+def token_weight_means(pipe, workload: Workload) -> dict[str, float]:
+    """The reweighter's mean weight on motion words and on content words, over the direction and zoom prompts."""
+    motion, content = [], []
+    config = pipe.config
+    prompts = {spec.caption for variants in direction_cases(workload, config.height, config.num_frames, "classic")
+               + zoom_cases(workload, config.height, config.num_frames, "classic") for spec in variants}
+    for prompt in sorted(prompts):
+        _, weights, tokens = pipe.reweighted_text(prompt)
+        for token, weight in zip(tokens, weights[0, 1 : 1 + len(tokens)].tolist()):
+            if token in MOTION_WORDS:
+                motion.append(weight)
+            elif token in CONTENT_WORDS:
+                content.append(weight)
+    return {"motion_words": float(np.mean(motion)), "content_words": float(np.mean(content))}
+
+
 INVERSION_ROWS = {"with inversion": True, "without prior inversion": False}
 
 
 def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guidance: float, rows: list[str],
-                    log: Callable[[str], None]) -> dict:
+                    photo_sets: list[str], log: Callable[[str], None]) -> dict:
     from livephoto_core.intensity import measure_intensity
     from livephoto_core.loading.pipeline import load_pipeline
 
@@ -217,10 +389,15 @@ def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guid
         return measure_intensity(frames, thresholds).level
 
     size, frames = pipe.config.height, pipe.config.num_frames
-    scored = {
-        row: evaluate(render, measure_level, workload, size, frames, INVERSION_ROWS[row], log).summary() for row in rows
-    }
-    return {"rows": scored, "vae_round_trip_psnr_db": vae_round_trip_psnr(pipe, workload)}
+    result = {"rows": {}, "vae_round_trip_psnr_db": {}, "caption_swap_gap": {}}
+    for photo_set in photo_sets:
+        for row in rows:
+            scores = evaluate(render, measure_level, workload, size, frames, INVERSION_ROWS[row], photo_set, log)
+            result["rows"][f"{photo_set}, {row}"] = scores.summary()
+        result["vae_round_trip_psnr_db"][photo_set] = vae_round_trip_psnr(pipe, workload, photo_set)
+        result["caption_swap_gap"][photo_set] = caption_swap_gaps(pipe, workload, photo_set)
+    result["token_weights"] = token_weight_means(pipe, workload)
+    return result
 
 
 # --- the table ------------------------------------------------------------------------------------------
@@ -234,21 +411,45 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _accuracy(row: dict, key: str) -> str:
+    value, interval = row[f"{key}_accuracy"], row[f"{key}_ci95"]
+    if value is None:
+        return "-"
+    return f"{100 * value:.0f} % ({100 * interval[0]:.0f}-{100 * interval[1]:.0f})"
+
+
 def table(results: dict[str, dict]) -> str:
     lines = [
-        "| model | direction | zoom | Spearman | frame-0 PSNR (VAE bound) | frame-0 SSIM | conflict direction | s/clip |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | photos | direction (95 % CI) | zoom (95 % CI) | Spearman | frame-0 PSNR (VAE bound) | frame-0 SSIM "
+        "| conflict direction | direction pixel spread | s/clip |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
-        bound = result["vae_round_trip_psnr_db"]
-        for variant, row in result["rows"].items():
+        for key, row in result["rows"].items():
+            photo_set, variant = key.split(", ", 1)
+            bound = result["vae_round_trip_psnr_db"][photo_set]
             label = name if variant == "with inversion" else f"{name}, {variant}"
+            conflict = row["conflict_direction_accuracy"]
             lines.append(
-                f"| {label} | {_percent(row['direction_accuracy'])} | {_percent(row['zoom_accuracy'])} | "
+                f"| {label} | {photo_set} | {_accuracy(row, 'direction')} | {_accuracy(row, 'zoom')} | "
                 f"{_number(row['intensity_spearman'], 2)} | {_number(row['frame0_psnr_db'], 1)} dB "
-                f"({bound:.1f} dB) | {_number(row['frame0_ssim'], 3)} | "
-                f"{_percent(row['conflict_direction_accuracy'])} | {row['seconds_per_clip']:.2f} |"
+                f"({bound:.1f} dB) | {_number(row['frame0_ssim'], 3)} | {_percent(conflict)} | "
+                f"{_number(row['direction_pixel_spread'], 4)} | {row['seconds_per_clip']:.2f} |"
             )
+    return "\n".join(lines)
+
+
+def probe_table(results: dict[str, dict]) -> str:
+    """The caption-swap loss gaps per timestep and the token weights, one line per model and photo set."""
+    header = " | ".join(f"t={t}" for t in SWAP_TIMESTEPS)
+    lines = [f"| model | photos | {header} | weight on motion words | on content words |",
+             "|---|---|" + "---|" * len(SWAP_TIMESTEPS) + "---|---|"]
+    for name, result in results.items():
+        weights = result["token_weights"]
+        for photo_set, gaps in result["caption_swap_gap"].items():
+            cells = " | ".join(f"{100 * gaps[t]:+.1f} %" for t in SWAP_TIMESTEPS)
+            lines.append(f"| {name} | {photo_set} | {cells} | {weights['motion_words']:.2f} | "
+                         f"{weights['content_words']:.2f} |")
     return "\n".join(lines)
 
 
@@ -275,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--inversion", choices=("both", "on", "off"), default="both",
                         help="score with prior inversion, without it (the inference-only ablation), or both")
+    parser.add_argument("--photos", choices=("both", *PHOTO_SETS), default="both", help="which photo set(s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -285,17 +487,21 @@ def main(argv: list[str] | None = None) -> int:
     defaults = Workload()
     workload = Workload(**{
         name: max(1, round(getattr(defaults, name) * args.scale))
-        for name in ("direction_clips", "zoom_clips", "intensity_photos", "conflict_clips")
+        for name in ("direction_photos", "zoom_photos", "intensity_photos", "conflict_clips", "swap_clips")
     })
+    photo_sets = list(PHOTO_SETS) if args.photos == "both" else [args.photos]
     results = {}
     for name, checkpoint in parse_models(args.model).items():
         def log(message: str, name=name) -> None:
             print(f"  {name}: {message}", file=sys.stderr, flush=True)
 
         rows = {"both": list(INVERSION_ROWS), "on": ["with inversion"], "off": ["without prior inversion"]}
-        results[name] = benchmark_model(checkpoint, workload, args.steps, args.guidance, rows[args.inversion], log)
+        results[name] = benchmark_model(checkpoint, workload, args.steps, args.guidance, rows[args.inversion],
+                                        photo_sets, log)
         results[name]["checkpoint"] = checkpoint
     print(table(results))
+    print()
+    print(probe_table(results))
     if args.json:
         record = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

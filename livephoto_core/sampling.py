@@ -53,11 +53,24 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+def supports_zero_terminal_snr(name: str) -> bool:
+    """Whether the scheduler implements diffusers' rescale_betas_zero_snr; the others would silently sample
+    on SD's schedule. Karras sigmas start from the huge sigma that zero SNR stands in for (4096) and spend
+    their steps there."""
+    cls, overrides = SCHEDULERS[name]
+    return "rescale_betas_zero_snr" in inspect.signature(cls.__init__).parameters and "use_karras_sigmas" not in overrides
+
+
 def make_scheduler(name: str, base_config: dict, prediction_type: str):
     """A diffusers scheduler of the SD family, by name, on the base model's noise schedule."""
     if name not in SCHEDULERS:
         raise InvalidInputError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
     cls, overrides = SCHEDULERS[name]
+    if base_config.get("rescale_betas_zero_snr") and not supports_zero_terminal_snr(name):
+        usable = ", ".join(n for n in SCHEDULERS if supports_zero_terminal_snr(n))
+        raise InvalidInputError(
+            f"scheduler {name!r} cannot sample this model's zero-terminal-SNR noise schedule; choose one of: {usable}"
+        )
     config = {**base_config, **overrides, "prediction_type": prediction_type}
     if cls is DDIMScheduler:
         # DDIM as AnimateDiff samples it: no clipping of x0 (latents are not in [-1, 1]).

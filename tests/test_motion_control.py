@@ -10,35 +10,43 @@ from tiny import tiny_pipeline
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.motion_control import (  # noqa: E402
+    PHOTO_SETS,
     TRANSLATIONS,
     ZOOMS,
+    Case,
     Workload,
+    direction_cases,
     evaluate,
     heldout_specs,
     parse_models,
     pipeline_renderer,
+    probe_table,
+    swapped_caption,
     table,
+    wilson_interval,
+    zoom_cases,
 )
 from livephoto_core.intensity import DEFAULT_THRESHOLDS, measure_intensity  # noqa: E402
-from livephoto_core.training.toyworld import render_clip, render_photo  # noqa: E402
+from livephoto_core.training.toyworld import render_clip  # noqa: E402
 
-SMALL = Workload(direction_clips=4, zoom_clips=2, intensity_photos=1, conflict_clips=4)
+SMALL = Workload(direction_photos=2, zoom_photos=1, intensity_photos=1, conflict_clips=4)
 
 
-def ground_truth_renderer(workload: Workload, reverse: bool = False):
-    """Renders each held-out photo as the toy world does: its true clip (reversed: the opposite motion)."""
+def ground_truth_renderer(workload: Workload, photo_set: str, reverse: bool = False):
+    """Renders each held-out case as the toy world does: the clip its prompt asks for (reversed: the
+    opposite motion)."""
+    look, full = PHOTO_SETS[photo_set], photo_set != "toy"
+    specs = [spec for variants in direction_cases(workload, 64, 8, look) + zoom_cases(workload, 64, 8, look)
+             for spec in variants]
+    specs += heldout_specs(workload.seed + 2, TRANSLATIONS, workload.conflict_clips, True, 64, 8, look)
+    specs += heldout_specs(workload.seed + 3, TRANSLATIONS + ZOOMS, workload.intensity_photos, False, 64, 8, look)
     clips = {}
-    for offset, motions, conflict, count in (
-        (0, TRANSLATIONS, False, workload.direction_clips), (1, ZOOMS, False, workload.zoom_clips),
-        (2, TRANSLATIONS, True, workload.conflict_clips),
-        (3, TRANSLATIONS + ZOOMS, False, workload.intensity_photos),
-    ):
-        for spec in heldout_specs(workload.seed + offset, motions, count, conflict, 64, 8):
-            clip = render_clip(spec) / 255.0
-            clips[render_photo(spec).tobytes()] = clip[::-1] if reverse else clip
+    for spec in specs:
+        clip = render_clip(spec) / 255.0
+        clips[Case(spec, full).photo().tobytes(), spec.caption] = clip[::-1] if reverse else clip
 
     def render(photo, prompt, level, prior_inversion, seed):
-        return clips[photo.tobytes()]
+        return clips[photo.tobytes(), prompt]
 
     return render
 
@@ -47,20 +55,48 @@ def measure_level(frames):
     return measure_intensity(frames, DEFAULT_THRESHOLDS).level
 
 
-def test_the_true_clips_score_every_direction_and_zoom_right_and_reproduce_the_photo():
-    summary = evaluate(ground_truth_renderer(SMALL), measure_level, SMALL, 64, 8).summary()
+@pytest.mark.parametrize("photo_set", list(PHOTO_SETS))
+def test_the_true_clips_score_every_direction_and_zoom_right_and_reproduce_the_photo(photo_set):
+    renderer = ground_truth_renderer(SMALL, photo_set)
+    summary = evaluate(renderer, measure_level, SMALL, 64, 8, photo_set=photo_set).summary()
     assert summary["direction_accuracy"] == summary["zoom_accuracy"] == summary["conflict_direction_accuracy"] == 1
-    assert summary["frame0_ssim"] == pytest.approx(1.0)
-    assert summary["frame0_psnr_db"] == np.inf
+    assert summary["counts"] == {"direction": 8, "zoom": 2, "conflict": 4, "intensity": 8}
     # The output ignores the requested level here, so the ranks cannot correlate.
     assert summary["intensity_spearman"] is None
-    assert summary["counts"] == {"direction": 4, "zoom": 2, "conflict": 4, "intensity": 8}
+    # Four different motions of one photo differ; frame 0 is the photo (up to the pipeline's own resize of a
+    # larger photo against the toy world's).
+    assert summary["direction_pixel_spread"] > 0.005
+    if photo_set == "toy":
+        assert summary["frame0_psnr_db"] == np.inf
+    else:
+        assert summary["frame0_psnr_db"] > 35 and summary["frame0_ssim"] > 0.98
 
 
 def test_clips_played_backwards_score_every_direction_and_zoom_wrong():
-    summary = evaluate(ground_truth_renderer(SMALL, reverse=True), measure_level, SMALL, 64, 8).summary()
+    summary = evaluate(ground_truth_renderer(SMALL, "toy", reverse=True), measure_level, SMALL, 64, 8).summary()
     assert summary["direction_accuracy"] == summary["zoom_accuracy"] == summary["conflict_direction_accuracy"] == 0
     assert summary["frame0_psnr_db"] < 40  # frame 0 is now the last frame
+
+
+def test_every_direction_photo_is_asked_all_four_directions_in_held_out_words():
+    from livephoto_core.training.toyworld import TEMPLATES
+
+    trained = {w for t in TEMPLATES["translate"]["train"] for w in t.split()}
+    for variants in direction_cases(Workload(direction_photos=3), 64, 8, "photo"):
+        assert [v.direction for v in variants] == list(TRANSLATIONS)
+        assert len({Case(v, True).photo().tobytes() for v in variants}) == 1  # one photo, four prompts
+        for spec in variants:
+            assert spec.phrasing == "heldout" and spec.direction in spec.caption.split()
+            words = set(spec.caption.split()) - {"to", "the"} - {spec.direction}
+            assert words <= trained | {spec.scene.shapes[spec.subject].colour, spec.scene.shapes[spec.subject].kind}
+            assert swapped_caption(spec).split().count(spec.direction) == 0
+
+
+def test_wilson_intervals_match_the_textbook_values():
+    # 8 of 10: (0.490, 0.943) (Wilson 1927; e.g. Newcombe 1998, table I).
+    low, high = wilson_interval([True] * 8 + [False] * 2)
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+    assert wilson_interval([True] * 128)[0] > 0.97 and wilson_interval([]) is None
 
 
 def test_held_out_cases_are_balanced_and_conflicts_name_what_the_photo_lacks():
@@ -72,15 +108,24 @@ def test_held_out_cases_are_balanced_and_conflicts_name_what_the_photo_lacks():
 
 
 def test_the_benchmark_runs_through_a_pipeline(tmp_path):
+    from benchmarks.motion_control import caption_swap_gaps, token_weight_means
+
     pipe = tiny_pipeline(tmp_path)
-    workload = Workload(direction_clips=1, zoom_clips=1, intensity_photos=1, conflict_clips=1)
-    scores = evaluate(pipeline_renderer(pipe, steps=2, guidance=4.0), measure_level, workload, 64, 8)
+    workload = Workload(direction_photos=1, zoom_photos=1, intensity_photos=1, conflict_clips=1, swap_clips=2)
+    scores = evaluate(pipeline_renderer(pipe, steps=2, guidance=4.0), measure_level, workload, 64, 8,
+                      photo_set="photos")
     summary = scores.summary()
-    assert summary["clips"] == 1 + 1 + 1 + 8
+    assert summary["clips"] == 4 + 2 + 1 + 8
     assert 0 <= summary["frame0_ssim"] <= 1 and summary["intensity_spearman"] is None or -1 <= summary[
         "intensity_spearman"] <= 1
-    row = table({"tiny": {"rows": {"with inversion": summary}, "vae_round_trip_psnr_db": 12.0}})
-    assert row.splitlines()[-1].startswith("| tiny | ")
+    gaps = caption_swap_gaps(pipe, workload)
+    assert set(gaps) == {999, 900, 700, 500, 300} and all(np.isfinite(list(gaps.values())))
+    weights = token_weight_means(pipe, workload)
+    assert 0 <= weights["motion_words"] <= 1 and 0 <= weights["content_words"] <= 1
+    result = {"rows": {"photos, with inversion": summary}, "vae_round_trip_psnr_db": {"photos": 12.0},
+              "caption_swap_gap": {"photos": gaps}, "token_weights": weights}
+    assert table({"tiny": result}).splitlines()[-1].startswith("| tiny | photos | ")
+    assert probe_table({"tiny": result}).splitlines()[-1].startswith("| tiny | photos | ")
 
 
 def test_model_arguments_are_name_equals_path():

@@ -1,7 +1,7 @@
 """TrainConfig: one training run, read from a JSON file plus ``key=value`` overrides.
 
 The JSON mirrors the dataclasses below: top-level keys, and the sections ``data``, ``model``,
-``scratch``, ``vae`` and ``validation``. An override names a field by its dotted path
+``scratch``, ``vae``, ``text_stage`` and ``validation``. An override names a field by its dotted path
 (``data.num_frames=8``) or, when the name is unambiguous, by its bare name (``lr=1e-4``: top-level
 fields first, then a field that exactly one section has). Values are JSON (``8``, ``true``,
 ``[2, 5, 8]``, ``null``); anything that is not valid JSON is taken as a string. Unknown keys and
@@ -68,7 +68,10 @@ class ScratchConfig:
     vae: dict = field(default_factory=dict)  # diffusers AutoencoderKL (latent_channels must be 4)
     text_encoder: dict = field(default_factory=dict)  # transformers CLIPTextConfig; vocab from the tokenizer
     dinov2: dict = field(default_factory=dict)  # transformers Dinov2Config
-    scheduler: dict = field(default_factory=dict)  # DDPM noise schedule (default: SD-1.5's)
+    # DDPM noise schedule (default: SD-1.5's). {"rescale_betas_zero_snr": true, "timestep_spacing":
+    # "trailing"} gives the zero-terminal-SNR schedule (needs v_prediction): SD-1.5's keeps 6.8 % of the
+    # clean signal at t = 999, from which a from-scratch model reads the motion instead of the words.
+    scheduler: dict = field(default_factory=dict)
     words: list[str] | None = None  # the tokenizer's words (default: the toy world's vocabulary)
 
 
@@ -85,6 +88,19 @@ class VaeConfig:
     l2_weight: float = 1.0
     kl_weight: float = 1e-6
     psnr_frames: int = 256  # held-out frames for the reported reconstruction PSNR
+    log_every: int = 50
+
+
+@dataclass
+class TextStageConfig:
+    """From scratch: contrastive text-clip pretraining of the text encoder, after the VAE stage
+    (training.text_stage). 0 steps: the text encoder starts random."""
+
+    steps: int = 0
+    clips_per_batch: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
     log_every: int = 50
 
 
@@ -110,6 +126,11 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no", "bf16", "fp16" (fp16 needs a GPU)
     gradient_checkpointing: bool = False
     text_dropout: float = 0.5  # probability of training on the empty prompt (paper §4.1)
+    # Timesteps: uniform over the schedule, except that this fraction of clips draws from
+    # [high_noise_from, T) only. The motion of a clip is decided at high noise, where only the words
+    # (not the noisy frames) can say it; 0 keeps the paper's uniform draw.
+    high_noise_fraction: float = 0.0
+    high_noise_from: int = 700
     lr: float = 1e-4
     lr_schedule: str = "constant"  # constant, constant_with_warmup, linear, cosine
     warmup_steps: int = 0
@@ -130,6 +151,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
+    text_stage: TextStageConfig = field(default_factory=TextStageConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def to_dict(self) -> dict:
@@ -160,6 +182,8 @@ class TrainConfig:
         need(self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}")
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}")
         need(0 <= self.text_dropout <= 1, "text_dropout must be from 0 to 1")
+        need(0 <= self.high_noise_fraction <= 1, "high_noise_fraction must be from 0 to 1")
+        need(0 <= self.high_noise_from < 1000, "high_noise_from must be a timestep from 0 to 999")
         need(self.lr > 0, "lr must be > 0")
         need(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be between 0 and 1, or null")
         need(self.time_limit_minutes is None or self.time_limit_minutes > 0, "time_limit_minutes must be > 0")
@@ -175,7 +199,15 @@ class TrainConfig:
             need(self.scratch.vae.get("latent_channels", 4) == 4, "scratch.vae.latent_channels must be 4")
             need(self.vae.steps >= 0 and self.vae.clips_per_batch >= 1 and self.vae.frames_per_clip >= 1,
                  "vae.steps must be >= 0, vae.clips_per_batch and vae.frames_per_clip >= 1")
+            need(self.text_stage.steps >= 0 and self.text_stage.clips_per_batch >= 2 and self.text_stage.lr > 0
+                 and self.text_stage.log_every >= 1,
+                 "text_stage.steps must be >= 0, text_stage.clips_per_batch >= 2, text_stage.lr > 0")
+            zero_snr = self.scratch.scheduler.get("rescale_betas_zero_snr", False)
+            need(not zero_snr or self.model.prediction_type == "v_prediction",
+                 "scratch.scheduler.rescale_betas_zero_snr needs model.prediction_type=v_prediction (at zero SNR "
+                 "the noise says nothing about the clip, so epsilon cannot be learned there)")
         else:
+            need(self.text_stage.steps == 0, "text_stage is for from-scratch text encoders; set text_stage.steps=0")
             need(self.model.base is not None and self.model.dinov2 is not None,
                  "model.base (SD-1.5) and model.dinov2 are required unless model.from_scratch")
             need(not self.model.train_text_encoder, "model.train_text_encoder needs model.from_scratch")

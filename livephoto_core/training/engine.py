@@ -55,6 +55,7 @@ from .config import TrainConfig
 from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
 from .ema import EMA
 from .export import export_model
+from .text_stage import train_text_encoder
 from .vae import latent_scaling_factor, train_vae
 from .validation import render_validation, validation_sample
 from .vocab import write_word_tokenizer
@@ -120,6 +121,15 @@ def clip_generator(seed: int, epoch: int, position: int, stream: int = TRAINING_
     """
     high, low = np.random.SeedSequence([seed, stream, epoch, position]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(high) << 32 | int(low))
+
+
+def draw_timestep(generator: torch.Generator, num_train_timesteps: int, high_noise_fraction: float,
+                  high_noise_from: int) -> torch.Tensor:
+    """One clip's timestep [1]: uniform, or with probability high_noise_fraction uniform over
+    [high_noise_from, T). Without a high-noise share it makes exactly the draw it always made."""
+    if high_noise_fraction and torch.rand(1, generator=generator).item() < high_noise_fraction:
+        return torch.randint(high_noise_from, num_train_timesteps, (1,), generator=generator)
+    return torch.randint(0, num_train_timesteps, (1,), generator=generator)
 
 
 def tokenize_captions(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -248,34 +258,76 @@ def make_livephoto_config(config: TrainConfig, base: TrainingBase, thresholds) -
 
 
 def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCaptionDataset, log: RunLog) -> None:
-    """Build the tiny base, train its VAE, write <output_dir>/base and <output_dir>/dinov2 (atomically)."""
-    started = time.perf_counter()
+    """Build the tiny base, train its VAE (kept in <output_dir>/vae, so a run stopped later does not
+    train it again), pretrain its text encoder, and write <output_dir>/base and <output_dir>/dinov2
+    (atomically)."""
     scratch = build_scratch_base(config)
     log({"event": "scratch_base", "parameters": {
         name: sum(p.numel() for p in module.parameters())
         for name, module in (("unet", scratch.unet), ("vae", scratch.vae), ("text_encoder", scratch.text_encoder),
                              ("dinov2", scratch.dinov2))}},
         "from scratch: training the VAE first")
+    vae_dir = output_dir / "vae"
+    if vae_dir.is_dir():
+        from diffusers import AutoencoderKL
+
+        scratch.vae = AutoencoderKL.from_pretrained(vae_dir)
+        log({"event": "vae_loaded", "path": str(vae_dir)}, f"VAE: trained before, loaded from {vae_dir}")
+    else:
+        train_scratch_vae(config, scratch.vae, dataset, log)
+        with atomic_directory(vae_dir) as folder:
+            scratch.vae.save_pretrained(folder)
+    if config.text_stage.steps:
+        started = time.perf_counter()
+        separation = train_text_encoder(
+            scratch.text_encoder, scratch.tokenizer, text_batches(dataset, config), config.data.num_frames,
+            config.text_stage, config.seed,
+            lambda r: log(r, f"text stage step {r['step']}/{config.text_stage.steps}: loss {r['loss']:.4f}, "
+                             f"separation {', '.join(f'{v:.2f}' for v in r['separation'].values())}"),
+        )
+        log({"event": "text_stage_done", "separation": separation, "seconds": time.perf_counter() - started},
+            "text encoder pretrained: " + "; ".join(f"{k}: {v:.2f}" for k, v in separation.items()))
+    with atomic_directory(output_dir / "base") as folder:
+        write_base_folder(folder, scratch.unet, scratch.vae, scratch.text_encoder, scratch.scheduler_config)
+        write_word_tokenizer(folder / "tokenizer", scratch.words)
+    with atomic_directory(output_dir / "dinov2") as folder:
+        scratch.dinov2.eval().save_pretrained(folder)
+
+
+def train_scratch_vae(config: TrainConfig, vae, dataset: VideoCaptionDataset, log: RunLog) -> None:
+    """The VAE stage: train `vae` in place and set its latent scaling factor."""
+    started = time.perf_counter()
     eval_frames, split = vae_eval_frames(config, dataset)
     psnr = train_vae(
-        scratch.vae, vae_batches(dataset, config), config.vae, config.seed,
+        vae, vae_batches(dataset, config), config.vae, config.seed,
         lambda r: log(r, f"VAE step {r['step']}/{config.vae.steps}: loss {r['loss']:.4f}, {split} PSNR "
                          f"{r['psnr']:.2f} dB ({r['seconds']:.0f} s)"),
         eval_frames,
     )
     with torch.no_grad():
         frames = next(vae_batches(dataset, config, clips=min(len(dataset), 64)))
-        scaling = latent_scaling_factor(scratch.vae, frames)
-    scratch.vae.register_to_config(scaling_factor=scaling)
+        scaling = latent_scaling_factor(vae, frames)
+    vae.register_to_config(scaling_factor=scaling)
     log({"event": "vae_done", "psnr": psnr, "psnr_frames": split, "scaling_factor": scaling,
          "seconds": time.perf_counter() - started},
         f"VAE: reconstruction PSNR {psnr:.2f} dB on {len(eval_frames)} {split} frames, latent scaling factor "
         f"{scaling:.4f}")
-    with atomic_directory(output_dir / "base") as folder:
-        write_base_folder(folder, scratch.unet, scratch.vae, scratch.text_encoder, scratch.scheduler_config)
-        write_word_tokenizer(folder / "tokenizer", scratch.words)
-    with atomic_directory(output_dir / "dinov2") as folder:
-        scratch.dinov2.eval().save_pretrained(folder)
+
+
+def text_batches(dataset: VideoCaptionDataset, config: TrainConfig):
+    """(frames [B, F, 3, H, W] in [-1, 1], captions) of text_stage.clips_per_batch clips, in seeded order."""
+    clips = config.text_stage.clips_per_batch
+    epoch = 0
+    while True:
+        dataset.set_epoch(epoch)
+        order = np.random.default_rng([config.seed, epoch, 2]).permutation(len(dataset)).tolist()
+        batches = [order[i : i + clips] for i in range(0, len(order) - clips + 1, clips)]
+        if not batches:
+            raise InvalidInputError(f"the text stage needs at least {clips} usable videos")
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=config.data.loader_workers)
+        for batch in loader:
+            yield batch["frames"], list(batch["caption"])
+        epoch += 1
 
 
 def vae_batches(dataset: VideoCaptionDataset, config: TrainConfig, clips: int | None = None):
@@ -476,7 +528,9 @@ class Trainer:
         num_frames = latents.shape[1]
         train_timesteps = self.noise_scheduler.config.num_train_timesteps
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(latents)
-        timesteps = torch.cat([torch.randint(0, train_timesteps, (1,), generator=g) for g in generators]).to(device)
+        timesteps = torch.cat([
+            draw_timestep(g, train_timesteps, config.high_noise_fraction, config.high_noise_from) for g in generators
+        ]).to(device)
         dropped = [torch.rand(1, generator=g).item() < text_dropout for g in generators]
         captions = ["" if drop else caption for caption, drop in zip(batch["caption"], dropped)]
         if config.model.train_text_encoder:

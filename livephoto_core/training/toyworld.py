@@ -357,7 +357,7 @@ def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> floa
     return float(np.linalg.norm(p - a - h * ab))
 
 
-def _caption(
+def caption(
     rng: np.random.Generator,
     motion: str,
     direction: str | None,
@@ -519,7 +519,7 @@ def sample_clip_spec(
                 named_colour = str(list(PALETTE)[int(rng.integers(len(PALETTE)))])
             if change in ("kind", "both"):
                 named_kind = str(SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))])
-    caption, has_content = _caption(rng, motion, direction, phrasings, named_colour, named_kind, conflict)
+    text, has_content = caption(rng, motion, direction, phrasings, named_colour, named_kind, conflict)
     return ToyClipSpec(
         scene=ToyScene(size=size, background=background, shapes=tuple(shapes), render_scale=render_scale),
         frames=frames,
@@ -527,7 +527,7 @@ def sample_clip_spec(
         direction=direction,
         speed=float(speed),
         subject=subject_index,
-        caption=caption,
+        caption=text,
         phrasing=phrasings,
         conflict=conflict,
         named_colour=named_colour if has_content else None,
