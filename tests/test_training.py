@@ -23,6 +23,7 @@ from livephoto_core.loading.checkpoint import read_livephoto_checkpoint
 from livephoto_core.loading.pipeline import load_pipeline
 from livephoto_core.pipeline import LivePhotoPipeline, tokenize
 from livephoto_core.training import checkpoints, toyworld
+from livephoto_core.training.base import build_scratch_base
 from livephoto_core.training.config import TrainConfig, apply_override, load_train_config
 from livephoto_core.training.engine import ClipStream, Trainer, tokenize_captions, train
 from livephoto_core.training.vae import psnr
@@ -424,3 +425,89 @@ def test_rng_states_round_trip_through_json():
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     checkpoints.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# --- the from-scratch stages: resumable VAE, text pretraining, zero-terminal-SNR schedule --------------------
+
+
+def test_a_time_limit_in_the_vae_stage_resumes_to_the_same_vae(toy_data, tmp_path):
+    from safetensors.torch import load_file
+
+    def vae_weights(run):
+        return load_file(str(run / "vae" / "diffusion_pytorch_model.safetensors"))
+
+    overrides = {"vae.steps": 4, "vae.checkpoint_every": 2, "steps": 1, "validation.levels": [], "validation.every": 0}
+    straight = train(TrainConfig.from_dict(tiny_config(toy_data, tmp_path / "straight", **overrides)))
+    assert not straight.stopped_early
+    stopped = train(TrainConfig.from_dict(tiny_config(toy_data, tmp_path / "cut", time_limit_minutes=1e-4, **overrides)))
+    assert stopped.stopped_early and stopped.export is None and not (tmp_path / "cut" / "vae").exists()
+    assert [s for s, _ in checkpoints.list_checkpoints(tmp_path / "cut" / "vae_checkpoints")] == [1]
+    config = TrainConfig.from_dict(tiny_config(toy_data, tmp_path / "cut", **overrides))
+    with pytest.raises(OutputExistsError, match="--resume latest"):
+        Trainer(config)  # a stage begun is never silently continued or restarted
+    resumed = train(config, resume="latest")
+    assert not resumed.stopped_early and log_records(tmp_path / "cut", "vae_resumed")[0]["step"] == 1
+    expected, got = vae_weights(tmp_path / "straight"), vae_weights(tmp_path / "cut")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_text_stage_pretrains_the_text_encoder_and_records_its_word_separation(toy_data, tmp_path):
+    from transformers import CLIPTextModel
+
+    run = tmp_path / "run"
+    config = tiny_config(toy_data, run, steps=1, **{"text_stage.steps": 3, "text_stage.clips_per_batch": 4,
+                                                    "text_stage.log_every": 3, "validation.levels": [],
+                                                    "model.train_text_encoder": False, "cache_text": True})
+    train(TrainConfig.from_dict(config))
+    (record,) = log_records(run, "text_stage")
+    assert record["step"] == 3 and np.isfinite(record["loss"])
+    assert set(log_records(run, "text_stage_done")[0]["separation"]) == set(record["separation"])
+    untrained = build_scratch_base(TrainConfig.from_dict(config)).text_encoder.state_dict()
+    trained = CLIPTextModel.from_pretrained(run / "base" / "text_encoder").state_dict()
+    assert any(not torch.equal(untrained[k], trained[k]) for k in untrained)
+
+
+def test_hard_negatives_reverse_the_motion_words_and_equal_captions_share_the_target():
+    from livephoto_core.training.text_stage import contrastive_loss, opposite_caption
+
+    assert opposite_caption("the red circle moves to the left") == "the red circle moves to the right"
+    assert opposite_caption("camera zooms in on a blue star") == "camera zooms out on a blue star"
+    assert opposite_caption("the red square rotates") is None
+    # Two clips with the same caption: a perfect match to either text costs the same as to both.
+    texts = ["zoom in", "zoom in", "zoom out"]
+    logits = torch.tensor([[10.0, 10.0, -10.0], [10.0, 10.0, -10.0]])
+    assert contrastive_loss(logits, texts, 2) < 0.7 + 1e-3  # ln 2 for each of the two equal columns
+    swapped = torch.tensor([[-10.0, -10.0, 10.0], [-10.0, -10.0, 10.0]])  # both clips pick the hard negative
+    assert contrastive_loss(swapped, texts, 2) > 10
+
+
+def test_zero_terminal_snr_runs_end_to_end_with_prior_inversion(toy_data, tmp_path):
+    run = tmp_path / "run"
+    zero_snr = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    config = tiny_config(toy_data, run, steps=2, high_noise_fraction=0.5, **{"scratch.scheduler": zero_snr,
+                                                                           "validation.levels": []})
+    result = train(TrainConfig.from_dict(config))
+    scheduler = json.loads((result.export / "base" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["rescale_betas_zero_snr"] and scheduler["timestep_spacing"] == "trailing"
+    pipe = load_pipeline(result.export / "livephoto.safetensors")
+    photo = toyworld.render_photo(toyworld.clip_spec(3, 0, size=64, frames=4))
+    out = pipe(photo, "the red circle moves left", num_inference_steps=3, guidance_scale=2.0, seed=0)
+    assert torch.isfinite(out.frames).all() and out.settings["prior_inversion"]
+    with pytest.raises(InvalidInputError, match="zero-terminal-SNR"):
+        pipe(photo, "zoom in", scheduler="pndm")
+    with pytest.raises(InvalidInputError, match="needs model.prediction_type=v_prediction"):
+        TrainConfig.from_dict(tiny_config(toy_data, run, **{"scratch.scheduler": zero_snr,
+                                                            "model.prediction_type": "epsilon"}))
+
+
+def test_the_high_noise_share_draws_late_timesteps_and_leaves_the_uniform_draw_alone():
+    from livephoto_core.training.engine import draw_timestep
+
+    def draws(fraction):
+        return [draw_timestep(torch.Generator().manual_seed(i), 1000, fraction, 700).item() for i in range(400)]
+
+    assert draws(0.0) == [torch.randint(0, 1000, (1,), generator=torch.Generator().manual_seed(i)).item()
+                          for i in range(400)]
+    assert min(draws(1.0)) >= 700
+    share = np.mean(np.array(draws(0.5)) >= 700)
+    assert 0.55 < share < 0.75  # half drawn from [700, 1000), plus 30 % of the uniform half

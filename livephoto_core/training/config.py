@@ -89,6 +89,7 @@ class VaeConfig:
     kl_weight: float = 1e-6
     psnr_frames: int = 256  # held-out frames for the reported reconstruction PSNR
     log_every: int = 50
+    checkpoint_every: int = 250  # the stage's own checkpoints (<output_dir>/vae_checkpoints), for resuming
 
 
 @dataclass
@@ -197,8 +198,9 @@ class TrainConfig:
             need(self.model.base is None and self.model.dinov2 is None and self.model.motion_module is None,
                  "model.base, model.dinov2 and model.motion_module are for pretrained bases, not from_scratch")
             need(self.scratch.vae.get("latent_channels", 4) == 4, "scratch.vae.latent_channels must be 4")
-            need(self.vae.steps >= 0 and self.vae.clips_per_batch >= 1 and self.vae.frames_per_clip >= 1,
-                 "vae.steps must be >= 0, vae.clips_per_batch and vae.frames_per_clip >= 1")
+            need(self.vae.steps >= 0 and self.vae.clips_per_batch >= 1 and self.vae.frames_per_clip >= 1
+                 and self.vae.checkpoint_every >= 1,
+                 "vae.steps must be >= 0, vae.clips_per_batch, vae.frames_per_clip and vae.checkpoint_every >= 1")
             need(self.text_stage.steps >= 0 and self.text_stage.clips_per_batch >= 2 and self.text_stage.lr > 0
                  and self.text_stage.log_every >= 1,
                  "text_stage.steps must be >= 0, text_stage.clips_per_batch >= 2, text_stage.lr > 0")

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,10 +258,15 @@ def make_livephoto_config(config: TrainConfig, base: TrainingBase, thresholds) -
 # --- from scratch: the base and its VAE ----------------------------------------------------------
 
 
-def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCaptionDataset, log: RunLog) -> None:
+class TimeLimitReached(Exception):
+    """The run's time limit came during the from-scratch VAE stage (which checkpointed first)."""
+
+
+def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCaptionDataset, log: RunLog,
+                         out_of_time: Callable[[], bool]) -> None:
     """Build the tiny base, train its VAE (kept in <output_dir>/vae, so a run stopped later does not
     train it again), pretrain its text encoder, and write <output_dir>/base and <output_dir>/dinov2
-    (atomically)."""
+    (atomically). Raises TimeLimitReached when `out_of_time()` stops the VAE stage."""
     scratch = build_scratch_base(config)
     log({"event": "scratch_base", "parameters": {
         name: sum(p.numel() for p in module.parameters())
@@ -274,7 +280,8 @@ def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCa
         scratch.vae = AutoencoderKL.from_pretrained(vae_dir)
         log({"event": "vae_loaded", "path": str(vae_dir)}, f"VAE: trained before, loaded from {vae_dir}")
     else:
-        train_scratch_vae(config, scratch.vae, dataset, log)
+        if not train_scratch_vae(config, scratch.vae, dataset, log, output_dir / "vae_checkpoints", out_of_time):
+            raise TimeLimitReached
         with atomic_directory(vae_dir) as folder:
             scratch.vae.save_pretrained(folder)
     if config.text_stage.steps:
@@ -294,16 +301,21 @@ def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCa
         scratch.dinov2.eval().save_pretrained(folder)
 
 
-def train_scratch_vae(config: TrainConfig, vae, dataset: VideoCaptionDataset, log: RunLog) -> None:
-    """The VAE stage: train `vae` in place and set its latent scaling factor."""
+def train_scratch_vae(config: TrainConfig, vae, dataset: VideoCaptionDataset, log: RunLog, checkpoints: Path,
+                      out_of_time: Callable[[], bool]) -> bool:
+    """The VAE stage: train `vae` in place and set its latent scaling factor; False when the time
+    limit stopped it (see train_vae)."""
     started = time.perf_counter()
     eval_frames, split = vae_eval_frames(config, dataset)
     psnr = train_vae(
-        vae, vae_batches(dataset, config), config.vae, config.seed,
+        vae, lambda start: vae_batches(dataset, config, start=start), config.vae, config.seed,
         lambda r: log(r, f"VAE step {r['step']}/{config.vae.steps}: loss {r['loss']:.4f}, {split} PSNR "
-                         f"{r['psnr']:.2f} dB ({r['seconds']:.0f} s)"),
-        eval_frames,
+                         f"{r['psnr']:.2f} dB ({r['seconds']:.0f} s)" if "psnr" in r
+                      else f"VAE: resuming at step {r['step']}"),
+        eval_frames, checkpoints, out_of_time,
     )
+    if psnr is None:
+        return False
     with torch.no_grad():
         frames = next(vae_batches(dataset, config, clips=min(len(dataset), 64)))
         scaling = latent_scaling_factor(vae, frames)
@@ -312,6 +324,7 @@ def train_scratch_vae(config: TrainConfig, vae, dataset: VideoCaptionDataset, lo
          "seconds": time.perf_counter() - started},
         f"VAE: reconstruction PSNR {psnr:.2f} dB on {len(eval_frames)} {split} frames, latent scaling factor "
         f"{scaling:.4f}")
+    return True
 
 
 def text_batches(dataset: VideoCaptionDataset, config: TrainConfig):
@@ -330,25 +343,28 @@ def text_batches(dataset: VideoCaptionDataset, config: TrainConfig):
         epoch += 1
 
 
-def vae_batches(dataset: VideoCaptionDataset, config: TrainConfig, clips: int | None = None):
+def vae_batches(dataset: VideoCaptionDataset, config: TrainConfig, clips: int | None = None, start: int = 0):
     """Frames [N, 3, H, W] in [-1, 1]: vae.frames_per_clip random frames of each of `clips` clips per
-    batch (many scenes per batch, few decodes), clips and frames drawn in seeded order."""
+    batch (many scenes per batch, few decodes), from the `start`-th batch on. Clips are visited in a
+    seeded order per epoch and each batch draws its frames from its own seeded generator, so the
+    k-th batch is the same whether the stage ran through or resumed there."""
     clips = clips or config.vae.clips_per_batch
-    epoch = 0
+    batches_per_epoch = len(dataset) // clips
+    if not batches_per_epoch:
+        raise InvalidInputError(f"the VAE stage needs at least {clips} usable videos")
+    epoch, offset = divmod(start, batches_per_epoch)
     while True:
         dataset.set_epoch(epoch)
-        rng = np.random.default_rng([config.seed, epoch, 1])
-        order = rng.permutation(len(dataset)).tolist()
-        batches = [order[i : i + clips] for i in range(0, len(order) - clips + 1, clips)]
-        if not batches:
-            raise InvalidInputError(f"the VAE stage needs at least {clips} usable videos")
+        order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(dataset)).tolist()
+        batches = [order[i * clips : (i + 1) * clips] for i in range(offset, batches_per_epoch)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=config.data.loader_workers)
-        for batch in loader:
+        for index, batch in enumerate(loader, start=offset):
+            rng = np.random.default_rng([config.seed, epoch, 1, index])
             frames = batch["frames"]  # [clips, F, 3, H, W]
             picks = min(config.vae.frames_per_clip, frames.shape[1])
             chosen = torch.from_numpy(np.stack([rng.choice(frames.shape[1], picks, replace=False) for _ in frames]))
             yield frames[torch.arange(len(frames))[:, None], chosen].flatten(0, 1)
-        epoch += 1
+        epoch, offset = epoch + 1, 0
 
 
 def vae_eval_frames(config: TrainConfig, dataset: VideoCaptionDataset) -> tuple[np.ndarray, str]:
@@ -385,7 +401,8 @@ class Trainer:
         self.checkpoints_dir = self.output_dir / "checkpoints"
         self.started = time.perf_counter()
         resume_from = resolve_resume(self.checkpoints_dir, resume)
-        if resume_from is None and list_checkpoints(self.checkpoints_dir):
+        started_before = list_checkpoints(self.checkpoints_dir) or list_checkpoints(self.output_dir / "vae_checkpoints")
+        if resume is None and started_before:
             raise OutputExistsError(
                 f"{self.output_dir} already holds checkpoints; pass --resume latest to continue, "
                 f"or choose a new output_dir"
@@ -446,7 +463,7 @@ class Trainer:
     def prepare_model(self) -> None:
         config, accelerator = self.config, self.accelerator
         if config.model.from_scratch and self.main and not (self.output_dir / "base").is_dir():
-            prepare_scratch_base(config, self.output_dir, self.dataset, self.log)
+            prepare_scratch_base(config, self.output_dir, self.dataset, self.log, self.out_of_time)
         accelerator.wait_for_everyone()
         self.base = base = load_training_base(config, self.output_dir)
 
@@ -658,10 +675,20 @@ class Trainer:
             # (a notebook, the tests) may choose another precision.
             AcceleratorState._reset_state(reset_partial_state=True)
 
+    def out_of_time(self) -> bool:
+        limit = self.config.time_limit_minutes
+        return limit is not None and time.perf_counter() - self.started > 60 * limit
+
     def _run(self) -> TrainResult:
         config = self.config
         self.prepare_data()
-        self.prepare_model()
+        try:
+            self.prepare_model()
+        except TimeLimitReached:
+            self.log({"event": "stop", "reason": "time limit", "stage": "vae"},
+                     f"stopping in the VAE stage: time limit of {config.time_limit_minutes} minutes reached; "
+                     f"continue with --resume latest")
+            return TrainResult(self.output_dir, 0, stopped_early=True)
         self.validation_sample = (
             validation_sample(config.validation, config.data.validation_index, config.data.root, self.sampling)
             if self.main else None
@@ -726,7 +753,7 @@ class Trainer:
                          f"(s/step: data {window.data / window.count:.3f}, model {window.model / window.count:.3f})")
                 window = Window()
             limit = config.time_limit_minutes
-            if limit is not None and time.perf_counter() - self.started > 60 * limit:
+            if self.out_of_time():
                 accelerator.set_trigger()
             out_of_time = accelerator.check_trigger() and not finished
             if config.validation.every and self.step % config.validation.every == 0 and not finished:
