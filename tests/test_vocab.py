@@ -24,3 +24,15 @@ def test_every_toy_word_is_one_token(tmp_path):
 def test_any_word_list_gives_one_token_per_word(tmp_path_factory, words):
     folder = tmp_path_factory.mktemp("tok")
     assert all(len(t) == 1 for t in tokens_of(folder, words).values())
+
+
+def test_unknown_words_are_named_once_in_order(tmp_path):
+    from livephoto_core.vocabulary import prompt_notes, unknown_words
+
+    tokenizer = CLIPTokenizer.from_pretrained(write_word_tokenizer(tmp_path, list(TOY_VOCABULARY)))
+    assert unknown_words(tokenizer, "The woman turns her head to the LEFT, the woman smiles!") == [
+        "woman", "turns", "her", "head", "smiles"]
+    assert unknown_words(tokenizer, "camera zooms in on a red star") == []
+    notes = prompt_notes({"card": "a toy"}, tokenizer, "the red circle wiggles")
+    assert notes == ["model: a toy", "words this model has never seen (it reads them as noise): wiggles"]
+    assert prompt_notes({}, tokenizer, "the red circle wiggles") == []  # a model without a card: nothing to say

@@ -76,12 +76,15 @@ def strip_image(rows: list[np.ndarray], labels: list[str], title: str) -> Image.
     frames = max(len(r) for r in rows)
     height, width = rows[0].shape[1:3]
     top = 14
-    canvas = Image.new("RGB", (LABEL_WIDTH + frames * width, top + len(rows) * height), "white")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = max([LABEL_WIDTH] + [measure.multiline_textbbox((2, 0), label)[2] + 4 for label in labels])
+    canvas = Image.new("RGB", (max(label_width + frames * width, measure.textbbox((2, 1), title)[2] + 4),
+                               top + len(rows) * height), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 1), title, fill="black")
     for r, (row, label) in enumerate(zip(rows, labels)):
         y = top + r * height
         draw.multiline_text((2, y + 2), label, fill="black")
         for f, frame in enumerate(row):
-            canvas.paste(Image.fromarray(frame), (LABEL_WIDTH + f * width, y))
+            canvas.paste(Image.fromarray(frame), (label_width + f * width, y))
     return canvas
