@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from livephoto_core import phone
+from livephoto_core.cli import main
 from livephoto_core.errors import InvalidInputError, OutputExistsError
 from livephoto_core.quicktime import STILL_IMAGE_TIME_KEY, Box, boxes, child
 from livephoto_core.video import metadata_sidecar_path, read_metadata, write_video
@@ -439,3 +440,41 @@ def test_exiftool_finds_no_error_or_warning_in_any_file(motion_photo, live_photo
 def test_box_parser_refuses_a_box_longer_than_its_parent():
     with pytest.raises(ValueError, match="claims 64 bytes"):
         list(boxes(struct.pack(">I4s", 64, b"moov") + bytes(8)))
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def model_args(folder: Path) -> list[str]:
+    return ["--livephoto", str(folder / "livephoto.safetensors"), "--base", str(folder / "base.safetensors"),
+            "--dinov2", str(folder / "dinov2"), "--tokenizer", str(folder / "tokenizer")]
+
+
+@pytest.fixture
+def large_photo(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 160, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_cli_writes_a_live_photo_pair_with_the_photo_as_the_still(tiny_files, large_photo, tmp_path, capsys):
+    out = tmp_path / "out.livephoto"
+    assert main(["animate", str(large_photo), "the red circle moves left", "--frames", "3", "--steps", "1",
+                 "--seed", "5", "-o", str(out), *model_args(tiny_files)]) == 0
+    assert f"wrote {tmp_path / 'out.jpg'} + {tmp_path / 'out.mov'} (3 frames" in capsys.readouterr().out
+    with Image.open(tmp_path / "out.jpg") as still:
+        assert still.size == (128, 128)  # the photo's centre at its own size, not the 64x64 frames
+    assert len(decode(tmp_path / "out.mov")[0]) == 3 and read_metadata(out)["seed"] == 5
+
+
+def test_cli_refuses_a_live_photo_whose_mov_exists_before_loading(tiny_files, large_photo, tmp_path, capsys,
+                                                                   monkeypatch):
+    import livephoto_core.loading.pipeline as loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "out.mov").write_bytes(b"precious")
+    assert main(["animate", str(large_photo), "x", "-o", str(tmp_path / "out.livephoto"),
+                 *model_args(tiny_files)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'out.mov'} already exists (the video of the Live Photo out.livephoto); pass --overwrite "
+        f"or choose another name"]
