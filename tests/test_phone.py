@@ -442,7 +442,7 @@ def test_box_parser_refuses_a_box_longer_than_its_parent():
         list(boxes(struct.pack(">I4s", 64, b"moov") + bytes(8)))
 
 
-# --- the command line --------------------------------------------------------------------
+# --- the command line and the node --------------------------------------------------------------------
 
 
 def model_args(folder: Path) -> list[str]:
@@ -478,3 +478,55 @@ def test_cli_refuses_a_live_photo_whose_mov_exists_before_loading(tiny_files, la
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {tmp_path / 'out.mov'} already exists (the video of the Live Photo out.livephoto); pass --overwrite "
         f"or choose another name"]
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    from comfy_stubs import stubbed_comfyui
+
+    with stubbed_comfyui(tmp_path_factory.mktemp("comfyui") / "models") as stubs:
+        yield stubs
+
+
+def save_for_phone(comfy, frames, **inputs):
+    import torch
+
+    node = comfy.nodes["LivePhotoSaveForPhone"]
+    arguments = {"filename_prefix": "LivePhoto", "format": "Apple Live Photo (.jpg + .mov)", "fps": FPS, **inputs}
+    with torch.inference_mode():
+        return node.execute(torch.from_numpy(frames).float() / 255, **arguments)
+
+
+def test_the_node_saves_numbered_files_in_the_output_folder_and_shows_the_jpeg(comfy):
+    output = Path(comfy.folder_paths.get_output_directory())
+    first = save_for_phone(comfy, smooth_clip(3), filename_prefix="phone/clip")
+    second = save_for_phone(comfy, smooth_clip(3), filename_prefix="phone/clip",
+                            format="Android Motion Photo (.MP.jpg)")
+    assert sorted(os.listdir(output / "phone")) == ["clip_00001_.jpg", "clip_00001_.livephoto.json",
+                                                    "clip_00001_.mov", "clip_00002_.MP.jpg",
+                                                    "clip_00002_.MP.jpg.json"]
+    assert first.ui == {"images": [{"filename": "clip_00001_.jpg", "subfolder": "phone", "type": "output"}]}
+    assert second.ui["images"][0]["filename"] == "clip_00002_.MP.jpg"
+    assert b'GCamera:MotionPhoto="1"' in (output / "phone" / "clip_00002_.MP.jpg").read_bytes()
+
+
+def test_the_node_embeds_the_workflow_and_uses_the_photo_as_the_still(comfy, monkeypatch):
+    import torch
+
+    node = comfy.nodes["LivePhotoSaveForPhone"]
+    monkeypatch.setattr(node, "hidden", type(node.hidden)(prompt={"3": {"class_type": "LivePhotoSampler"}},
+                                                          extra_pnginfo={"workflow": {"nodes": []}}))
+    photo = torch.full((1, 96, 96, 4), 0.5)  # an RGBA IMAGE, as Load Image gives some photos
+    result = save_for_phone(comfy, smooth_clip(2, 48, 48), filename_prefix="withphoto", photo=photo)
+    jpeg = Path(comfy.folder_paths.get_output_directory()) / result.ui["images"][0]["filename"]
+    assert read_metadata(jpeg) == {"fps": FPS, "prompt": {"3": {"class_type": "LivePhotoSampler"}},
+                                   "workflow": {"nodes": []}}
+    with Image.open(jpeg) as still:
+        assert still.size == (96, 96)
+
+
+def test_the_node_refuses_a_single_frame_in_one_line(comfy):
+    with pytest.raises(Exception, match="needs at least 2 frames; got 1") as caught:
+        save_for_phone(comfy, smooth_clip(1), filename_prefix="single")
+    assert type(caught.value).__name__ == "InvalidInputError"
+    assert not any(name.startswith("single") for name in os.listdir(comfy.folder_paths.get_output_directory()))
