@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a lower peak at about the same speed: idle parts wait off the device, smaller batches "
                               "(full-size fp32 on a CPU: 7.2 GB instead of 9.7 GB)")
     animate.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="output size (default: the model's)")
-    animate.add_argument("-o", "--output", help="output file, .webp, .gif or .mp4 (default: IMAGE_livephoto.webp)")
+    animate.add_argument("-o", "--output", help="output file, .webp, .gif or .mp4, or for a phone NAME.MP.jpg (Android "
+                         "Motion Photo) or NAME.livephoto (Apple Live Photo: NAME.jpg + NAME.mov); default: "
+                         "IMAGE_livephoto.webp")
     animate.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     animate.add_argument("--base", help="SD-1.5 base: a single .safetensors/.ckpt file or a diffusers folder")
     animate.add_argument("--livephoto", help="LivePhoto checkpoint (.safetensors); default: the bundled demo model")
@@ -78,12 +80,16 @@ def default_output(image: str) -> Path:
 
 def run_animate(args) -> int:
     from .errors import InvalidInputError, OutputExistsError
+    from .phone import NAMES, phone_format, refuse_existing, written_files
 
     output = Path(args.output) if args.output else default_output(args.image)
-    if output.suffix.lower() not in SUPPORTED_OUTPUTS:
-        raise InvalidInputError(f"cannot write {output.name}: the output must end in {', '.join(SUPPORTED_OUTPUTS)}")
+    if output.suffix.lower() not in SUPPORTED_OUTPUTS and phone_format(output) is None:
+        raise InvalidInputError(f"cannot write {output.name}: the output must end in {', '.join(SUPPORTED_OUTPUTS)}, "
+                                f"or be {' or '.join(NAMES.values())}")
     if output.exists() and not args.overwrite:
         raise OutputExistsError(f"{output} already exists; pass --overwrite or choose another name with -o")
+    if not args.overwrite:
+        refuse_existing(output, written_files(output))  # a Live Photo's .jpg and .mov
     if not Path(args.image).is_file():
         raise InvalidInputError(f"{args.image}: no such photo")
 
@@ -115,9 +121,12 @@ def run_animate(args) -> int:
     metadata = {**result.settings, "measured_intensity": result.intensity.level,
                 "measured_mean_ssim": result.intensity.mean_ssim,
                 "token_weights": [[token, round(weight, 4)] for token, weight in result.token_weights]}
-    path = write_video(result.frames, output, fps=result.settings["fps"], metadata=metadata, overwrite=args.overwrite)
+    still = args.image if phone_format(output) else None  # the photo itself, at its own resolution
+    write_video(result.frames, output, fps=result.settings["fps"], metadata=metadata, overwrite=args.overwrite,
+                still=still)
     weights = " ".join(f"{token}:{weight:.2f}" for token, weight in result.token_weights)
-    print(f"wrote {path} ({len(result.frames)} frames, seed {result.settings['seed']}, asked intensity {intensity}, "
+    print(f"wrote {' + '.join(map(str, written_files(output)))} ({len(result.frames)} frames, "
+          f"seed {result.settings['seed']}, asked intensity {intensity}, "
           f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))")
     print(f"token weights: {weights}")
     return 0

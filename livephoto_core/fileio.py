@@ -12,7 +12,6 @@ from pathlib import Path
 from .errors import InvalidInputError, OutputExistsError
 
 
-
 @contextmanager
 def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it to ``path`` only if the block succeeds.
@@ -24,20 +23,41 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     with ``os.link``, which fails if the name was taken meanwhile, so of two writers racing for one
     name exactly one wins and the other gets OutputExistsError.
     """
-    final = Path(path)
-    check_target(final, overwrite)
-    temporary = _create_temporary(final)
-    try:
+    with atomic_write_all([path], overwrite) as (temporary,):
         yield temporary
-        fsync_file(temporary)
-        if overwrite:
-            os.replace(temporary, final)
-        else:
-            _publish_exclusively(temporary, final)
+
+
+@contextmanager
+def atomic_write_all(paths: list[str | os.PathLike], overwrite: bool = False) -> Iterator[list[Path]]:
+    """``atomic_write`` for files that belong together (a photo and its video, a file and its sidecar).
+
+    Yields one temporary per path; the files are published in order once the block succeeds. If
+    publishing one fails (its name was taken meanwhile), those already published are removed again:
+    the set appears whole or not at all.
+    """
+    finals = [Path(path) for path in paths]
+    for final in finals:
+        check_target(final, overwrite)
+    temporaries, published = [], []
+    try:
+        for final in finals:
+            temporaries.append(_create_temporary(final))
+        yield temporaries
+        for temporary, final in zip(temporaries, finals):
+            fsync_file(temporary)
+            if overwrite:
+                os.replace(temporary, final)
+            else:
+                _publish_exclusively(temporary, final)
+            published.append(final)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+        for final in published:
+            final.unlink(missing_ok=True)
         raise
-    fsync_directory(final.parent)
+    for folder in dict.fromkeys(final.parent for final in finals):
+        fsync_directory(folder)
 
 
 def check_target(path: Path, overwrite: bool) -> None:

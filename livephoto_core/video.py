@@ -23,6 +23,7 @@ from PIL import GifImagePlugin, Image, ImageSequence
 
 from .errors import InvalidInputError
 from .fileio import atomic_write, check_target
+from .phone import NAMES, checked_phone_format, write_phone_photo
 
 SUPPORTED_EXTENSIONS = (".webp", ".gif", ".mp4")
 DEFAULT_FPS = 8.0
@@ -74,8 +75,11 @@ def write_video(
     fps: float = DEFAULT_FPS,
     metadata: dict | None = None,
     overwrite: bool = False,
+    format: str | None = None,
+    still=None,
 ) -> Path:
-    """Write frames ``[F, H, W, 3]`` (float 0..1 or uint8) as .webp, .gif or .mp4, looping forever.
+    """Write frames ``[F, H, W, 3]`` (float 0..1 or uint8) as .webp, .gif or .mp4, looping forever, or as a phone's
+    live photo.
 
     Every frame is stored, identical neighbours included. WebP is lossless; GIF has a 256-colour
     palette per frame and delays in whole centiseconds (at least 2); MP4 is H.264 (MPEG-4 Part 2
@@ -83,19 +87,29 @@ def write_video(
     repeating the last column or row. ``metadata`` goes into the file (WebP XMP, GIF comment, MP4
     "comment" tag) and into the sidecar ``<path>.json``; without metadata, a sidecar left by the
     file being overwritten is removed. Returns ``path``.
+
+    Phone formats (phone.py), chosen by the name or by ``format``: ``NAME.MP.jpg`` (``"motionphoto"``,
+    an Android Motion Photo) and ``NAME.livephoto`` (``"livephoto"``, an Apple Live Photo written as
+    NAME.jpg + NAME.mov, all or neither); their JPEG shows ``still`` (a photo, e.g. the one animated)
+    or frame 0; the JPEG's path is returned. The sidecar is ``<path>.json`` for them too.
     """
     path = Path(path)
+    phone_format = checked_phone_format(path, format)
     encoder = _ENCODERS.get(path.suffix.lower())
-    if encoder is None:
+    if encoder is None and phone_format is None:
         raise InvalidInputError(
             f"{path.name}: cannot write {path.suffix or 'files without an extension'}; "
-            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}, {' or '.join(NAMES.values())}"
         )
+    if still is not None and phone_format is None:
+        raise InvalidInputError(f"{path.name}: still= is the photo of a phone format; {path.suffix} has none")
     pixels = frames_to_uint8(frames)
     if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
         raise InvalidInputError(f"fps must be a positive number; got {fps}")
     metadata_json = _metadata_json(metadata)
     sidecar = metadata_sidecar_path(path)
+    if phone_format is not None:
+        return write_phone_photo(pixels, path, phone_format, float(fps), metadata_json, sidecar, overwrite, still)
     for target in (path, sidecar):
         check_target(target, overwrite)
 
@@ -356,7 +370,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def _read_embedded_metadata(path: Path) -> str | None:
     suffix = path.suffix.lower()
-    if suffix in (".webp", ".gif"):
+    if suffix in (".webp", ".gif", ".jpg", ".jpeg"):  # JPEGs: the still of a phone format
         with Image.open(path) as image:
             if suffix == ".gif":
                 comment = image.info.get("comment")

@@ -7,10 +7,11 @@ from comfy_api.latest import ComfyExtension, io
 from .intensity import EstimateIntensity
 from .loader import LoadLivePhotoModel
 from .paths import register_model_folders
+from .phone import SaveForPhone
 from .sampler import LivePhotoSampler, PriorInversion
 from .text import TextReweight
 
-NODES = [LoadLivePhotoModel, TextReweight, PriorInversion, LivePhotoSampler, EstimateIntensity]
+NODES = [LoadLivePhotoModel, TextReweight, PriorInversion, LivePhotoSampler, EstimateIntensity, SaveForPhone]
 
 
 class LivePhotoExtension(ComfyExtension):

@@ -5,7 +5,8 @@ data layouts), nothing more: ``comfy_api.latest`` (V3 node classes, schema, Node
 ``comfy.model_management`` (devices, dtypes, load_models_gpu, the interrupt flag),
 ``comfy.utils.ProgressBar``, ``comfy.model_patcher.ModelPatcher`` (clone, weight patches of type
 "diff" applied as ``comfy.lora.calculate_weight`` does), ``comfy.supported_models`` (config
-classes) and ``folder_paths`` (model folders over a temp dir). ComfyUI-shaped data stand-ins:
+classes) and ``folder_paths`` (model folders over a temp dir, the output folder beside them and its
+file numbering). ComfyUI-shaped data stand-ins:
 a MODEL over an LDM-layout UNet state dict, a CLIP over a transformers CLIPTextModel and tokenizer
 (ComfyUI's SD-1 chunking and padding), a VAE over a diffusers AutoencoderKL, a CLIP_VISION holding
 a DINOv2 in ComfyUI's (classic Hugging Face) key layout.
@@ -84,8 +85,24 @@ class NodeOutput:
         return self.args[index]
 
 
+class Hidden(str, enum.Enum):
+    unique_id = "UNIQUE_ID"
+    prompt = "PROMPT"
+    extra_pnginfo = "EXTRA_PNGINFO"
+
+
+class HiddenHolder:
+    """The hidden inputs a node asked for; as ComfyUI's, None for any it was not given."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def __getattr__(self, name):
+        return None
+
+
 class ComfyNode:
-    hidden = None
+    hidden = HiddenHolder()  # what ComfyUI's executor sets when the prompt has none
 
     @classmethod
     def define_schema(cls):
@@ -128,7 +145,7 @@ def _comfy_api_modules():
     ]:
         setattr(io, name, _comfytype(io_type, widget))
     io.Custom = lambda io_type: _comfytype(io_type)
-    io.Schema, io.NodeOutput, io.ComfyNode = Schema, NodeOutput, ComfyNode
+    io.Schema, io.NodeOutput, io.ComfyNode, io.Hidden = Schema, NodeOutput, ComfyNode, Hidden
     ui = types.ModuleType("comfy_api.latest.ui")
     ui.PreviewText = PreviewText
     latest = types.ModuleType("comfy_api.latest")
@@ -411,7 +428,27 @@ def _folder_paths(models_dir: Path):
                 return path
         return None
 
+    def get_output_directory():
+        return str(models_dir.parent / "output")
+
+    def get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0):
+        """ComfyUI's numbering: the next counter after the highest "<prefix>_<counter>_..." in the folder."""
+        subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+        filename = os.path.basename(os.path.normpath(filename_prefix))
+        full_output_folder = os.path.join(output_dir, subfolder)
+        root = os.path.abspath(output_dir)
+        if os.path.commonpath((root, os.path.abspath(full_output_folder))) != root:
+            raise Exception("**** ERROR: Saving image outside the output folder is not allowed.")
+        os.makedirs(full_output_folder, exist_ok=True)
+        counters = [0]
+        for name in os.listdir(full_output_folder):
+            prefix, remainder = name[: len(filename) + 1], name[len(filename) + 1 :]
+            if prefix == filename + "_" and remainder.split(".")[0].split("_")[0].isdigit():
+                counters.append(int(remainder.split(".")[0].split("_")[0]))
+        return full_output_folder, filename, max(counters) + 1, subfolder, filename_prefix
+
     module.get_filename_list, module.get_full_path = get_filename_list, get_full_path
+    module.get_output_directory, module.get_save_image_path = get_output_directory, get_save_image_path
     return module
 
 

@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 7): every wrong file, photo, setting and video, through the CLI, the Python
+"""The bad-input matrix (issue 7): every wrong file, photo, setting, video and output, through the CLI, the Python
 API and the nodes, gets one line that names the thing and the fix, before any heavy work.
 
 Each row of CASES gives one input to one front end and returns what the user sees. Every row checks the
@@ -335,6 +335,27 @@ def sample_node(world: World, **inputs) -> Seen:
     return node_call(world, lambda: env.sample(**inputs))
 
 
+def animate_to(world: World, output: str) -> Seen:
+    """`livephoto animate` to ``output`` in the out folder, without --overwrite."""
+    world.out.mkdir(exist_ok=True)
+    return cli(world, "animate", world.photos / "photo.png", PROMPT, "--frames", "2", "--steps", "1", "--seed", "0",
+               "-o", world.out / output, *world.model_args())
+
+
+def live_photo_over_an_existing_mov(world: World) -> Seen:
+    world.out.mkdir(exist_ok=True)
+    (world.out / "pair.mov").write_bytes(b"precious")
+    seen = animate_to(world, "pair.livephoto")
+    assert (world.out / "pair.mov").read_bytes() == b"precious" and not (world.out / "pair.jpg").exists()
+    return seen
+
+
+def save_for_phone_node(world: World, frames: torch.Tensor) -> Seen:
+    return node_call(world, lambda: world.node.env.run(
+        "LivePhotoSaveForPhone", frames=frames, filename_prefix="matrix", format="Apple Live Photo (.jpg + .mov)",
+        fps=8.0))
+
+
 def intensity_node(world: World, frames) -> Seen:
     return node_call(world, lambda: world.node.env.run("LivePhotoEstimateIntensity", frames=frames))
 
@@ -348,7 +369,7 @@ def photo_tensor(world: World, height: int, width: int, batch: int = 1, channels
 
 @dataclass(frozen=True)
 class Case:
-    group: str  # "file", "photo", "setting", "video"
+    group: str  # "file", "photo", "setting", "video", "output"
     input: str  # what the user gave, in words
     front_end: str  # "CLI", "API", "node"
     run: Callable[[World], Seen]
@@ -493,6 +514,7 @@ CASES: list[Case] = [
 ]
 
 PIPELINE_SETTINGS = "tests/test_pipeline.py::test_bad_settings_are_refused_before_any_model_runs"
+PHONE_REFUSALS = "tests/test_phone.py::test_what_a_phone_format_cannot_hold_is_refused_in_one_line_writing_nothing"
 NODE_INTENSITY = "tests/test_nodes.py::test_intensity_outside_1_to_10_is_refused_at_validation_naming_the_range"
 NODE_SETTINGS = "tests/test_nodes.py::test_settings_fed_by_links_are_checked_when_the_node_runs"
 for label, flag, api_name, node_name, value, says, covered in [
@@ -565,6 +587,30 @@ CASES += [
     Case("video", "--max-frames 1", "CLI",
          lambda w: cli(w, "intensity", w.videos / "one_frame.mp4", "--max-frames", "1"),
          ("--max-frames must be 2 or more", "got 1")),
+    # --- phone live photos (issue 19) ---
+    Case("output", "NAME.motionphoto.jpg (not the Motion Photo filename pattern)", "CLI",
+         lambda w: animate_to(w, "clip.motionphoto.jpg"), ("clip.motionphoto.jpg", "must end in MP.jpg", "NAME.MP.jpg")),
+    Case("output", "NAME.motionphoto.jpg (not the Motion Photo filename pattern)", "API",
+         lambda w: api(lambda: write_video(np.zeros((2, 32, 32, 3), np.uint8), w.out / "clip.motionphoto.jpg")),
+         ("must end in MP.jpg",), covered_by=PHONE_REFUSALS),
+    Case("output", "a Live Photo whose .mov already exists", "CLI", live_photo_over_an_existing_mov,
+         ("pair.mov already exists", "the video of the Live Photo pair.livephoto", "pass --overwrite")),
+    Case("output", "a Live Photo whose .mov already exists", "API",
+         lambda w: api(lambda: write_video(np.zeros((2, 32, 32, 3), np.uint8), w.out / "pair.livephoto")),
+         ("pair.mov already exists",),
+         covered_by="tests/test_phone.py::test_a_live_photo_whose_pair_file_exists_is_refused_and_nothing_is_touched"),
+    Case("output", "one frame as a phone live photo", "API",
+         lambda w: api(lambda: write_video(np.zeros((1, 32, 32, 3), np.uint8), w.out / "one.MP.jpg")),
+         ("needs at least 2 frames", "got 1"), covered_by=PHONE_REFUSALS),
+    Case("output", "one frame (IMAGE batch of 1) to Save Live Photo for Phone", "node",
+         lambda w: save_for_phone_node(w, torch.rand(1, 32, 32, 3)), ("needs at least 2 frames", "got 1"),
+         covered_by="tests/test_phone.py::test_the_node_refuses_a_single_frame_in_one_line"),
+    Case("output", "frames of 4097x16 as a phone live photo", "API",
+         lambda w: api(lambda: write_video(np.zeros((2, 16, 4097, 3), np.uint8), w.out / "wide.livephoto")),
+         ("frames of 4097x16 are too large", "H.264 level 5.1"), covered_by=PHONE_REFUSALS),
+    Case("output", "frames of 4097x16 to Save Live Photo for Phone", "node",
+         lambda w: save_for_phone_node(w, torch.zeros(2, 16, 4097, 3)),
+         ("frames of 4097x16 are too large", "scale them down")),
 ]
 
 
@@ -582,7 +628,7 @@ def check(world: World, case: Case) -> Seen:
     assert watch.denoising == [], f"refused only after {watch.denoising}"
     if case.bad_file is not None:
         assert case.bad_file not in watch.tensor_files, f"{case.bad_file}'s tensors were read before the refusal"
-    if case.front_end == "CLI" and case.group in ("photo", "setting") and not case.after_loading:
+    if case.front_end == "CLI" and case.group in ("photo", "setting", "output") and not case.after_loading:
         assert watch.pipelines_loaded == [], "the model was loaded before the refusal"
     if case.front_end == "node" and case.group in ("photo", "setting"):
         assert watch.device_loads == [] if hasattr(watch, "device_loads") else True

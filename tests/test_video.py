@@ -11,7 +11,7 @@ from PIL import Image, ImageSequence
 
 from livephoto_core import fileio, video
 from livephoto_core.errors import InvalidInputError, OutputExistsError
-from livephoto_core.fileio import atomic_write
+from livephoto_core.fileio import atomic_write, atomic_write_all
 from livephoto_core.video import (
     SUPPORTED_EXTENSIONS,
     VideoClip,
@@ -350,6 +350,16 @@ def test_racing_writers_exactly_one_wins_without_hard_links(tmp_path, monkeypatc
     assert outcomes.count("won") == 1
     assert final.read_bytes() == f"writer {outcomes.index('won')}".encode()
     assert os.listdir(tmp_path) == ["race.bin"]
+
+
+def test_atomic_write_all_unpublishes_the_files_published_before_a_name_taken_during_the_write(tmp_path):
+    first, second = tmp_path / "pair.jpg", tmp_path / "pair.mov"
+    with pytest.raises(OutputExistsError, match="pair.mov already exists"):
+        with atomic_write_all([first, second]) as (jpeg, movie):
+            jpeg.write_bytes(b"photo")
+            movie.write_bytes(b"video")
+            second.write_bytes(b"another writer's")  # taken after the early check, before publishing
+    assert not first.exists() and second.read_bytes() == b"another writer's" and leftovers(tmp_path) == []
 
 
 def test_atomic_write_refusals(tmp_path):
