@@ -56,6 +56,10 @@ class LivePhotoConfig:
     # intensity map is all zeros. The full model has both on.
     text_reweighting: bool = True
     intensity_map: bool = True
+    # Departure from the paper, off in its recipe: the mean of the (reweighted) text tokens, projected,
+    # is added to the timestep embedding, so the words reach every ResNet as a FiLM-like shift and not
+    # only through cross-attention. See modules.unet.install_text_time_embedding.
+    text_time_embedding: bool = False
 
     # Text reweighter: transformer encoder + Linear + sigmoid (paper §3.5).
     reweighter_layers: int = 3

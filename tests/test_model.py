@@ -195,3 +195,28 @@ def test_ablation_switches_turn_the_modules_off():
     assert torch.all(weights == 1)
     channels = model.conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([7.0]))
     assert torch.all(channels[:, :, 5] == 0) and torch.all(channels[:, -1, 4] == 1)
+
+
+def test_text_time_embedding_starts_as_identity_trains_and_reads_each_video_s_own_words():
+    config = tiny_config(text_time_embedding=True)
+    adapter = random_motion_adapter(config, tiny_unet2d())
+    plain = LivePhotoModel.from_base(tiny_config(), tiny_unet2d(), tiny_dinov2(), adapter).eval()
+    model = LivePhotoModel.from_base(config, tiny_unet2d(), tiny_dinov2(), adapter).eval()
+    assert "unet.time_embedding.cond_proj.weight" in model.trainable_state_dict()
+    assert model.unet.unet.time_embedding.cond_proj.weight.requires_grad
+
+    noisy = torch.randn(2, F, 4, 8, 8)
+    content = model.encode_content(torch.rand(2, 3, 64, 64))
+    texts = torch.randn(2, 77, D)
+    channels = conditioning_channels(torch.randn(2, 4, 8, 8), F, torch.tensor([3.0, 7.0]))
+    context = torch.cat([texts, content], dim=1)
+    with torch.no_grad():
+        # Zero-initialised: the model is the paper's until trained.
+        torch.testing.assert_close(model.unet(noisy, torch.tensor(500), context, channels),
+                                   plain.unet(noisy, torch.tensor(500), context, channels))
+        randomize_(model.unet.unet.time_embedding.cond_proj, 3)
+        shared = model.unet(noisy, torch.tensor(500), context, channels)
+        per_frame = model.unet(noisy, torch.tensor(500), context.repeat_interleave(F, dim=0), channels)
+        swapped = model.unet(noisy, torch.tensor(500), torch.cat([texts.flip(0), content], dim=1), channels)
+    torch.testing.assert_close(shared, per_frame)  # one context row per video or one per frame: the same
+    assert not torch.allclose(shared, swapped)  # each video is shifted by its own words

@@ -83,6 +83,29 @@ def install_content_attention(unet: UNetMotionModel, num_content_tokens: int) ->
     unet.set_attn_processor(processors)
 
 
+def install_text_time_embedding(unet: UNetMotionModel, text_dim: int) -> None:
+    """Give the timestep embedding a projection of the text (diffusers' `timestep_cond`, the input LCM
+    conditions on its guidance scale), zero-initialised so that an untrained model is unchanged.
+
+    A departure from the paper (LivePhotoConfig.text_time_embedding). In a small model trained from
+    scratch, motion words reached through cross-attention alone were never used: after 600 steps the
+    loss did not change when a caption's direction was swapped, although the text encoder told the
+    directions apart. Added to the timestep embedding, the words shift every ResNet of the UNet.
+    """
+    embedding = unet.time_embedding
+    weight = embedding.linear_1.weight
+    embedding.cond_proj = nn.Linear(text_dim, embedding.linear_1.in_features, bias=False,
+                                    device=weight.device, dtype=weight.dtype)
+    nn.init.zeros_(embedding.cond_proj.weight)
+    unet.register_to_config(time_cond_proj_dim=text_dim)
+
+
+def pooled_text(context: torch.Tensor, num_content_tokens: int, videos: int) -> torch.Tensor:
+    """The mean of each video's text tokens: context [B or B*F, text + content tokens, D] -> [B, D]."""
+    text = context[:, :-num_content_tokens]
+    return text[:: text.shape[0] // videos].mean(dim=1)  # frame-major rows: every F-th is a new video
+
+
 def frame_embedding(num_frames: int) -> torch.Tensor:
     """n / (F - 1) for frame n: 0 for the first frame (trust the reference), 1 for the last (§3.3)."""
     if num_frames == 1:
@@ -104,8 +127,10 @@ def conditioning_channels(reference_latent: torch.Tensor, num_frames: int, inten
 
 
 def is_trainable_key(name: str) -> bool:
-    """The parameters LivePhoto trains inside the UNet: conv_in, motion modules, content attention."""
-    return name.startswith("conv_in.") or ".motion_modules." in name or ".processor." in name
+    """The parameters LivePhoto trains inside the UNet: conv_in, motion modules, content attention (and
+    the text's timestep projection, when the model has one)."""
+    return (name.startswith(("conv_in.", "time_embedding.cond_proj.")) or ".motion_modules." in name
+            or ".processor." in name)
 
 
 class LivePhotoUNet(nn.Module):
@@ -118,12 +143,19 @@ class LivePhotoUNet(nn.Module):
 
     @classmethod
     def from_unet2d(
-        cls, unet2d: UNet2DConditionModel, adapter: MotionAdapter, num_content_tokens: int
+        cls, unet2d: UNet2DConditionModel, adapter: MotionAdapter, num_content_tokens: int,
+        text_time_embedding: bool = False,
     ) -> "LivePhotoUNet":
         unet = assemble_motion_unet(unet2d, adapter)
         widen_conv_in(unet)
         install_content_attention(unet, num_content_tokens)
+        if text_time_embedding:
+            install_text_time_embedding(unet, unet.config.cross_attention_dim)
         return cls(unet, num_content_tokens)
+
+    @property
+    def text_time_embedding(self) -> bool:
+        return self.unet.time_embedding.cond_proj is not None
 
     # Read off one weight: diffusers' ModelMixin.dtype/.device walk every submodule on each call, which
     # the sampling loop and the pipeline ask for often (milliseconds per call at full size).
@@ -172,5 +204,9 @@ class LivePhotoUNet(nn.Module):
         per video, shared by its frames: the cheaper form) or [B*F, ...] (one per frame, frame-major: row
         b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w]."""
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
-        out = self.unet(sample.transpose(1, 2), timestep, encoder_hidden_states=context, return_dict=False)[0]
+        text_vector = None
+        if self.text_time_embedding:
+            text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
+        out = self.unet(sample.transpose(1, 2), timestep, encoder_hidden_states=context, timestep_cond=text_vector,
+                        return_dict=False)[0]
         return out.transpose(1, 2)
