@@ -1,10 +1,11 @@
 """What a model trained from scratch can read: its word list, and the notes a user needs about a prompt.
 
-A from-scratch model (the bundled demo) has a tokenizer over a small word list and a text encoder
-that has only ever seen those words; anything else reaches it as byte pieces ("w", "o", "ma", "n")
-with untrained embeddings. Its export carries a one-line card (what it knows, where real models
-come from) in the LivePhoto config's ``extra``, and every render names the prompt's words outside
-its vocabulary, so a user who types "the woman turns her head" learns why nothing sensible happens.
+A from-scratch model (a "bundled" base, like the demo) has a tokenizer over a small word list and a
+text encoder that has only ever seen those words; anything else reaches it as byte pieces ("w",
+"o", "ma", "n") with untrained embeddings. Every render by such a model notes what it knows (its
+motion words, read off its own tokenizer) and where real models come from, and names the prompt's
+words outside its vocabulary, so a user who types "the woman turns her head" learns why nothing
+sensible happens.
 """
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ WORD_PATTERN = re.compile(r"[^\W\d_]+|\d|[^\s\w]+")
 MOTION_WORDS = ("left", "right", "up", "down", "zoom", "in", "out", "rotates", "spins", "still")
 
 
+def known_words(tokenizer) -> list[str]:
+    """The whole words the tokenizer has one token for (BPE marks a word's last piece with </w>)."""
+    candidates = (token.removesuffix("</w>") for token in tokenizer.get_vocab() if token.endswith("</w>"))
+    return sorted(w for w in candidates if len(w) > 1 and w.isalpha() and len(tokenizer.tokenize(w)) == 1)
+
+
 def model_card(words: list[str]) -> str:
-    """The card of a model trained from scratch on the toy world with this word list."""
+    """What a from-scratch toy-world model knows, given its word list."""
     motions = [w for w in MOTION_WORDS if w in words]
     return (
-        f"this is a miniature trained from scratch on a toy world of coloured shapes on plain backgrounds "
-        f"({len(words)} words; motions: {', '.join(motions)}); it does not know real photos: for those, train "
-        f"LivePhoto on your SD-1.5 model with scripts/train.py (docs/training.md)"
+        f"a miniature trained from scratch on a toy world of coloured shapes (motion words: {', '.join(motions)}); "
+        f"it does not know real photos: for those, train LivePhoto on your SD-1.5 model with scripts/train.py "
+        f"(docs/training.md)"
     )
 
 
@@ -32,13 +39,12 @@ def unknown_words(tokenizer, prompt: str) -> list[str]:
     return [w for w in words if len(tokenizer.tokenize(w)) != 1]
 
 
-def prompt_notes(extra: dict, tokenizer, prompt: str) -> list[str]:
-    """Notes for a render of `prompt` by a model whose LivePhoto config has `extra`: its card and the
-    prompt's unknown words, for models that carry a card (from-scratch ones); none for the others."""
-    card = extra.get("card")
-    if not card:
+def prompt_notes(base_model: str, tokenizer, prompt: str) -> list[str]:
+    """Notes for a render of `prompt`: for a model with its own from-scratch base ("bundled"), its card
+    and the prompt's unknown words; none for models on a real SD-1.5."""
+    if base_model != "bundled":
         return []
-    notes = [f"model: {card}"]
+    notes = [f"model: {model_card(known_words(tokenizer))}"]
     unknown = unknown_words(tokenizer, prompt)
     if unknown:
         notes.append(f"words this model has never seen (it reads them as noise): {', '.join(unknown)}")

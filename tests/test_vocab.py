@@ -27,12 +27,14 @@ def test_any_word_list_gives_one_token_per_word(tmp_path_factory, words):
 
 
 def test_unknown_words_are_named_once_in_order(tmp_path):
-    from livephoto_core.vocabulary import prompt_notes, unknown_words
+    from livephoto_core.vocabulary import known_words, prompt_notes, unknown_words
 
     tokenizer = CLIPTokenizer.from_pretrained(write_word_tokenizer(tmp_path, list(TOY_VOCABULARY)))
+    assert {w for w in TOY_VOCABULARY if len(w) > 1} <= set(known_words(tokenizer))  # "a": a byte of its own
     assert unknown_words(tokenizer, "The woman turns her head to the LEFT, the woman smiles!") == [
         "woman", "turns", "her", "head", "smiles"]
     assert unknown_words(tokenizer, "camera zooms in on a red star") == []
-    notes = prompt_notes({"card": "a toy"}, tokenizer, "the red circle wiggles")
-    assert notes == ["model: a toy", "words this model has never seen (it reads them as noise): wiggles"]
-    assert prompt_notes({}, tokenizer, "the red circle wiggles") == []  # a model without a card: nothing to say
+    card, unknown = prompt_notes("bundled", tokenizer, "the red circle wiggles")
+    assert card.startswith("model: a miniature") and "left, right, up, down" in card
+    assert unknown == "words this model has never seen (it reads them as noise): wiggles"
+    assert prompt_notes("sd15", tokenizer, "the red circle wiggles") == []  # a real SD-1.5: nothing to say

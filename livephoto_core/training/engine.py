@@ -56,9 +56,7 @@ from .config import TrainConfig
 from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
 from .ema import EMA
 from .export import export_model
-from ..vocabulary import model_card
 from .text_stage import train_text_encoder
-from .toyworld import TOY_VOCABULARY
 from .vae import latent_scaling_factor, train_vae
 from .validation import render_validation, validation_sample
 from .vocab import write_word_tokenizer
@@ -655,9 +653,6 @@ class Trainer:
                                  "usable_videos": self.data_counts["usable"], "base_hashes": self.base.hashes,
                                  "livephoto_version": __version__, "config": self.config.to_dict()}
                 }
-                if self.config.model.from_scratch:
-                    words = self.config.scratch.words or list(TOY_VOCABULARY)
-                    self.model.config.extra["card"] = model_card(words)
                 export_model(self.model, self.base, folder)
             self.log({"event": "export", "step": self.step, "path": str(folder)}, f"exported {folder}")
         self.accelerator.wait_for_everyone()
