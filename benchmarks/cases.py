@@ -210,11 +210,9 @@ def profile(size: str = "full", frames: int = 16, resolution: int = 256, rounds:
         unet(noisy, timestep, cond.video_context, cond.channels)  # warm-up
         for _ in range(rounds):
             for name, (context, scale) in variants.items():
-                unet.set_content_scale(scale)
                 started = time.perf_counter()
-                unet(noisy, timestep, context, cond.channels)
+                unet(noisy, timestep, context, cond.channels, content_scale=scale)
                 seconds[name].append(time.perf_counter() - started)
-        unet.set_content_scale(1.0)
         with torch_profile(activities=[ProfilerActivity.CPU]) as trace:
             unet(noisy, timestep, cond.video_context, cond.channels)
     events = trace.key_averages()

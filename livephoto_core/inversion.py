@@ -55,7 +55,9 @@ def ddim_invert(
     unet_timesteps = torch.tensor(timesteps, device=latent.device)  # moved once, not once per step
     for step, (timestep, unet_timestep) in enumerate(zip(timesteps, unet_timesteps), start=1):
         alpha = alphas[timestep]
-        prediction = unet(latent.to(unet.dtype), unet_timestep, cond.video_context, cond.channels).float()
+        prediction = unet(
+            latent.to(unet.dtype), unet_timestep, cond.video_context, cond.channels, cond.content_scale
+        ).float()
         epsilon = to_epsilon(prediction, latent, alpha, prediction_type)
         original = (latent - (1 - alpha_prev).sqrt() * epsilon) / alpha_prev.sqrt()
         latent = alpha.sqrt() * original + (1 - alpha).sqrt() * epsilon

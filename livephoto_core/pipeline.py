@@ -46,7 +46,6 @@ from .validation import (
 CLIP_LENGTH = 77
 OFFLOAD_DEVICE = torch.device("cpu")
 DECODE_CHUNK_SIZE = 2  # frames the VAE decodes at once: ~0.2 GB each in fp32 at 256x256, no faster in bigger batches
-TRAINED_CONTENT_SCALE = 1.0  # the scale content attention was trained at
 
 
 @dataclass(frozen=True)
@@ -160,12 +159,9 @@ def invert_reference(
     end: float = 0.016,
     callback: ProgressCallback | None = None,
 ) -> Prior:
-    """DDIM-invert the reference latent [1, 4, h, w] with the empty prompt and no guidance, up to the
-    first timestep that `scheduler` samples from with `num_inference_steps` steps."""
+    """DDIM-invert the reference latent [1, 4, h, w] with the empty prompt, no guidance and the trained
+    content scale, up to the first timestep that `scheduler` samples from with `num_inference_steps` steps."""
     target = first_timestep(scheduler, num_inference_steps)
-    # The content scale is UNet state that each sampling run sets; invert at the trained scale, never
-    # at whatever the previous run left behind.
-    model.unet.set_content_scale(TRAINED_CONTENT_SCALE)
     channels = model.conditioning_channels(reference_latent, 1, torch.tensor([float(intensity)]))
     cond = build_conditioning(empty_text, None, content, channels)
     inverted = ddim_invert(
@@ -213,8 +209,10 @@ def generate_latents(
         noise = mix_prior(prior.inverted.to(noise), noise, prior_weights(num_frames, prior.start, prior.end))
     latents = noise * scheduler.init_noise_sigma
     channels = model.conditioning_channels(reference_latent, num_frames, torch.tensor([float(intensity)]))
-    cond = replace(build_conditioning(text, uncond_text, content, channels), split_guidance=split_guidance)
-    model.unet.set_content_scale(content_scale)
+    cond = replace(
+        build_conditioning(text, uncond_text, content, channels),
+        split_guidance=split_guidance, content_scale=content_scale,
+    )
     return sample_video(model.unet, latents, cond, scheduler, num_inference_steps, guidance_scale, generator, callback)
 
 

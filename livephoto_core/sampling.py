@@ -24,6 +24,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .defaults import CONTENT_SCALE
 from .errors import InvalidInputError
 from .modules.unet import LivePhotoUNet
 
@@ -80,6 +81,7 @@ class VideoConditioning:
     # Guidance as two UNet calls of half the batch: the same arithmetic with half the activations
     # (low-memory mode), at the cost of one more call per step.
     split_guidance: bool = False
+    content_scale: float = CONTENT_SCALE  # the weight of the photo's content tokens in every UNet call
 
     @property
     def num_frames(self) -> int:
@@ -117,12 +119,15 @@ def guided_prediction(
     guidance_scale: float,
 ) -> torch.Tensor:
     """Classifier-free guidance over [uncond, cond]: one UNet call on both, or one each when split."""
+    scale = cond.content_scale
     if not cond.guided:
-        return unet(latents, timestep, cond.video_context, cond.channels)
+        return unet(latents, timestep, cond.video_context, cond.channels, scale)
     if cond.split_guidance:
-        uncond, text = (unet(latents, timestep, cond.video_context[i : i + 1], cond.channels[i : i + 1]) for i in (0, 1))
+        uncond, text = (
+            unet(latents, timestep, cond.video_context[i : i + 1], cond.channels[i : i + 1], scale) for i in (0, 1)
+        )
     else:
-        prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels)
+        prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels, scale)
         uncond, text = prediction.chunk(2)
     return uncond + guidance_scale * (text - uncond)
 
