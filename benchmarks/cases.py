@@ -318,7 +318,7 @@ def command_times(command: list[str], repeats: int) -> dict:
 def demo_command(steps: int = 25) -> dict:
     """`livephoto animate` end to end. Runs the bundled demo model when it exists, else the tiny test
     model files as a stand-in (said in the result)."""
-    from livephoto_core.loading.pipeline import CHECKPOINT_NAME, DEMO_MODEL_DIR
+    from livephoto_core.loading.assemble import CHECKPOINT_NAME, DEMO_MODEL_DIR
 
     scratch = scratch_dir()
     try:

@@ -207,7 +207,7 @@ INVERSION_ROWS = {"with inversion": True, "without prior inversion": False}
 def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guidance: float, rows: list[str],
                     log: Callable[[str], None]) -> dict:
     from livephoto_core.intensity import measure_intensity
-    from livephoto_core.loading.pipeline import load_pipeline
+    from livephoto_core.loading.assemble import load_pipeline
 
     pipe = load_pipeline(checkpoint)
     thresholds = pipe.config.intensity_thresholds

@@ -6,6 +6,7 @@ Imports are lazy so that ``livephoto --help`` starts without loading torch.
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load_pipeline": "loading.assemble",
     "LivePhotoPipeline": "pipeline",
     "LivePhotoOutput": "pipeline",
     "LivePhotoConfig": "config",

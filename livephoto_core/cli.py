@@ -89,7 +89,7 @@ def run_animate(args) -> int:
 
     import torch
 
-    from .loading.pipeline import load_pipeline
+    from .loading.assemble import load_pipeline
     from .video import write_video
 
     intensity, photo = check_before_loading(args)
@@ -127,11 +127,11 @@ def check_before_loading(args):
     """The photo and the settings that need no model weights (frames: the checkpoint's header), checked
     before the loading, which takes a while for real models. The pipeline checks them all again; the
     prompt's length needs the model's tokenizer and is checked once it is loaded. -> (intensity, photo)."""
+    from .checks import check_content_scale, check_frames, check_guidance, check_seed, check_size, check_steps
     from .images import load_image
     from .intensity import validate_level
+    from .loading.assemble import demo_checkpoint
     from .loading.checkpoint import read_livephoto_config
-    from .loading.pipeline import demo_checkpoint
-    from .validation import check_content_scale, check_frames, check_guidance, check_seed, check_size, check_steps
 
     intensity = validate_level(args.intensity)
     config = read_livephoto_config(args.livephoto if args.livephoto is not None else demo_checkpoint())

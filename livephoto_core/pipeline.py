@@ -32,7 +32,7 @@ from .sampling import (
     make_scheduler,
     sample_video,
 )
-from .validation import (
+from .checks import (
     check_content_scale,
     check_frames,
     check_guidance,

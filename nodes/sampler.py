@@ -18,7 +18,7 @@ from ..livephoto_core.images import prepare_photo
 from ..livephoto_core.intensity import LEVELS, validate_level
 from ..livephoto_core.pipeline import Prior, generate_latents, invert_reference
 from ..livephoto_core.sampling import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
-from ..livephoto_core.validation import (
+from ..livephoto_core.checks import (
     MAX_SIZE,
     MAX_STEPS,
     MIN_SIZE,

@@ -15,7 +15,7 @@ from comfy_api.latest import io, ui
 
 from ..livephoto_core.errors import InvalidInputError
 from ..livephoto_core.model import TOKENS_PER_CHUNK
-from ..livephoto_core.validation import MAX_PROMPT_TOKENS, check_prompt_tokens
+from ..livephoto_core.checks import MAX_PROMPT_TOKENS, check_prompt_tokens
 from .chart import token_weight_chart
 from .handle import LIVEPHOTO_MODEL, LivePhotoModelHandle
 
