@@ -19,20 +19,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .errors import InvalidInputError
-from .images import load_image, prepare_photo
-from .intensity import IntensityMeasurement, measure_intensity, validate_level
-from .inversion import ddim_invert, inversion_timesteps, mix_prior, prior_weights
-from .model import LivePhotoModel
-from .sampling import (
-    DEFAULT_SCHEDULER,
-    ProgressCallback,
-    build_conditioning,
-    initial_noise,
-    make_scheduler,
-    sample_video,
-)
 from .checks import (
+    MAX_SEED,
     check_content_scale,
     check_frames,
     check_guidance,
@@ -42,8 +30,28 @@ from .checks import (
     check_size,
     check_steps,
 )
+from .defaults import (
+    CLIP_CONTEXT,
+    DEFAULT_CONTENT_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INVERSION_END,
+    DEFAULT_INVERSION_START,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+)
+from .errors import InvalidInputError
+from .images import load_image, prepare_photo
+from .intensity import IntensityMeasurement, measure_intensity, validate_level
+from .inversion import ddim_invert, inversion_timesteps, mix_prior, prior_weights
+from .model import LivePhotoModel
+from .sampling import (
+    ProgressCallback,
+    build_conditioning,
+    initial_noise,
+    make_scheduler,
+    sample_video,
+)
 
-CLIP_LENGTH = 77
 OFFLOAD_DEVICE = torch.device("cpu")
 DECODE_CHUNK_SIZE = 2  # frames the VAE decodes at once: ~0.2 GB each in fp32 at 256x256, no faster in bigger batches
 
@@ -72,7 +80,7 @@ def tokenize(tokenizer, prompt: str, what: str = "prompt") -> tuple[torch.Tensor
     ids = tokenizer(prompt, truncation=False).input_ids
     check_prompt_tokens(len(ids) - 2, what)
     tokens = [t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(ids[1:-1])]
-    padded = ids + [tokenizer.pad_token_id] * (CLIP_LENGTH - len(ids))
+    padded = ids + [tokenizer.pad_token_id] * (CLIP_CONTEXT - len(ids))
     return torch.tensor([padded]), tokens
 
 
@@ -155,8 +163,8 @@ def invert_reference(
     content: torch.Tensor,
     intensity: int,
     inversion_steps: int,
-    start: float = 0.033,
-    end: float = 0.016,
+    start: float = DEFAULT_INVERSION_START,
+    end: float = DEFAULT_INVERSION_END,
     callback: ProgressCallback | None = None,
 ) -> Prior:
     """DDIM-invert the reference latent [1, 4, h, w] with the empty prompt, no guidance and the trained
@@ -188,7 +196,7 @@ def generate_latents(
     num_inference_steps: int,
     guidance_scale: float,
     seed: int,
-    content_scale: float = 1.0,
+    content_scale: float = DEFAULT_CONTENT_SCALE,
     prior: Prior | None = None,
     callback: ProgressCallback | None = None,
     split_guidance: bool = False,
@@ -296,15 +304,15 @@ class LivePhotoPipeline:
         self,
         image,
         prompt: str,
-        intensity: int = 5,
+        intensity: int | None = None,
         num_frames: int | None = None,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         negative_prompt: str = "",
         seed: int | None = None,
         height: int | None = None,
         width: int | None = None,
-        content_scale: float = 1.0,
+        content_scale: float = DEFAULT_CONTENT_SCALE,
         prior_inversion: bool = True,
         inversion_start: float | None = None,
         inversion_end: float | None = None,
@@ -315,7 +323,7 @@ class LivePhotoPipeline:
     ) -> LivePhotoOutput:
         config = self.config
         # Every setting is checked before any model runs.
-        intensity = validate_level(intensity)
+        intensity = validate_level(config.default_intensity if intensity is None else intensity, config.intensity_levels)
         num_frames = check_frames(config.num_frames if num_frames is None else num_frames, self.model.unet.max_frames)
         num_inference_steps = check_steps(num_inference_steps)
         inversion_steps = check_steps(num_inference_steps if inversion_steps is None else inversion_steps,
@@ -327,7 +335,7 @@ class LivePhotoPipeline:
             config.inversion_start if inversion_start is None else inversion_start,
             config.inversion_end if inversion_end is None else inversion_end,
         )
-        seed = secrets.randbelow(2**63) if seed is None else check_seed(seed)
+        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else check_seed(seed)
         if decode_chunk_size is None:
             decode_chunk_size = 1 if self.low_memory else DECODE_CHUNK_SIZE
         elif not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:

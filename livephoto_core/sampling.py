@@ -24,7 +24,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .defaults import CONTENT_SCALE
+from .defaults import DEFAULT_CONTENT_SCALE
 from .errors import InvalidInputError
 from .modules.unet import LivePhotoUNet
 
@@ -39,7 +39,6 @@ SCHEDULERS = {
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     "unipc": (UniPCMultistepScheduler, {}),
 }
-DEFAULT_SCHEDULER = "ddim"
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class VideoConditioning:
     # Guidance as two UNet calls of half the batch: the same arithmetic with half the activations
     # (low-memory mode), at the cost of one more call per step.
     split_guidance: bool = False
-    content_scale: float = CONTENT_SCALE  # the weight of the photo's content tokens in every UNet call
+    content_scale: float = DEFAULT_CONTENT_SCALE  # the weight of the photo's content tokens in every UNet call
 
     @property
     def num_frames(self) -> int:

@@ -13,14 +13,12 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..livephoto_core.errors import InvalidInputError
-from ..livephoto_core.images import prepare_photo
-from ..livephoto_core.intensity import LEVELS, validate_level
-from ..livephoto_core.pipeline import Prior, generate_latents, invert_reference
-from ..livephoto_core.sampling import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
 from ..livephoto_core.checks import (
+    MAX_CONTENT_SCALE,
+    MAX_SEED,
     MAX_SIZE,
     MAX_STEPS,
+    MIN_FRAMES,
     MIN_SIZE,
     check_content_scale,
     check_frames,
@@ -29,10 +27,24 @@ from ..livephoto_core.checks import (
     check_seed,
     check_steps,
 )
+from ..livephoto_core.defaults import (
+    DEFAULT_CONTENT_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INTENSITY,
+    DEFAULT_INVERSION_END,
+    DEFAULT_INVERSION_START,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+)
+from ..livephoto_core.errors import InvalidInputError
+from ..livephoto_core.images import prepare_photo
+from ..livephoto_core.intensity import LEVELS, validate_level
+from ..livephoto_core.pipeline import Prior, generate_latents, invert_reference
+from ..livephoto_core.sampling import SCHEDULERS, make_scheduler
 from .handle import LIVEPHOTO_MODEL, LIVEPHOTO_PRIOR, LivePhotoModelHandle, NodeProgress, sampling_memory
 from .text import reweighted_embeddings, single_prompt
 
-MAX_SEED = 2**63 - 1
 VAE_FACTOR = 8  # pixels per latent pixel
 
 
@@ -165,13 +177,13 @@ def _photo_input():
 
 def _intensity_input():
     return io.Int.Input(
-        "intensity", default=5, min=1, max=LEVELS,
+        "intensity", default=DEFAULT_INTENSITY, min=1, max=LEVELS,
         tooltip="Motion intensity: 1 = nearly still, 10 = the most motion.",
     )
 
 
 def _steps_input(tooltip: str):
-    return io.Int.Input("steps", default=25, min=1, max=MAX_STEPS, tooltip=tooltip)
+    return io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, tooltip=tooltip)
 
 
 def _scheduler_input(tooltip: str):
@@ -198,12 +210,14 @@ class PriorInversion(io.ComfyNode):
                 _steps_input("The sampler's step count (the inversion runs as many); must match the LivePhoto Sampler."),
                 _scheduler_input("The sampler's scheduler; must match the LivePhoto Sampler."),
                 io.Float.Input(
-                    "start", default=0.033, min=0.0, max=1.0, step=0.001,
-                    tooltip="Weight of the inverted photo in the first frame's starting noise (paper: 0.033).",
+                    "start", default=DEFAULT_INVERSION_START, min=0.0, max=1.0, step=0.001,
+                    tooltip=f"Weight of the inverted photo in the first frame's starting noise "
+                    f"(paper: {DEFAULT_INVERSION_START}).",
                 ),
                 io.Float.Input(
-                    "end", default=0.016, min=0.0, max=1.0, step=0.001,
-                    tooltip="Weight of the inverted photo in the last frame's starting noise (paper: 0.016).",
+                    "end", default=DEFAULT_INVERSION_END, min=0.0, max=1.0, step=0.001,
+                    tooltip=f"Weight of the inverted photo in the last frame's starting noise "
+                    f"(paper: {DEFAULT_INVERSION_END}).",
                 ),
             ],
             outputs=[
@@ -220,11 +234,11 @@ class PriorInversion(io.ComfyNode):
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, clip, reference, photo, intensity: int, steps: int,
                 scheduler: str, start: float, end: float) -> io.NodeOutput:
-        intensity = validate_level(intensity)
-        steps = check_steps(steps)
-        start, end = check_prior_weights(start, end)
         handle = livephoto_model
         config = handle.model.config
+        intensity = validate_level(intensity, config.intensity_levels)
+        steps = check_steps(steps)
+        start, end = check_prior_weights(start, end)
         sampler = make_scheduler(scheduler, handle.scheduler_config, config.prediction_type)
         latent = reference_latent(reference, handle.latent_scale)
         pixels = photo_pixels(photo, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)
@@ -265,12 +279,12 @@ class LivePhotoSampler(io.ComfyNode):
                 _photo_input(),
                 _intensity_input(),
                 io.Int.Input(
-                    "frames", default=16, min=2, max=128,
+                    "frames", default=DEFAULT_NUM_FRAMES, min=MIN_FRAMES, max=128,
                     tooltip="Number of frames; at most what the checkpoint's motion modules handle (32 for AnimateDiff's).",
                 ),
                 _steps_input("Denoising steps."),
                 io.Float.Input(
-                    "cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                    "cfg", default=DEFAULT_GUIDANCE_SCALE, min=0.0, max=100.0, step=0.1, round=0.01,
                     tooltip="Classifier-free guidance scale; 1 or less turns guidance (and the negative prompt) off.",
                 ),
                 io.Int.Input(
@@ -279,7 +293,7 @@ class LivePhotoSampler(io.ComfyNode):
                 ),
                 _scheduler_input("The denoising schedule."),
                 io.Float.Input(
-                    "content_scale", default=1.0, min=0.0, max=2.0, step=0.05,
+                    "content_scale", default=DEFAULT_CONTENT_SCALE, min=0.0, max=MAX_CONTENT_SCALE, step=0.05,
                     tooltip="Strength of the photo's DINOv2 tokens; 1 is what the model was trained with, 0 turns them off.",
                 ),
                 io.Custom(LIVEPHOTO_PRIOR).Input(
@@ -307,7 +321,7 @@ class LivePhotoSampler(io.ComfyNode):
         handle = livephoto_model
         config = handle.model.config
         # Every check before any model runs.
-        intensity = validate_level(intensity)
+        intensity = validate_level(intensity, config.intensity_levels)
         frames = check_frames(frames, handle.model.unet.max_frames)
         steps = check_steps(steps)
         cfg = check_guidance(cfg)

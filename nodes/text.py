@@ -13,9 +13,9 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io, ui
 
-from ..livephoto_core.errors import InvalidInputError
-from ..livephoto_core.model import TOKENS_PER_CHUNK
 from ..livephoto_core.checks import MAX_PROMPT_TOKENS, check_prompt_tokens
+from ..livephoto_core.defaults import CLIP_CONTEXT
+from ..livephoto_core.errors import InvalidInputError
 from .chart import token_weight_chart
 from .handle import LIVEPHOTO_MODEL, LivePhotoModelHandle
 
@@ -54,11 +54,11 @@ def single_prompt(conditioning, width: int, what: str) -> tuple[torch.Tensor, di
             f"the {what} conditioning has shape {tuple(embeddings.shape)}; LivePhoto needs one SD-1.5 prompt "
             f"[1, 77, {width}]: encode it with the CLIP of the SD-1.5 checkpoint"
         )
-    if embeddings.shape[1] > TOKENS_PER_CHUNK:
-        chunks = embeddings.shape[1] // TOKENS_PER_CHUNK
+    if embeddings.shape[1] > CLIP_CONTEXT:
+        chunks = embeddings.shape[1] // CLIP_CONTEXT
         raise InvalidInputError(
             f"the {what} prompt is longer than {MAX_PROMPT_TOKENS} tokens (ComfyUI encoded it as {chunks} chunks of "
-            f"{TOKENS_PER_CHUNK}); LivePhoto reads one: shorten it (motion words first)"
+            f"{CLIP_CONTEXT}); LivePhoto reads one: shorten it (motion words first)"
         )
     return embeddings, options
 

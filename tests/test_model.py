@@ -195,6 +195,8 @@ def test_config_from_another_format_version_is_refused():
         LivePhotoConfig.from_metadata(metadata, "old.safetensors")
     with pytest.raises(ModelFileError, match="thresholds"):
         tiny_config(intensity_thresholds=[0.9] * 9)
+    with pytest.raises(ModelFileError, match="default intensity 11 is not a level from 1 to 10"):
+        tiny_config(default_intensity=11)
 
 
 def test_ablation_switches_turn_the_modules_off():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_config, tiny_pipeline
 
 from livephoto_core.errors import InvalidInputError
 from livephoto_core.video import read_metadata, read_video, write_video
@@ -77,6 +78,11 @@ def test_two_threads_sharing_one_pipeline_get_the_frames_they_get_one_after_the_
     assert not torch.equal(serial[0], serial[1])
     for alone, shared in zip(serial, together):
         torch.testing.assert_close(shared, alone, rtol=0, atol=0)
+
+
+def test_without_an_intensity_the_checkpoints_default_is_used(tmp_path, photo):
+    pipeline = tiny_pipeline(tmp_path / "tokenizer", tiny_config(default_intensity=8))
+    assert run(pipeline, photo, num_inference_steps=1).settings["intensity"] == 8
 
 
 def test_unguided_run_skips_the_negative_branch(pipeline, photo):

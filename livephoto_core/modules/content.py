@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
-from ..defaults import CONTENT_SCALE
+from ..defaults import DEFAULT_CONTENT_SCALE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,7 +80,7 @@ class ContentAttnProcessor(nn.Module):
     # __call__, not forward: diffusers' Attention hands a processor only the keyword arguments its
     # __call__ names (here content_scale, from the UNet call's cross_attention_kwargs).
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 content_scale=CONTENT_SCALE):
+                 content_scale=DEFAULT_CONTENT_SCALE):
         if attention_mask is not None:
             raise ValueError("ContentAttnProcessor does not take an attention mask (SD-1.5 uses none)")
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.num_content_tokens:
@@ -119,5 +119,5 @@ class SpatialSelfAttnProcessor(AttnProcessor2_0):
     diffusers' would log a warning on every call."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 content_scale=CONTENT_SCALE):
+                 content_scale=DEFAULT_CONTENT_SCALE):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

@@ -15,7 +15,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from ..config import CONDITIONING_CHANNELS, LivePhotoConfig
-from ..defaults import CONTENT_SCALE
+from ..defaults import DEFAULT_CONTENT_SCALE
 from .content import ContentAttnProcessor, SpatialSelfAttnProcessor
 
 
@@ -167,7 +167,7 @@ class LivePhotoUNet(nn.Module):
         timestep: torch.Tensor,
         context: torch.Tensor,
         conditioning: torch.Tensor,
-        content_scale: float = CONTENT_SCALE,
+        content_scale: float = DEFAULT_CONTENT_SCALE,
     ) -> torch.Tensor:
         """noisy_latents [B, F, 4, h, w], timestep [] or [B], context [B, text+content tokens, D] (one row
         per video, shared by its frames: the cheaper form) or [B*F, ...] (one per frame, frame-major: row
