@@ -41,7 +41,7 @@ def scratch_dir() -> Path:
 
 def overhead(size: str = "tiny", steps: int = 2, frames: int = 4, repeats: int = 3) -> dict:
     """Our pipeline's wall time against the time inside its UNet calls, phase by phase."""
-    from livephoto_core import pipeline as pipeline_module
+    from livephoto_core import pipeline, render
 
     scratch = scratch_dir()
     try:
@@ -62,8 +62,8 @@ def overhead(size: str = "tiny", steps: int = 2, frames: int = 4, repeats: int =
                 "vae_decoder": ForwardTimer(pipe.vae.decoder),
             }
             with ExitStack() as stack:
-                for name in ("sample_video", "ddim_invert", "measure_intensity"):
-                    stack.enter_context(timed_function(pipeline_module, name, totals))
+                for module, name in ((render, "sample_video"), (render, "ddim_invert"), (pipeline, "measure_intensity")):
+                    stack.enter_context(timed_function(module, name, totals))
                 for timer in timers.values():
                     stack.enter_context(timer)
                 started = time.perf_counter()

@@ -188,7 +188,7 @@ def vae_round_trip_psnr(pipe, workload: Workload, count: int = 16) -> float:
     """Frame-0 PSNR's ceiling: the photo through the model's VAE and back."""
     import torch
 
-    from livephoto_core.pipeline import decode_latents, encode_photo
+    from livephoto_core.encoding import decode_latents, encode_photo
 
     config = pipe.config
     values = []

@@ -97,12 +97,15 @@ def build_conditioning(
     uncond_text: torch.Tensor | None,
     content: torch.Tensor,
     channels: torch.Tensor,
+    content_scale: float = DEFAULT_CONTENT_SCALE,
+    split_guidance: bool = False,
 ) -> VideoConditioning:
     """text/uncond_text [1, L, D] (reweighted), content [1, N, D], channels [1, F, 6, h, w]."""
     texts = [text] if uncond_text is None else [uncond_text, text]
     length = math.lcm(*(t.shape[1] for t in texts))
     context = torch.cat([torch.cat([pad_to_length(t, length), content.to(t)], dim=1) for t in texts])
-    return VideoConditioning(context, channels.expand(len(texts), *channels.shape[1:]), uncond_text is not None)
+    channels = channels.expand(len(texts), *channels.shape[1:])
+    return VideoConditioning(context, channels, uncond_text is not None, split_guidance, content_scale)
 
 
 def pad_to_length(text: torch.Tensor, length: int) -> torch.Tensor:

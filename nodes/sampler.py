@@ -1,4 +1,4 @@
-"""PriorInversion and LivePhotoSampler: the core's invert_reference and generate_latents as nodes.
+"""PriorInversion and LivePhotoSampler: the core's render steps (invert_reference, generate_latents) as nodes.
 
 ComfyUI data in, core calls, ComfyUI data out: the reference LATENT holds raw VAE latents (scaled
 going in, unscaled coming out, as ComfyUI's own samplers do), the photo IMAGE gives the DINOv2
@@ -40,8 +40,17 @@ from ..livephoto_core.defaults import (
 from ..livephoto_core.errors import InvalidInputError
 from ..livephoto_core.images import prepare_photo
 from ..livephoto_core.intensity import LEVELS, validate_level
-from ..livephoto_core.pipeline import Prior, generate_latents, invert_reference
-from ..livephoto_core.sampling import SCHEDULERS, make_scheduler
+from ..livephoto_core.model import LivePhotoModel
+from ..livephoto_core.render import (
+    InversionRequest,
+    PhotoConditioning,
+    Prior,
+    SamplingRequest,
+    Schedule,
+    generate_latents,
+    invert_reference,
+)
+from ..livephoto_core.sampling import SCHEDULERS
 from .handle import LIVEPHOTO_MODEL, LIVEPHOTO_PRIOR, LivePhotoModelHandle, NodeProgress, sampling_memory
 from .text import reweighted_embeddings, single_prompt
 
@@ -120,6 +129,15 @@ def photo_pixels(image, height: int, width: int) -> torch.Tensor:
             f"encode this same photo with VAEEncode and connect that latent as the reference"
         )
     return prepare_photo(image[0, ..., :3], (height, width)).pixels.unsqueeze(0)
+
+
+def photo_conditioning(model: LivePhotoModel, latent: torch.Tensor, pixels: torch.Tensor, intensity: int):
+    """The reference latent (scaled) and photo pixels of the node's inputs, as both render steps read them."""
+    return PhotoConditioning(
+        reference_latent=latent.to(device=model.device, dtype=model.dtype),
+        content=model.encode_content(pixels),
+        intensity=intensity,
+    )
 
 
 def check_prior(prior: NodePrior, handle: LivePhotoModelHandle, reference: torch.Tensor, intensity: int,
@@ -239,19 +257,19 @@ class PriorInversion(io.ComfyNode):
         intensity = validate_level(intensity, config.intensity_levels)
         steps = check_steps(steps)
         start, end = check_prior_weights(start, end)
-        sampler = make_scheduler(scheduler, handle.scheduler_config, config.prediction_type)
+        schedule = Schedule(scheduler, steps, handle.scheduler_config, config.prediction_type)
         latent = reference_latent(reference, handle.latent_scale)
         pixels = photo_pixels(photo, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)
-        empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        single_prompt(empty, config.cross_attention_dim, "empty-prompt")
+        empty = single_prompt(clip.encode_from_tokens_scheduled(clip.tokenize("")), config.cross_attention_dim,
+                              "empty-prompt")
 
         model = handle.load(sampling_memory(1, *latent.shape[-2:], False, handle.model.dtype))
-        empty_text = reweighted_embeddings(handle, empty, "empty-prompt")
-        content = model.encode_content(pixels)
-        prior = invert_reference(
-            model, sampler, steps, latent.to(device=model.device, dtype=model.dtype), empty_text, content, intensity,
-            steps, start, end, NodeProgress(steps),
+        request = InversionRequest(
+            photo=photo_conditioning(model, latent, pixels, intensity),
+            empty_text=reweighted_embeddings(handle, *empty, "empty-prompt"),
+            schedule=schedule, steps=steps, start=start, end=end,
         )
+        prior = invert_reference(model, request, NodeProgress(steps))
         output_device = comfy.model_management.intermediate_device()
         prior = replace(prior, inverted=prior.inverted.to(output_device))
         return io.NodeOutput(NodePrior(prior, handle.token, latent.to(output_device), intensity, scheduler, steps))
@@ -327,22 +345,23 @@ class LivePhotoSampler(io.ComfyNode):
         cfg = check_guidance(cfg)
         seed = check_seed(seed)
         content_scale = check_content_scale(content_scale)
-        sampler = make_scheduler(scheduler, handle.scheduler_config, config.prediction_type)
+        schedule = Schedule(scheduler, steps, handle.scheduler_config, config.prediction_type)
         latent = reference_latent(reference, handle.latent_scale)
         pixels = photo_pixels(photo, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)
-        for conditioning, what in ((positive, "positive"), (negative, "negative")):
-            single_prompt(conditioning, config.cross_attention_dim, what)
+        positive = single_prompt(positive, config.cross_attention_dim, "positive")
+        negative = single_prompt(negative, config.cross_attention_dim, "negative")
         if prior is not None:
             check_prior(prior, handle, latent, intensity, scheduler, steps)
 
         guided = cfg > 1  # as LivePhotoPipeline: no unconditional branch without guidance
         model = handle.load(sampling_memory(frames, *latent.shape[-2:], guided, handle.model.dtype))
-        text = reweighted_embeddings(handle, positive, "positive")
-        uncond = reweighted_embeddings(handle, negative, "negative") if guided else None
-        content = model.encode_content(pixels)
-        latents = generate_latents(
-            model, sampler, text, uncond, content, latent.to(device=model.device, dtype=model.dtype), intensity, frames,
-            steps, cfg, seed, content_scale, None if prior is None else prior.prior, NodeProgress(steps),
+        request = SamplingRequest(
+            photo=photo_conditioning(model, latent, pixels, intensity),
+            text=reweighted_embeddings(handle, *positive, "positive"),
+            uncond_text=reweighted_embeddings(handle, *negative, "negative") if guided else None,
+            schedule=schedule, num_frames=frames, guidance_scale=cfg, seed=seed, content_scale=content_scale,
+            prior=None if prior is None else prior.prior,
         )
+        latents = generate_latents(model, request, NodeProgress(steps))
         samples = latents[0].float() / handle.latent_scale
         return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())})

@@ -63,10 +63,10 @@ def single_prompt(conditioning, width: int, what: str) -> tuple[torch.Tensor, di
     return embeddings, options
 
 
-def reweighted_embeddings(handle: LivePhotoModelHandle, conditioning, what: str) -> torch.Tensor:
-    """A CONDITIONING from TextReweight or CLIPTextEncode -> reweighted embeddings [1, 77, D] on the model's device."""
+def reweighted_embeddings(handle: LivePhotoModelHandle, embeddings: torch.Tensor, options: dict, what: str) -> torch.Tensor:
+    """The single prompt of a CONDITIONING from TextReweight or CLIPTextEncode (``single_prompt``) ->
+    reweighted embeddings [1, 77, D] on the model's device."""
     model = handle.model
-    embeddings, options = single_prompt(conditioning, model.config.cross_attention_dim, what)
     embeddings = embeddings.to(device=model.device, dtype=model.dtype)
     made_by = options.get(REWEIGHTED_BY)
     if made_by is None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pipeline import decode_latents, encode_photo
+from ..encoding import decode_latents, encode_photo
 from .config import VaeConfig
 
 
