@@ -79,9 +79,9 @@ def reweighted_embeddings(handle: LivePhotoModelHandle, embeddings: torch.Tensor
     return embeddings
 
 
-def prompt_tokens(clip, text: str) -> list[tuple]:
-    """The prompt's own (token, weight, word id) entries, without start, end and padding tokens."""
-    tokens = clip.tokenize(text, return_word_ids=True)
+def prompt_tokens(tokens: dict) -> list[tuple]:
+    """The prompt's own (token, weight, word id) entries of ``clip.tokenize(text, return_word_ids=True)``,
+    without start, end and padding tokens."""
     if set(tokens) != {"l"}:
         raise InvalidInputError(
             f"this CLIP has the text encoders {', '.join(sorted(tokens))}; LivePhoto needs SD-1.5's CLIP-L: "
@@ -130,9 +130,11 @@ class TextReweight(io.ComfyNode):
 
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, clip, text: str) -> io.NodeOutput:
-        tokens = prompt_tokens(clip, text)
+        # Word ids mark the prompt's own tokens; ComfyUI's encoders read only each entry's token and weight.
+        tokenized = clip.tokenize(text, return_word_ids=True)
+        tokens = prompt_tokens(tokenized)
         check_prompt_tokens(len(tokens))
-        encoded = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        encoded = clip.encode_from_tokens_scheduled(tokenized)
         embeddings, options = single_prompt(encoded, livephoto_model.model.config.cross_attention_dim, "text")
         model = livephoto_model.load()
         reweighted, weights = model.reweight_text(embeddings.to(device=model.device, dtype=model.dtype))
