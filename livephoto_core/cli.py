@@ -91,14 +91,14 @@ def default_output(image: str) -> Path:
 
 def run_animate(args) -> int:
     from .errors import InvalidInputError, OutputExistsError
+    from .fileio import check_input_path
 
     output = Path(args.output) if args.output else default_output(args.image)
     if output.suffix.lower() not in SUPPORTED_OUTPUTS:
         raise InvalidInputError(f"cannot write {output.name}: the output must end in {', '.join(SUPPORTED_OUTPUTS)}")
     if output.exists() and not args.overwrite:
         raise OutputExistsError(f"{output} already exists; pass --overwrite or choose another name with -o")
-    if not Path(args.image).is_file():
-        raise InvalidInputError(f"{args.image}: no such photo")
+    check_input_path(args.image, "a photo")
 
     import torch
 
