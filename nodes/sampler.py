@@ -131,8 +131,10 @@ def photo_pixels(image, height: int, width: int) -> torch.Tensor:
     return prepare_photo(image[0, ..., :3], (height, width)).pixels.unsqueeze(0)
 
 
-def photo_conditioning(model: LivePhotoModel, latent: torch.Tensor, pixels: torch.Tensor, intensity: int):
-    """The reference latent (scaled) and photo pixels of the node's inputs, as both render steps read them."""
+def photo_conditioning(
+    model: LivePhotoModel, latent: torch.Tensor, pixels: torch.Tensor, intensity: int
+) -> PhotoConditioning:
+    """The node's scaled reference latent and photo pixels, as both render steps read them."""
     return PhotoConditioning(
         reference_latent=latent.to(device=model.device, dtype=model.dtype),
         content=model.encode_content(pixels),
