@@ -41,7 +41,7 @@ def scratch_dir() -> Path:
 
 def overhead(size: str = "tiny", steps: int = 2, frames: int = 4, repeats: int = 3) -> dict:
     """Our pipeline's wall time against the time inside its UNet calls, phase by phase."""
-    from livephoto_core import pipeline as pipeline_module
+    from livephoto_core import pipeline, render
 
     scratch = scratch_dir()
     try:
@@ -62,8 +62,8 @@ def overhead(size: str = "tiny", steps: int = 2, frames: int = 4, repeats: int =
                 "vae_decoder": ForwardTimer(pipe.vae.decoder),
             }
             with ExitStack() as stack:
-                for name in ("sample_video", "ddim_invert", "measure_intensity"):
-                    stack.enter_context(timed_function(pipeline_module, name, totals))
+                for module, name in ((render, "sample_video"), (render, "ddim_invert"), (pipeline, "measure_intensity")):
+                    stack.enter_context(timed_function(module, name, totals))
                 for timer in timers.values():
                     stack.enter_context(timer)
                 started = time.perf_counter()
@@ -210,11 +210,9 @@ def profile(size: str = "full", frames: int = 16, resolution: int = 256, rounds:
         unet(noisy, timestep, cond.video_context, cond.channels)  # warm-up
         for _ in range(rounds):
             for name, (context, scale) in variants.items():
-                unet.set_content_scale(scale)
                 started = time.perf_counter()
-                unet(noisy, timestep, context, cond.channels)
+                unet(noisy, timestep, context, cond.channels, content_scale=scale)
                 seconds[name].append(time.perf_counter() - started)
-        unet.set_content_scale(1.0)
         with torch_profile(activities=[ProfilerActivity.CPU]) as trace:
             unet(noisy, timestep, cond.video_context, cond.channels)
     events = trace.key_averages()
@@ -320,7 +318,7 @@ def command_times(command: list[str], repeats: int) -> dict:
 def demo_command(steps: int = 25) -> dict:
     """`livephoto animate` end to end. Runs the bundled demo model when it exists, else the tiny test
     model files as a stand-in (said in the result)."""
-    from livephoto_core.loading.pipeline import CHECKPOINT_NAME, DEMO_MODEL_DIR
+    from livephoto_core.loading.assemble import CHECKPOINT_NAME, DEMO_MODEL_DIR
 
     scratch = scratch_dir()
     try:

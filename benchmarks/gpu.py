@@ -134,7 +134,7 @@ def run_config(args, config: dict, device: torch.device) -> dict:
 
 def count_syncs(video) -> list[str]:
     """Host-device synchronisations inside the sampling and inversion loops (CUDA's sync debug mode)."""
-    from livephoto_core import pipeline as pipeline_module
+    from livephoto_core import render
 
     found = []
 
@@ -150,14 +150,14 @@ def count_syncs(video) -> list[str]:
                 found.extend(f"{function.__name__}: {w.message}".splitlines()[0][:200] for w in caught)
         return wrapper
 
-    originals = {name: getattr(pipeline_module, name) for name in ("sample_video", "ddim_invert")}
+    originals = {name: getattr(render, name) for name in ("sample_video", "ddim_invert")}
     for name, function in originals.items():
-        setattr(pipeline_module, name, watched(function))
+        setattr(render, name, watched(function))
     try:
         video()
     finally:
         for name, function in originals.items():
-            setattr(pipeline_module, name, function)
+            setattr(render, name, function)
     return found
 
 

@@ -300,7 +300,7 @@ def vae_round_trip_psnr(pipe, workload: Workload, photo_set: str, count: int = 1
     """Frame-0 PSNR's ceiling: the photo through the model's VAE and back."""
     import torch
 
-    from livephoto_core.pipeline import decode_latents, encode_photo
+    from livephoto_core.encoding import decode_latents, encode_photo
 
     config = pipe.config
     values = []
@@ -325,7 +325,7 @@ def caption_swap_gaps(pipe, workload: Workload, photo_set: str = "toy") -> dict[
     import torch
 
     from livephoto_core.intensity import measure_intensity
-    from livephoto_core.pipeline import encode_photo
+    from livephoto_core.encoding import encode_photo, tokenize
     from livephoto_core.sampling import make_scheduler
     from livephoto_core.training.toyworld import render_clip
 
@@ -343,7 +343,7 @@ def caption_swap_gaps(pipe, workload: Workload, photo_set: str = "toy") -> dict[
             level = measure_intensity(clip, config.intensity_thresholds).level
             channels = model.conditioning_channels(latents[:, 0], latents.shape[1], torch.tensor([float(level)]))
             content = model.encode_content(pixels[:1])
-            contexts = [torch.cat([pipe.reweighted_text(text)[0], content], dim=1)
+            contexts = [torch.cat([pipe.reweighted_text(tokenize(pipe.tokenizer, text)[0])[0], content], dim=1)
                         for text in (spec.caption, swapped_caption(spec))]
             for t in SWAP_TIMESTEPS:
                 timestep = torch.tensor([t])
@@ -359,12 +359,18 @@ def caption_swap_gaps(pipe, workload: Workload, photo_set: str = "toy") -> dict[
 
 def token_weight_means(pipe, workload: Workload) -> dict[str, float]:
     """The reweighter's mean weight on motion words and on content words, over the direction and zoom prompts."""
+    import torch
+
+    from livephoto_core.encoding import tokenize
+
     motion, content = [], []
     config = pipe.config
     prompts = {spec.caption for variants in direction_cases(workload, config.height, config.num_frames, "classic")
                + zoom_cases(workload, config.height, config.num_frames, "classic") for spec in variants}
     for prompt in sorted(prompts):
-        _, weights, tokens = pipe.reweighted_text(prompt)
+        input_ids, tokens = tokenize(pipe.tokenizer, prompt)
+        with torch.no_grad():
+            _, weights = pipe.reweighted_text(input_ids)
         for token, weight in zip(tokens, weights[0, 1 : 1 + len(tokens)].tolist()):
             if token in MOTION_WORDS:
                 motion.append(weight)
@@ -379,7 +385,7 @@ INVERSION_ROWS = {"with inversion": True, "without prior inversion": False}
 def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guidance: float, rows: list[str],
                     photo_sets: list[str], log: Callable[[str], None]) -> dict:
     from livephoto_core.intensity import measure_intensity
-    from livephoto_core.loading.pipeline import load_pipeline
+    from livephoto_core.loading.assemble import load_pipeline
 
     pipe = load_pipeline(checkpoint)
     thresholds = pipe.config.intensity_thresholds

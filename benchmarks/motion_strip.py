@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from livephoto_core.fileio import atomic_write
-    from livephoto_core.loading.pipeline import load_pipeline
+    from livephoto_core import load_pipeline
     from livephoto_core.training.validation import strip_image
 
     pipe = load_pipeline(args.model)

@@ -1,11 +1,14 @@
 """livephoto_core: LivePhoto (arXiv 2312.02928) on SD-1.5, as a standalone library.
 
-Imports are lazy so that ``livephoto --help`` starts without loading torch.
+``load_pipeline(...)`` builds a ``LivePhotoPipeline`` from local files (the bundled demo model with no
+arguments); the ComfyUI nodes use the same core through ``render``. docs/architecture.md maps the
+modules. Imports are lazy so that ``livephoto --help`` starts without loading torch.
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load_pipeline": "loading.assemble",
     "LivePhotoPipeline": "pipeline",
     "LivePhotoOutput": "pipeline",
     "LivePhotoConfig": "config",

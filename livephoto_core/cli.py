@@ -13,6 +13,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .defaults import (
+    DEFAULT_CONTENT_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INTENSITY,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+)
 
 SUPPORTED_OUTPUTS = (".webp", ".gif", ".mp4")
 EXIT_USAGE, EXIT_CANCELLED = 2, 130
@@ -34,14 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     animate.add_argument("image", help="the photo (PNG, JPEG, WebP, ...)")
     animate.add_argument("prompt", help='the motion, e.g. "shaking head" or "camera zooms in"')
-    animate.add_argument("--intensity", type=float, default=5, help="motion intensity, 1 (still) to 10 (most); default 5")
+    animate.add_argument("--intensity", type=float,
+                         help=f"motion intensity, 1 (still) to 10 (most); default: the model's ({DEFAULT_INTENSITY} for "
+                              f"the demo model)")
     animate.add_argument("--seed", type=int, help="random seed (default: a new one, printed and stored in the output)")
     animate.add_argument("--frames", type=int, help="number of frames (default: what the model was trained with)")
-    animate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    animate.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    animate.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
+    animate.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                         help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE})")
     animate.add_argument("--negative", default="", help="negative prompt")
-    animate.add_argument("--scheduler", default="ddim", help="ddim (default), euler, euler_ancestral, dpmpp_2m, ...")
-    animate.add_argument("--content-scale", type=float, default=1.0, help="strength of the photo's DINOv2 tokens (default 1)")
+    animate.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
+                         help=f"the denoising schedule (default {DEFAULT_SCHEDULER}): ddim, euler, euler_ancestral, "
+                              f"dpmpp_2m, ...")
+    animate.add_argument("--content-scale", type=float, default=DEFAULT_CONTENT_SCALE,
+                         help=f"strength of the photo's DINOv2 tokens (default {DEFAULT_CONTENT_SCALE:g})")
     animate.add_argument("--no-inversion", action="store_true", help="start from pure noise instead of the inverted photo")
     animate.add_argument("--low-memory", action="store_true",
                          help="a lower peak at about the same speed: idle parts wait off the device, smaller batches "
@@ -80,6 +93,7 @@ def default_output(image: str) -> Path:
 
 def run_animate(args) -> int:
     from .errors import InvalidInputError, OutputExistsError
+    from .fileio import check_input_path
     from .phone import NAMES, phone_format, refuse_existing, written_files
 
     output = Path(args.output) if args.output else default_output(args.image)
@@ -90,12 +104,11 @@ def run_animate(args) -> int:
         raise OutputExistsError(f"{output} already exists; pass --overwrite or choose another name with -o")
     if not args.overwrite:
         refuse_existing(output, written_files(output))  # a Live Photo's .jpg and .mov
-    if not Path(args.image).is_file():
-        raise InvalidInputError(f"{args.image}: no such photo")
+    check_input_path(args.image, "a photo")
 
     import torch
 
-    from .loading.pipeline import load_pipeline
+    from .loading.assemble import load_pipeline
     from .video import write_video
 
     intensity, photo = check_before_loading(args)
@@ -136,14 +149,16 @@ def check_before_loading(args):
     """The photo and the settings that need no model weights (frames: the checkpoint's header), checked
     before the loading, which takes a while for real models. The pipeline checks them all again; the
     prompt's length needs the model's tokenizer and is checked once it is loaded. -> (intensity, photo)."""
+    from .checks import check_content_scale, check_frames, check_guidance, check_seed, check_size, check_steps
     from .images import load_image
     from .intensity import validate_level
+    from .loading.assemble import demo_checkpoint
     from .loading.checkpoint import read_livephoto_config
-    from .loading.pipeline import demo_checkpoint
-    from .validation import check_content_scale, check_frames, check_guidance, check_seed, check_size, check_steps
 
-    intensity = validate_level(args.intensity)
     config = read_livephoto_config(args.livephoto if args.livephoto is not None else demo_checkpoint())
+    intensity = validate_level(
+        config.default_intensity if args.intensity is None else args.intensity, config.intensity_levels
+    )
     if args.frames is not None:
         check_frames(args.frames, config.motion_max_seq_length)
     check_steps(args.steps)
@@ -158,7 +173,7 @@ def check_before_loading(args):
 
 def run_intensity(args) -> int:
     from .errors import InvalidInputError
-    from .intensity import DEFAULT_THRESHOLDS, measure_intensity
+    from .intensity import DEFAULT_THRESHOLDS, LEVELS, measure_intensity
     from .video import read_video
 
     if args.max_frames is not None and args.max_frames < 2:
@@ -176,7 +191,7 @@ def run_intensity(args) -> int:
     measured = measure_intensity(clip.frames, thresholds)
     source = "checkpoint" if args.livephoto else "built-in default"
     print(f"{args.video}: {len(clip.frames)} frames, mean adjacent SSIM {measured.mean_ssim:.4f}, "
-          f"intensity level {measured.level} of 10 ({source} thresholds)")
+          f"intensity level {measured.level} of {LEVELS} ({source} thresholds)")
     return 0
 
 

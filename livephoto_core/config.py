@@ -11,8 +11,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from .defaults import DEFAULT_INTENSITY, DEFAULT_INVERSION_END, DEFAULT_INVERSION_START, DEFAULT_NUM_FRAMES
 from .errors import ModelFileError
-from .intensity import DEFAULT_THRESHOLDS
+from .intensity import DEFAULT_THRESHOLDS, LEVELS
 
 FORMAT_VERSION = 1
 METADATA_KEY = "livephoto_config"
@@ -32,19 +33,19 @@ class LivePhotoConfig:
     # (the demo model), which the loader finds beside it.
     base_model: str = "sd15"
     channel_order: tuple[str, ...] = CHANNEL_ORDER
-    num_frames: int = 16
+    num_frames: int = DEFAULT_NUM_FRAMES
     height: int = 256
     width: int = 256
     fps: int = 8
     prediction_type: str = "epsilon"
     cross_attention_dim: int = 768
 
-    intensity_levels: int = 10
-    default_intensity: int = 5
+    intensity_levels: int = LEVELS
+    default_intensity: int = DEFAULT_INTENSITY  # what a render asks for when its caller names no level
     intensity_thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
 
-    inversion_start: float = 0.033  # a_n for the first frame (paper eq. 3)
-    inversion_end: float = 0.016  # a_n for the last frame
+    inversion_start: float = DEFAULT_INVERSION_START  # a_n for the first frame (paper eq. 3)
+    inversion_end: float = DEFAULT_INVERSION_END  # a_n for the last frame
 
     # Content encoder: a frozen DINOv2, CLS + patch tokens at `dinov2_image_size`, one Linear.
     dinov2_hidden_size: int = 1024
@@ -97,6 +98,8 @@ class LivePhotoConfig:
         problems = []
         if len(self.intensity_thresholds) != self.intensity_levels - 1:
             problems.append(f"{self.intensity_levels} levels need {self.intensity_levels - 1} thresholds")
+        if not 1 <= self.default_intensity <= self.intensity_levels:
+            problems.append(f"default intensity {self.default_intensity} is not a level from 1 to {self.intensity_levels}")
         if any(not math.isfinite(t) for t in self.intensity_thresholds) or any(
             b <= a for a, b in zip(self.intensity_thresholds, self.intensity_thresholds[1:])
         ):

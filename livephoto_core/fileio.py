@@ -1,6 +1,8 @@
-"""Atomic file writes: a file appears complete or not at all, and is never replaced unasked.
+"""Paths in and out: the check every input path passes, and atomic writes (a file appears complete
+or not at all, and is never replaced unasked).
 
-Used for every output (videos, sidecars, LivePhoto checkpoints, training checkpoints).
+Inputs: photos, videos, weight files and model folders. Outputs: videos, sidecars, LivePhoto
+checkpoints, training checkpoints.
 """
 
 import os
@@ -9,7 +11,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InvalidInputError, OutputExistsError
+from .errors import InvalidInputError, LivePhotoError, OutputExistsError
+
+
+def check_input_path(
+    path: str | os.PathLike,
+    instead: str,
+    error: type[LivePhotoError] = InvalidInputError,
+    folders: bool = False,
+) -> Path:
+    """`path` as a Path if it names a file (or, with `folders`, a folder); else `error` saying what is
+    there, and what to pass `instead` ("a weights file", "an image file", ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path} does not exist; check the path")
+    if folders and path.is_dir():
+        return path
+    if path.is_dir():
+        raise error(f"{path} is a folder; pass {instead} instead")
+    if not path.is_file():
+        raise error(f"{path} is not a file; pass {instead} instead")
+    return path
 
 
 @contextmanager

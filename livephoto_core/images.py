@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInputError
+from .fileio import check_input_path
 
 MIN_SIDE = 32
 MAX_SIDE = 8192
@@ -81,10 +82,7 @@ def prepare_photo(image, size: tuple[int, int]) -> PreparedPhoto:
 
 
 def _load_file(path: Path) -> Image.Image:
-    if not path.exists():
-        raise InvalidInputError(f"{path} does not exist")
-    if not path.is_file():
-        raise InvalidInputError(f"{path} is not a file")
+    check_input_path(path, "an image file (PNG, JPEG, WebP, ...)")
     try:
         with warnings.catch_warnings():
             # Our own side limit (checked below, from the header) is stricter than Pillow's warning.

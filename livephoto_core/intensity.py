@@ -158,13 +158,14 @@ def level_from_ssim(ssim: float, thresholds: Sequence[float] = DEFAULT_THRESHOLD
     return LEVELS - bisect.bisect_right(checked, ssim)
 
 
-def validate_level(level) -> int:
-    """An intensity level as int: whole numbers 1..10 (ints or whole floats), else InvalidInputError."""
-    message = f"intensity must be a whole number from 1 (still) to {LEVELS} (most motion); got {level}"
+def validate_level(level, levels: int = LEVELS) -> int:
+    """An intensity level as int: whole numbers 1..`levels` (ints or whole floats), else InvalidInputError.
+    `levels`: the model's (LivePhotoConfig.intensity_levels) where one is at hand."""
+    message = f"intensity must be a whole number from 1 (still) to {levels} (most motion); got {level}"
     if isinstance(level, bool) or not isinstance(level, numbers.Real):
         raise InvalidInputError(message)
     value = float(level)
-    if not value.is_integer() or not STILLEST_LEVEL <= value <= LEVELS:
+    if not value.is_integer() or not STILLEST_LEVEL <= value <= levels:
         raise InvalidInputError(message)
     return int(value)
 

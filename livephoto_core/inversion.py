@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .sampling import ProgressCallback, ProgressEvent, VideoConditioning
+from .defaults import DEFAULT_INVERSION_END, DEFAULT_INVERSION_START
 from .modules.unet import LivePhotoUNet
+from .sampling import ProgressCallback, ProgressEvent, VideoConditioning
 
 
 def inversion_timesteps(target_timestep: int, steps: int, num_train_timesteps: int = 1000) -> list[int]:
@@ -55,7 +56,9 @@ def ddim_invert(
     unet_timesteps = torch.tensor(timesteps, device=latent.device)  # moved once, not once per step
     for step, (timestep, unet_timestep) in enumerate(zip(timesteps, unet_timesteps), start=1):
         alpha = alphas[timestep]
-        prediction = unet(latent.to(unet.dtype), unet_timestep, cond.video_context, cond.channels).float()
+        prediction = unet(
+            latent.to(unet.dtype), unet_timestep, cond.video_context, cond.channels, cond.content_scale
+        ).float()
         epsilon = to_epsilon(prediction, latent, alpha, prediction_type)
         original = (latent - (1 - alpha_prev).sqrt() * epsilon) / alpha_prev.sqrt()
         latent = alpha.sqrt() * original + (1 - alpha).sqrt() * epsilon
@@ -65,7 +68,9 @@ def ddim_invert(
     return latent.to(reference_latent.dtype)
 
 
-def prior_weights(num_frames: int, start: float = 0.033, end: float = 0.016) -> torch.Tensor:
+def prior_weights(
+    num_frames: int, start: float = DEFAULT_INVERSION_START, end: float = DEFAULT_INVERSION_END
+) -> torch.Tensor:
     """a_n, linear from `start` (first frame) to `end` (last frame)."""
     return torch.linspace(start, end, num_frames) if num_frames > 1 else torch.tensor([start])
 

@@ -11,12 +11,11 @@ from diffusers import MotionAdapter, UNet2DConditionModel
 from torch import nn
 
 from .config import LivePhotoConfig
+from .defaults import CLIP_CONTEXT
 from .errors import ModelFileError
 from .modules.content import ContentEncoder
 from .modules.reweight import TextReweighter
 from .modules.unet import LivePhotoUNet, build_motion_adapter, conditioning_channels
-
-TOKENS_PER_CHUNK = 77  # CLIP's context; ComfyUI concatenates longer prompts in chunks of 77
 
 
 class LivePhotoModel(nn.Module):
@@ -123,11 +122,11 @@ class LivePhotoModel(nn.Module):
     def reweight_text(self, text_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 77*k, D] CLIP embeddings -> (reweighted, weights [B, 77*k]); each 77-token chunk on its own."""
         batch, length, dim = text_embeddings.shape
-        if length % TOKENS_PER_CHUNK:
-            raise ValueError(f"text embeddings have {length} tokens; expected a multiple of {TOKENS_PER_CHUNK}")
+        if length % CLIP_CONTEXT:  # ComfyUI encodes a longer prompt as several chunks of 77
+            raise ValueError(f"text embeddings have {length} tokens; expected a multiple of {CLIP_CONTEXT}")
         if not self.config.text_reweighting:  # the ablation: CLIP as it is, every weight 1
             return text_embeddings.to(self.dtype), text_embeddings.new_ones(batch, length)
-        chunks = text_embeddings.reshape(batch * length // TOKENS_PER_CHUNK, TOKENS_PER_CHUNK, dim)
+        chunks = text_embeddings.reshape(batch * length // CLIP_CONTEXT, CLIP_CONTEXT, dim)
         reweighted, weights = self.text_reweighter(chunks.to(self.dtype))
         return reweighted.reshape(batch, length, dim), weights.reshape(batch, length)
 

@@ -24,6 +24,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .defaults import DEFAULT_CONTENT_SCALE
 from .errors import InvalidInputError
 from .modules.unet import LivePhotoUNet
 
@@ -38,7 +39,6 @@ SCHEDULERS = {
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     "unipc": (UniPCMultistepScheduler, {}),
 }
-DEFAULT_SCHEDULER = "ddim"
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class VideoConditioning:
     # Guidance as two UNet calls of half the batch: the same arithmetic with half the activations
     # (low-memory mode), at the cost of one more call per step.
     split_guidance: bool = False
+    content_scale: float = DEFAULT_CONTENT_SCALE  # the weight of the photo's content tokens in every UNet call
 
     @property
     def num_frames(self) -> int:
@@ -109,12 +110,15 @@ def build_conditioning(
     uncond_text: torch.Tensor | None,
     content: torch.Tensor,
     channels: torch.Tensor,
+    content_scale: float = DEFAULT_CONTENT_SCALE,
+    split_guidance: bool = False,
 ) -> VideoConditioning:
     """text/uncond_text [1, L, D] (reweighted), content [1, N, D], channels [1, F, 6, h, w]."""
     texts = [text] if uncond_text is None else [uncond_text, text]
     length = math.lcm(*(t.shape[1] for t in texts))
     context = torch.cat([torch.cat([pad_to_length(t, length), content.to(t)], dim=1) for t in texts])
-    return VideoConditioning(context, channels.expand(len(texts), *channels.shape[1:]), uncond_text is not None)
+    channels = channels.expand(len(texts), *channels.shape[1:])
+    return VideoConditioning(context, channels, uncond_text is not None, split_guidance, content_scale)
 
 
 def pad_to_length(text: torch.Tensor, length: int) -> torch.Tensor:
@@ -130,12 +134,15 @@ def guided_prediction(
     guidance_scale: float,
 ) -> torch.Tensor:
     """Classifier-free guidance over [uncond, cond]: one UNet call on both, or one each when split."""
+    scale = cond.content_scale
     if not cond.guided:
-        return unet(latents, timestep, cond.video_context, cond.channels)
+        return unet(latents, timestep, cond.video_context, cond.channels, scale)
     if cond.split_guidance:
-        uncond, text = (unet(latents, timestep, cond.video_context[i : i + 1], cond.channels[i : i + 1]) for i in (0, 1))
+        uncond, text = (
+            unet(latents, timestep, cond.video_context[i : i + 1], cond.channels[i : i + 1], scale) for i in (0, 1)
+        )
     else:
-        prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels)
+        prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels, scale)
         uncond, text = prediction.chunk(2)
     return uncond + guidance_scale * (text - uncond)
 

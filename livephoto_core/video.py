@@ -22,7 +22,7 @@ import torch
 from PIL import GifImagePlugin, Image, ImageSequence
 
 from .errors import InvalidInputError
-from .fileio import atomic_write, check_target
+from .fileio import atomic_write, check_input_path, check_target
 from .phone import NAMES, checked_phone_format, write_phone_photo
 
 SUPPORTED_EXTENSIONS = (".webp", ".gif", ".mp4")
@@ -291,10 +291,7 @@ _DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, Image.Decompres
 
 
 def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise InvalidInputError(f"{path} does not exist")
-    if not path.is_file():
-        raise InvalidInputError(f"{path} is not a file")
+    check_input_path(path, "a video file")
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path} is empty (0 bytes)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .intensity import EstimateIntensity
+from .estimate import EstimateIntensity
 from .loader import LoadLivePhotoModel
 from .paths import register_model_folders
 from .phone import SaveForPhone

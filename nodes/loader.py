@@ -17,13 +17,13 @@ from comfy_api.latest import io
 
 from ..livephoto_core.config import LivePhotoConfig
 from ..livephoto_core.errors import InvalidInputError, ModelFileError
+from ..livephoto_core.loading.assemble import assemble_model
+from ..livephoto_core.loading.assemble import check_motion_module_choice as choose_motion_module
 from ..livephoto_core.loading.checkpoint import read_livephoto_checkpoint
 from ..livephoto_core.loading.detect import detect_path, with_article
 from ..livephoto_core.loading.dinov2 import dinov2_from_state_dict, load_dinov2
 from ..livephoto_core.loading.files import read_safetensors_metadata
 from ..livephoto_core.loading.motion_module import load_motion_adapter
-from ..livephoto_core.loading.pipeline import assemble_model
-from ..livephoto_core.loading.pipeline import check_motion_module_choice as choose_motion_module
 from ..livephoto_core.loading.sd15 import shipped_config, unet_from_ldm
 from .handle import LIVEPHOTO_MODEL, LivePhotoModelHandle
 from .paths import (

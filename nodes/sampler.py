@@ -1,4 +1,4 @@
-"""PriorInversion and LivePhotoSampler: the core's invert_reference and generate_latents as nodes.
+"""PriorInversion and LivePhotoSampler: the core's render steps (invert_reference, generate_latents) as nodes.
 
 ComfyUI data in, core calls, ComfyUI data out: the reference LATENT holds raw VAE latents (scaled
 going in, unscaled coming out, as ComfyUI's own samplers do), the photo IMAGE gives the DINOv2
@@ -13,14 +13,12 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..livephoto_core.errors import InvalidInputError
-from ..livephoto_core.images import prepare_photo
-from ..livephoto_core.intensity import LEVELS, validate_level
-from ..livephoto_core.pipeline import Prior, generate_latents, invert_reference
-from ..livephoto_core.sampling import DEFAULT_SCHEDULER, SCHEDULERS, make_scheduler
-from ..livephoto_core.validation import (
+from ..livephoto_core.checks import (
+    MAX_CONTENT_SCALE,
+    MAX_SEED,
     MAX_SIZE,
     MAX_STEPS,
+    MIN_FRAMES,
     MIN_SIZE,
     check_content_scale,
     check_frames,
@@ -29,10 +27,33 @@ from ..livephoto_core.validation import (
     check_seed,
     check_steps,
 )
+from ..livephoto_core.defaults import (
+    DEFAULT_CONTENT_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INTENSITY,
+    DEFAULT_INVERSION_END,
+    DEFAULT_INVERSION_START,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+)
+from ..livephoto_core.errors import InvalidInputError
+from ..livephoto_core.images import prepare_photo
+from ..livephoto_core.intensity import LEVELS, validate_level
+from ..livephoto_core.model import LivePhotoModel
+from ..livephoto_core.render import (
+    InversionRequest,
+    PhotoConditioning,
+    Prior,
+    SamplingRequest,
+    Schedule,
+    generate_latents,
+    invert_reference,
+)
+from ..livephoto_core.sampling import SCHEDULERS
 from .handle import LIVEPHOTO_MODEL, LIVEPHOTO_PRIOR, LivePhotoModelHandle, NodeProgress, sampling_memory
 from .text import reweighted_embeddings, single_prompt
 
-MAX_SEED = 2**63 - 1
 VAE_FACTOR = 8  # pixels per latent pixel
 
 
@@ -110,6 +131,17 @@ def photo_pixels(image, height: int, width: int) -> torch.Tensor:
     return prepare_photo(image[0, ..., :3], (height, width)).pixels.unsqueeze(0)
 
 
+def photo_conditioning(
+    model: LivePhotoModel, latent: torch.Tensor, pixels: torch.Tensor, intensity: int
+) -> PhotoConditioning:
+    """The node's scaled reference latent and photo pixels, as both render steps read them."""
+    return PhotoConditioning(
+        reference_latent=latent.to(device=model.device, dtype=model.dtype),
+        content=model.encode_content(pixels),
+        intensity=intensity,
+    )
+
+
 def check_prior(prior: NodePrior, handle: LivePhotoModelHandle, reference: torch.Tensor, intensity: int,
                 scheduler: str, steps: int) -> None:
     if prior.model_token != handle.token:
@@ -165,13 +197,13 @@ def _photo_input():
 
 def _intensity_input():
     return io.Int.Input(
-        "intensity", default=5, min=1, max=LEVELS,
+        "intensity", default=DEFAULT_INTENSITY, min=1, max=LEVELS,
         tooltip="Motion intensity: 1 = nearly still, 10 = the most motion.",
     )
 
 
 def _steps_input(tooltip: str):
-    return io.Int.Input("steps", default=25, min=1, max=MAX_STEPS, tooltip=tooltip)
+    return io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, tooltip=tooltip)
 
 
 def _scheduler_input(tooltip: str):
@@ -198,12 +230,14 @@ class PriorInversion(io.ComfyNode):
                 _steps_input("The sampler's step count (the inversion runs as many); must match the LivePhoto Sampler."),
                 _scheduler_input("The sampler's scheduler; must match the LivePhoto Sampler."),
                 io.Float.Input(
-                    "start", default=0.033, min=0.0, max=1.0, step=0.001,
-                    tooltip="Weight of the inverted photo in the first frame's starting noise (paper: 0.033).",
+                    "start", default=DEFAULT_INVERSION_START, min=0.0, max=1.0, step=0.001,
+                    tooltip=f"Weight of the inverted photo in the first frame's starting noise "
+                    f"(paper: {DEFAULT_INVERSION_START}).",
                 ),
                 io.Float.Input(
-                    "end", default=0.016, min=0.0, max=1.0, step=0.001,
-                    tooltip="Weight of the inverted photo in the last frame's starting noise (paper: 0.016).",
+                    "end", default=DEFAULT_INVERSION_END, min=0.0, max=1.0, step=0.001,
+                    tooltip=f"Weight of the inverted photo in the last frame's starting noise "
+                    f"(paper: {DEFAULT_INVERSION_END}).",
                 ),
             ],
             outputs=[
@@ -220,24 +254,24 @@ class PriorInversion(io.ComfyNode):
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, clip, reference, photo, intensity: int, steps: int,
                 scheduler: str, start: float, end: float) -> io.NodeOutput:
-        intensity = validate_level(intensity)
-        steps = check_steps(steps)
-        start, end = check_prior_weights(start, end)
         handle = livephoto_model
         config = handle.model.config
-        sampler = make_scheduler(scheduler, handle.scheduler_config, config.prediction_type)
+        intensity = validate_level(intensity, config.intensity_levels)
+        steps = check_steps(steps)
+        start, end = check_prior_weights(start, end)
+        schedule = Schedule(scheduler, steps, handle.scheduler_config, config.prediction_type)
         latent = reference_latent(reference, handle.latent_scale)
         pixels = photo_pixels(photo, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)
-        empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        single_prompt(empty, config.cross_attention_dim, "empty-prompt")
+        empty = single_prompt(clip.encode_from_tokens_scheduled(clip.tokenize("")), config.cross_attention_dim,
+                              "empty-prompt")
 
         model = handle.load(sampling_memory(1, *latent.shape[-2:], False, handle.model.dtype))
-        empty_text = reweighted_embeddings(handle, empty, "empty-prompt")
-        content = model.encode_content(pixels)
-        prior = invert_reference(
-            model, sampler, steps, latent.to(device=model.device, dtype=model.dtype), empty_text, content, intensity,
-            steps, start, end, NodeProgress(steps),
+        request = InversionRequest(
+            photo=photo_conditioning(model, latent, pixels, intensity),
+            empty_text=reweighted_embeddings(handle, *empty, "empty-prompt"),
+            schedule=schedule, steps=steps, start=start, end=end,
         )
+        prior = invert_reference(model, request, NodeProgress(steps))
         output_device = comfy.model_management.intermediate_device()
         prior = replace(prior, inverted=prior.inverted.to(output_device))
         return io.NodeOutput(NodePrior(prior, handle.token, latent.to(output_device), intensity, scheduler, steps))
@@ -265,12 +299,12 @@ class LivePhotoSampler(io.ComfyNode):
                 _photo_input(),
                 _intensity_input(),
                 io.Int.Input(
-                    "frames", default=16, min=2, max=128,
+                    "frames", default=DEFAULT_NUM_FRAMES, min=MIN_FRAMES, max=128,
                     tooltip="Number of frames; at most what the checkpoint's motion modules handle (32 for AnimateDiff's).",
                 ),
                 _steps_input("Denoising steps."),
                 io.Float.Input(
-                    "cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                    "cfg", default=DEFAULT_GUIDANCE_SCALE, min=0.0, max=100.0, step=0.1, round=0.01,
                     tooltip="Classifier-free guidance scale; 1 or less turns guidance (and the negative prompt) off.",
                 ),
                 io.Int.Input(
@@ -279,7 +313,7 @@ class LivePhotoSampler(io.ComfyNode):
                 ),
                 _scheduler_input("The denoising schedule."),
                 io.Float.Input(
-                    "content_scale", default=1.0, min=0.0, max=2.0, step=0.05,
+                    "content_scale", default=DEFAULT_CONTENT_SCALE, min=0.0, max=MAX_CONTENT_SCALE, step=0.05,
                     tooltip="Strength of the photo's DINOv2 tokens; 1 is what the model was trained with, 0 turns them off.",
                 ),
                 io.Custom(LIVEPHOTO_PRIOR).Input(
@@ -307,28 +341,29 @@ class LivePhotoSampler(io.ComfyNode):
         handle = livephoto_model
         config = handle.model.config
         # Every check before any model runs.
-        intensity = validate_level(intensity)
+        intensity = validate_level(intensity, config.intensity_levels)
         frames = check_frames(frames, handle.model.unet.max_frames)
         steps = check_steps(steps)
         cfg = check_guidance(cfg)
         seed = check_seed(seed)
         content_scale = check_content_scale(content_scale)
-        sampler = make_scheduler(scheduler, handle.scheduler_config, config.prediction_type)
+        schedule = Schedule(scheduler, steps, handle.scheduler_config, config.prediction_type)
         latent = reference_latent(reference, handle.latent_scale)
         pixels = photo_pixels(photo, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)
-        for conditioning, what in ((positive, "positive"), (negative, "negative")):
-            single_prompt(conditioning, config.cross_attention_dim, what)
+        positive = single_prompt(positive, config.cross_attention_dim, "positive")
+        negative = single_prompt(negative, config.cross_attention_dim, "negative")
         if prior is not None:
             check_prior(prior, handle, latent, intensity, scheduler, steps)
 
         guided = cfg > 1  # as LivePhotoPipeline: no unconditional branch without guidance
         model = handle.load(sampling_memory(frames, *latent.shape[-2:], guided, handle.model.dtype))
-        text = reweighted_embeddings(handle, positive, "positive")
-        uncond = reweighted_embeddings(handle, negative, "negative") if guided else None
-        content = model.encode_content(pixels)
-        latents = generate_latents(
-            model, sampler, text, uncond, content, latent.to(device=model.device, dtype=model.dtype), intensity, frames,
-            steps, cfg, seed, content_scale, None if prior is None else prior.prior, NodeProgress(steps),
+        request = SamplingRequest(
+            photo=photo_conditioning(model, latent, pixels, intensity),
+            text=reweighted_embeddings(handle, *positive, "positive"),
+            uncond_text=reweighted_embeddings(handle, *negative, "negative") if guided else None,
+            schedule=schedule, num_frames=frames, guidance_scale=cfg, seed=seed, content_scale=content_scale,
+            prior=None if prior is None else prior.prior,
         )
+        latents = generate_latents(model, request, NodeProgress(steps))
         samples = latents[0].float() / handle.latent_scale
         return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())})

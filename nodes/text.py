@@ -13,9 +13,9 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io, ui
 
+from ..livephoto_core.checks import MAX_PROMPT_TOKENS, check_prompt_tokens
+from ..livephoto_core.defaults import CLIP_CONTEXT
 from ..livephoto_core.errors import InvalidInputError
-from ..livephoto_core.model import TOKENS_PER_CHUNK
-from ..livephoto_core.validation import MAX_PROMPT_TOKENS, check_prompt_tokens
 from .chart import token_weight_chart
 from .handle import LIVEPHOTO_MODEL, LivePhotoModelHandle
 
@@ -54,19 +54,19 @@ def single_prompt(conditioning, width: int, what: str) -> tuple[torch.Tensor, di
             f"the {what} conditioning has shape {tuple(embeddings.shape)}; LivePhoto needs one SD-1.5 prompt "
             f"[1, 77, {width}]: encode it with the CLIP of the SD-1.5 checkpoint"
         )
-    if embeddings.shape[1] > TOKENS_PER_CHUNK:
-        chunks = embeddings.shape[1] // TOKENS_PER_CHUNK
+    if embeddings.shape[1] > CLIP_CONTEXT:
+        chunks = embeddings.shape[1] // CLIP_CONTEXT
         raise InvalidInputError(
             f"the {what} prompt is longer than {MAX_PROMPT_TOKENS} tokens (ComfyUI encoded it as {chunks} chunks of "
-            f"{TOKENS_PER_CHUNK}); LivePhoto reads one: shorten it (motion words first)"
+            f"{CLIP_CONTEXT}); LivePhoto reads one: shorten it (motion words first)"
         )
     return embeddings, options
 
 
-def reweighted_embeddings(handle: LivePhotoModelHandle, conditioning, what: str) -> torch.Tensor:
-    """A CONDITIONING from TextReweight or CLIPTextEncode -> reweighted embeddings [1, 77, D] on the model's device."""
+def reweighted_embeddings(handle: LivePhotoModelHandle, embeddings: torch.Tensor, options: dict, what: str) -> torch.Tensor:
+    """The single prompt of a CONDITIONING from TextReweight or CLIPTextEncode (``single_prompt``) ->
+    reweighted embeddings [1, 77, D] on the model's device."""
     model = handle.model
-    embeddings, options = single_prompt(conditioning, model.config.cross_attention_dim, what)
     embeddings = embeddings.to(device=model.device, dtype=model.dtype)
     made_by = options.get(REWEIGHTED_BY)
     if made_by is None:
@@ -79,9 +79,9 @@ def reweighted_embeddings(handle: LivePhotoModelHandle, conditioning, what: str)
     return embeddings
 
 
-def prompt_tokens(clip, text: str) -> list[tuple]:
-    """The prompt's own (token, weight, word id) entries, without start, end and padding tokens."""
-    tokens = clip.tokenize(text, return_word_ids=True)
+def prompt_tokens(tokens: dict) -> list[tuple]:
+    """The prompt's own (token, weight, word id) entries of ``clip.tokenize(text, return_word_ids=True)``,
+    without start, end and padding tokens."""
     if set(tokens) != {"l"}:
         raise InvalidInputError(
             f"this CLIP has the text encoders {', '.join(sorted(tokens))}; LivePhoto needs SD-1.5's CLIP-L: "
@@ -130,9 +130,11 @@ class TextReweight(io.ComfyNode):
 
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, clip, text: str) -> io.NodeOutput:
-        tokens = prompt_tokens(clip, text)
+        # Word ids mark the prompt's own tokens; ComfyUI's encoders read only each entry's token and weight.
+        tokenized = clip.tokenize(text, return_word_ids=True)
+        tokens = prompt_tokens(tokenized)
         check_prompt_tokens(len(tokens))
-        encoded = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        encoded = clip.encode_from_tokens_scheduled(tokenized)
         embeddings, options = single_prompt(encoded, livephoto_model.model.config.cross_attention_dim, "text")
         model = livephoto_model.load()
         reweighted, weights = model.reweight_text(embeddings.to(device=model.device, dtype=model.dtype))

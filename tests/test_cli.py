@@ -43,7 +43,7 @@ def test_animate_writes_the_video_with_its_settings(tiny_files, photo, tmp_path,
 
 
 def test_low_memory_gives_the_same_video(tiny_files, photo, tmp_path, monkeypatch):
-    import livephoto_core.loading.pipeline as loading
+    import livephoto_core.loading.assemble as loading
 
     modes, build = [], loading.LivePhotoPipeline
 

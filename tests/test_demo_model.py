@@ -8,10 +8,10 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from livephoto_core.cli import main
+from livephoto_core.loading.assemble import DEMO_MODEL_DIR, demo_checkpoint
 from livephoto_core.loading.checkpoint import read_livephoto_config
 from livephoto_core.loading.detect import detect_path
 from livephoto_core.loading.files import content_hash
-from livephoto_core.loading.pipeline import DEMO_MODEL_DIR, demo_checkpoint
 from livephoto_core.video import read_video
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -159,7 +159,7 @@ def test_truncated_file_is_refused(tmp_path):
 def test_missing_file_and_folder_are_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="does not exist"):
         load_image(tmp_path / "missing.png")
-    with pytest.raises(InvalidInputError, match="not a file"):
+    with pytest.raises(InvalidInputError, match="is a folder; pass an image file"):
         load_image(tmp_path)
 
 

@@ -202,6 +202,12 @@ def test_validate_level_refuses_everything_else(level):
         validate_level(level)
 
 
+def test_validate_level_takes_the_models_number_of_levels():
+    assert validate_level(5, levels=5) == 5
+    with pytest.raises(InvalidInputError, match=r"from 1 \(still\) to 5 \(most motion\); got 6"):
+        validate_level(6, levels=5)
+
+
 def test_validate_level_message():
     with pytest.raises(InvalidInputError) as caught:
         validate_level(11)

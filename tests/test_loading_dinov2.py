@@ -135,6 +135,17 @@ def test_swiglu_classic_and_facebookresearch(tmp_path, pixels):
     _assert_same_outputs(load_dinov2(path), source, pixels)
 
 
+def test_folders_load_their_only_fp16_weights_and_a_damaged_folder_is_one_line(tmp_path, pixels):
+    source = _tiny()
+    folder = tmp_path / "dinov2-fp16"
+    source.save_pretrained(folder)
+    (folder / "model.safetensors").rename(folder / "model.fp16.safetensors")  # as a variant-only download names it
+    _assert_same_outputs(load_dinov2(folder), source, pixels)
+    (folder / "model.fp16.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(ModelFileError, match=r"^DINOv2 folder dinov2-fp16 cannot be loaded \(.*\); download it again$"):
+        load_dinov2(folder)
+
+
 def test_half_precision(tmp_path):
     path = tmp_path / "dino.safetensors"
     save_file(_tiny().state_dict(), str(path))

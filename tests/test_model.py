@@ -71,15 +71,27 @@ def test_new_layers_change_the_output_once_trained():
         for processor in model.unet.content_processors():
             randomize_(processor.to_out, 3)
         with_content = model.unet(noisy, torch.tensor(500), context, channels)
-        model.unet.set_content_scale(0.0)
-        content_off = model.unet(noisy, torch.tensor(500), context, channels)
-        model.unet.set_content_scale(1.0)
+        content_off = model.unet(noisy, torch.tensor(500), context, channels, content_scale=0.0)
         randomize_(model.unet.unet.conv_in, 4)
         stronger = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([9.0]))
         other_channels = model.unet(noisy, torch.tensor(500), context, stronger)
     assert not torch.allclose(before, with_content)
     torch.testing.assert_close(content_off, before)
     assert not torch.allclose(with_content, other_channels)
+
+
+def test_the_content_scale_is_an_argument_of_each_call_that_only_content_attention_hears(capfd):
+    model = tiny_model()
+    for processor in model.unet.content_processors():
+        randomize_(processor.to_out, 3)
+    noisy, text = torch.randn(1, F, 4, 8, 8), torch.randn(1, 77, D)
+    context = torch.cat([text, torch.randn(1, model.config.num_content_tokens, D)], dim=1)
+    channels = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([5.0]))
+    with torch.no_grad():
+        outputs = [model.unet(noisy, torch.tensor(500), context, channels, content_scale=s) for s in (1.0, 0.5, 1.0)]
+    assert not torch.allclose(outputs[0], outputs[1])
+    torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=0)  # nothing of the 0.5 call stayed behind
+    assert capfd.readouterr().err == ""  # no attention processor complained about an argument it does not take
 
 
 def test_content_attention_sits_on_every_cross_attention_and_nowhere_else():
@@ -183,6 +195,8 @@ def test_config_from_another_format_version_is_refused():
         LivePhotoConfig.from_metadata(metadata, "old.safetensors")
     with pytest.raises(ModelFileError, match="thresholds"):
         tiny_config(intensity_thresholds=[0.9] * 9)
+    with pytest.raises(ModelFileError, match="default intensity 11 is not a level from 1 to 10"):
+        tiny_config(default_intensity=11)
 
 
 def test_ablation_switches_turn_the_modules_off():

@@ -385,6 +385,14 @@ def test_text_reweight_scales_each_token_and_keeps_the_clip_options(env):
     np.testing.assert_allclose(bar_heights(chart[0], len(labels)), weights[0, 1:6].numpy(), atol=0.01)
 
 
+def test_text_reweight_tokenizes_the_prompt_once(env, monkeypatch):
+    tokenized = []
+    tokenize = env.clip.tokenize
+    monkeypatch.setattr(env.clip, "tokenize", lambda *args, **kwargs: tokenized.append(args) or tokenize(*args, **kwargs))
+    env.run("LivePhotoTextReweight", livephoto_model=env.handle, clip=env.clip, text="the red circle moves left")
+    assert tokenized == [("the red circle moves left",)]
+
+
 def test_estimate_intensity_matches_skimage_ssim_and_the_models_thresholds(env):
     from skimage.color import rgb2gray
     from skimage.metrics import structural_similarity

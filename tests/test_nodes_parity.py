@@ -17,7 +17,7 @@ from PIL import Image, ImageSequence
 from safetensors.torch import load_file
 
 from livephoto_core.cli import main as cli_main
-from livephoto_core.loading.pipeline import load_pipeline
+from livephoto_core.loading.assemble import load_pipeline
 
 PROMPT = "the red circle moves left"
 SEED, FRAMES, STEPS, INTENSITY, SIZE = 1234, 4, 3, 6, 64

@@ -469,7 +469,7 @@ def test_cli_writes_a_live_photo_pair_with_the_photo_as_the_still(tiny_files, la
 
 def test_cli_refuses_a_live_photo_whose_mov_exists_before_loading(tiny_files, large_photo, tmp_path, capsys,
                                                                    monkeypatch):
-    import livephoto_core.loading.pipeline as loading
+    import livephoto_core.loading.assemble as loading
 
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     (tmp_path / "out.mov").write_bytes(b"precious")

@@ -1,9 +1,12 @@
 """LivePhotoPipeline end to end on a tiny random model."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_config, tiny_pipeline
 
 from livephoto_core.errors import InvalidInputError
 from livephoto_core.video import read_metadata, read_video, write_video
@@ -55,6 +58,31 @@ def test_a_run_at_another_content_scale_leaves_the_next_run_unchanged(pipeline, 
     assert not torch.equal(run(pipeline, photo, content_scale=0.0).frames, first.frames)
     # The prior inversion of the next run works at the trained scale, not the one left behind.
     torch.testing.assert_close(run(pipeline, photo).frames, first.frames, rtol=0, atol=0)
+
+
+def test_two_threads_sharing_one_pipeline_get_the_frames_they_get_one_after_the_other(pipeline, photo):
+    settings = [dict(content_scale=0.0, seed=3), dict(content_scale=1.5, seed=3)]
+    serial = [run(pipeline, photo, **kwargs).frames for kwargs in settings]
+    together = [None, None]
+    start = threading.Barrier(2)
+
+    def render(index):
+        start.wait()
+        together[index] = run(pipeline, photo, **settings[index]).frames
+
+    threads = [threading.Thread(target=render, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not torch.equal(serial[0], serial[1])
+    for alone, shared in zip(serial, together):
+        torch.testing.assert_close(shared, alone, rtol=0, atol=0)
+
+
+def test_without_an_intensity_the_checkpoints_default_is_used(tmp_path, photo):
+    pipeline = tiny_pipeline(tmp_path / "tokenizer", tiny_config(default_intensity=8))
+    assert run(pipeline, photo, num_inference_steps=1).settings["intensity"] == 8
 
 
 def test_unguided_run_skips_the_negative_branch(pipeline, photo):

@@ -38,7 +38,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny import tiny_config, tiny_dinov2, tiny_motion_adapter, tiny_sd15_models
 
-import livephoto_core.loading.pipeline as loading_pipeline
+import livephoto_core.loading.assemble as loading_pipeline
 import livephoto_core.pipeline as core_pipeline
 import safetensors.torch
 from livephoto_core.cli import main

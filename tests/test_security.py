@@ -63,7 +63,7 @@ def test_pipeline_runs_with_the_network_blocked(tiny_files, tmp_path, monkeypatc
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
-    from livephoto_core.loading.pipeline import load_pipeline
+    from livephoto_core.loading.assemble import load_pipeline
 
     pipe = load_pipeline(tiny_files / "livephoto.safetensors", base=tiny_files / "base.safetensors",
                          dinov2=tiny_files / "dinov2", tokenizer=tiny_files / "tokenizer")

@@ -19,9 +19,10 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from livephoto_core import cli
 from livephoto_core.errors import InvalidInputError, OutputExistsError
+from livephoto_core.loading.assemble import load_pipeline
 from livephoto_core.loading.checkpoint import read_livephoto_checkpoint
-from livephoto_core.loading.pipeline import load_pipeline
-from livephoto_core.pipeline import LivePhotoPipeline, tokenize
+from livephoto_core.encoding import tokenize
+from livephoto_core.pipeline import LivePhotoPipeline
 from livephoto_core.training import checkpoints, toyworld
 from livephoto_core.training.base import build_scratch_base
 from livephoto_core.training.config import TrainConfig, apply_override, load_train_config

@@ -362,6 +362,24 @@ def test_atomic_write_all_unpublishes_the_files_published_before_a_name_taken_du
     assert not first.exists() and second.read_bytes() == b"another writer's" and leftovers(tmp_path) == []
 
 
+def test_every_input_path_gets_the_one_check(tmp_path):
+    from livephoto_core.errors import ModelFileError
+    from livephoto_core.images import load_image
+    from livephoto_core.loading.detect import detect_path
+    from livephoto_core.loading.files import load_state_dict
+
+    readers = [(load_image, InvalidInputError), (read_video, InvalidInputError), (load_state_dict, ModelFileError),
+               (detect_path, ModelFileError)]
+    for read, error in readers:
+        with pytest.raises(error, match=r"missing.bin does not exist; check the path$"):
+            read(tmp_path / "missing.bin")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # would block a reader that opened it
+    for read, error in readers:
+        with pytest.raises(error, match="pipe is not a file; pass an? .* instead"):
+            read(fifo)
+
+
 def test_atomic_write_refusals(tmp_path):
     with pytest.raises(InvalidInputError, match="does not exist"):
         with atomic_write(tmp_path / "no" / "such" / "folder.bin"):
@@ -429,7 +447,7 @@ def test_undecodable_files_are_refused_in_one_line(tmp_path, name, content, mess
 def test_missing_file_and_folder_are_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="does not exist"):
         read_video(tmp_path / "missing.mp4")
-    with pytest.raises(InvalidInputError, match="not a file"):
+    with pytest.raises(InvalidInputError, match="is a folder; pass a video file"):
         read_video(tmp_path)
 
 

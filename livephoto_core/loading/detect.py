@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFileError
+from ..fileio import check_input_path
 from .files import SAFETENSORS_SUFFIXES, check_weight_file, load_state_dict, read_safetensors_header
 
 KINDS = (
@@ -85,9 +86,7 @@ def detect_kind(state_dict_or_shapes: Mapping[str, Any], metadata: Mapping[str, 
 
 def detect_path(path: str | os.PathLike) -> FileKind:
     """Classify a weights file (header only for .safetensors) or a diffusers/transformers folder."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path} does not exist; check the path")
+    path = check_input_path(path, "a weights file or a model folder", ModelFileError, folders=True)
     if path.is_dir():
         return _detect_folder(path)
     path = check_weight_file(path)

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ModelFileError
 from .detect import CLI_INPUTS, detect_kind, detect_path, require_kind
-from .files import build_model, content_hash, load_state_dict
+from .files import build_model, content_hash, load_pretrained, load_state_dict
 
 DINOV2_HEAD_WIDTH = 64
 
@@ -67,13 +67,7 @@ def load_dinov2(
     found = detect_path(path)
     require_kind(found, "dinov2", path, inputs["dinov2"], inputs)
     if path.is_dir():
-        try:
-            model = Dinov2Model.from_pretrained(path, local_files_only=True, dtype=dtype)
-        except Exception as error:  # whatever diffusers or transformers raise for a damaged folder
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelFileError(
-                f"{path.name} cannot be loaded as DINOv2 ({reason[:200]}); download it again"
-            ) from None
+        model = load_pretrained(Dinov2Model, path, f"DINOv2 folder {path.name}", dtype=dtype)
     else:
         model = dinov2_from_state_dict(load_state_dict(path)[0], dtype, f"DINOv2 file {path.name}")
     model.eval().requires_grad_(False)

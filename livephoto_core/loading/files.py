@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelFileError
+from ..fileio import check_input_path
 
 if TYPE_CHECKING:  # torch is imported where tensors are read, so header-only inspection stays fast
     import torch
@@ -60,11 +61,7 @@ def _corrupt(path: Path, why: str) -> ModelFileError:
 
 def check_weight_file(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path after checking it is a non-empty file with a weights suffix."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path} does not exist; check the path")
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a folder; pass a weights file (.safetensors, .ckpt, .pt, .pth, .bin) instead")
+    path = check_input_path(path, "a weights file (.safetensors, .ckpt, .pt, .pth, .bin)", ModelFileError)
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path.name} is empty (0 bytes); download it again")
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
@@ -251,6 +248,21 @@ def content_hash(path: str | os.PathLike) -> str:
     for file in sorted(f for f in files if not any(part.startswith(".") for part in f.relative_to(path).parts)):
         digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
     return digest.hexdigest()
+
+
+def load_pretrained(cls, folder: Path, name: str, **kwargs):
+    """``cls.from_pretrained`` on a local model folder, in eval mode, with the fp16 variant when it is the
+    only one there. Whatever diffusers or transformers raise for a damaged folder becomes one line:
+    "`name` cannot be loaded (why); download it again"."""
+    weights = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if weights and all(".fp16." in weight for weight in weights):
+        kwargs["variant"] = "fp16"
+    try:
+        model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except Exception as error:  # their errors have no common base class
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{name} cannot be loaded ({reason[:200]}); download it again") from None
+    return model.eval()
 
 
 def build_model(

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ModelFileError
 from .detect import CLI_INPUTS, detect_path, require_kind
-from .files import build_model, content_hash, load_state_dict
+from .files import build_model, content_hash, load_pretrained, load_state_dict
 
 MOTION_HEADS = 8
 MOTION_NORM_GROUPS = 32
@@ -57,13 +57,7 @@ def load_motion_adapter(
         )
 
     if path.is_dir():
-        try:
-            adapter = MotionAdapter.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval()
-        except Exception as error:  # whatever diffusers or transformers raise for a damaged folder
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelFileError(
-                f"{path.name} cannot be loaded as a MotionAdapter ({reason[:200]}); download it again"
-            ) from None
+        adapter = load_pretrained(MotionAdapter, path, f"MotionAdapter folder {path.name}", torch_dtype=dtype)
     else:
         state_dict, _ = load_state_dict(path)
         config = dict(

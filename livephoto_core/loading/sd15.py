@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ModelFileError
 from .detect import LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIXES, detect_path, require_kind
-from .files import build_model, content_hash, load_state_dict
+from .files import build_model, content_hash, load_pretrained, load_state_dict
 from .tokenizer import load_clip_tokenizer
 
 CLIP_VOCAB_SIZE = 49408
@@ -123,9 +123,9 @@ def _load_folder(folder: Path, dtype: torch.dtype):
                 f"{folder.name} has no {sub}/config.json; "
                 "a diffusers SD-1.5 folder needs unet/, vae/ and text_encoder/"
             )
-    unet = _from_pretrained(UNet2DConditionModel, folder / "unet", torch_dtype=dtype)
-    vae = _from_pretrained(AutoencoderKL, folder / "vae", torch_dtype=dtype)
-    text_encoder = _from_pretrained(CLIPTextModel, folder / "text_encoder", dtype=dtype)
+    unet = load_pretrained(UNet2DConditionModel, folder / "unet", f"{folder.name}/unet", torch_dtype=dtype)
+    vae = load_pretrained(AutoencoderKL, folder / "vae", f"{folder.name}/vae", torch_dtype=dtype)
+    text_encoder = load_pretrained(CLIPTextModel, folder / "text_encoder", f"{folder.name}/text_encoder", dtype=dtype)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if scheduler_file.is_file():
         with open(scheduler_file, encoding="utf-8") as file:
@@ -133,21 +133,6 @@ def _load_folder(folder: Path, dtype: torch.dtype):
     else:
         scheduler_config = shipped_config("scheduler")
     return unet, vae, text_encoder, scheduler_config
-
-
-def _from_pretrained(cls, folder: Path, **kwargs):
-    """``cls.from_pretrained`` on a local folder, using the fp16 variant when it is the only one there."""
-    weights = [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
-    if weights and all(".fp16." in name for name in weights):
-        kwargs["variant"] = "fp16"
-    try:
-        model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
-    except Exception as error:  # whatever diffusers or transformers raise for a damaged folder
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(
-            f"{folder.parent.name}/{folder.name} cannot be loaded ({reason[:200]}); download it again"
-        ) from None
-    return model.eval()
 
 
 # --- single files: configs from shapes -------------------------------------------------------------

@@ -13,10 +13,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..defaults import CLIP_CONTEXT
 from ..errors import ModelFileError
 
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
-CLIP_MAX_LENGTH = 77
 # CLIP's SimpleTokenizer keeps merges 1 .. 49152-256-2: 49408 ids = 2*256 bytes + merges + 2 specials.
 _NUM_MERGES = 49152 - 256 - 2
 
@@ -52,7 +52,7 @@ def _tokenizer_from_folder(folder: Path):
     from transformers import CLIPTokenizer
 
     # A bare vocab.json + merges.txt has no tokenizer_config.json to set CLIP's 77-token window.
-    defaults = {} if (folder / "tokenizer_config.json").is_file() else {"model_max_length": CLIP_MAX_LENGTH}
+    defaults = {} if (folder / "tokenizer_config.json").is_file() else {"model_max_length": CLIP_CONTEXT}
     try:
         return CLIPTokenizer.from_pretrained(folder, local_files_only=True, **defaults)
     except (OSError, ValueError, json.JSONDecodeError) as error:

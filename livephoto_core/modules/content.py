@@ -4,13 +4,18 @@ The photo's CLS + patch tokens from a frozen DINOv2 are projected to the UNet's 
 width by one Linear. Each SD cross-attention layer (attn2) gets a parallel, decoupled attention
 over those tokens whose output projection starts at zero, so an untrained model is exactly SD.
 The content tokens ride at the end of ``encoder_hidden_states``; the processor splits them off.
+The content scale is an argument of each UNet call (``cross_attention_kwargs``), never processor
+state, so one model serves calls at different scales at once.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
+
+from ..defaults import DEFAULT_CONTENT_SCALE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +52,7 @@ class ContentAttnProcessor(nn.Module):
     """SD cross-attention over text plus a decoupled attention over content tokens.
 
     ``encoder_hidden_states`` is ``[text tokens ; content tokens]`` with exactly ``num_content_tokens``
-    content tokens at the end. Output = attn2(text) + scale * to_out(attention(q, content)).
+    content tokens at the end. Output = attn2(text) + content_scale * to_out(attention(q, content)).
 
     It has one row per frame, or one row per video shared by that video's frames (fewer rows than
     ``hidden_states``, which are frame-major): then the keys and values are projected once per video
@@ -55,13 +60,12 @@ class ContentAttnProcessor(nn.Module):
     The result is the same; per step it saves projecting (text + content) tokens for every frame.
     """
 
-    def __init__(self, attn: nn.Module, num_content_tokens: int, scale: float = 1.0):
+    def __init__(self, attn: nn.Module, num_content_tokens: int):
         super().__init__()
         if attn.residual_connection or attn.rescale_output_factor != 1.0 or attn.group_norm is not None:
             raise ValueError("ContentAttnProcessor supports SD-style cross-attention only")
         cross_dim = attn.to_k.in_features
         self.num_content_tokens = num_content_tokens
-        self.scale = scale
         self.to_k = nn.Linear(cross_dim, attn.inner_dim, bias=False)
         self.to_v = nn.Linear(cross_dim, attn.inner_dim, bias=False)
         self.to_out = nn.Linear(attn.inner_dim, attn.out_dim)
@@ -73,7 +77,10 @@ class ContentAttnProcessor(nn.Module):
             self.to_out.weight.zero_()
             self.to_out.bias.zero_()
 
-    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+    # __call__, not forward: diffusers' Attention hands a processor only the keyword arguments its
+    # __call__ names (here content_scale, from the UNet call's cross_attention_kwargs).
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 content_scale=DEFAULT_CONTENT_SCALE):
         if attention_mask is not None:
             raise ValueError("ContentAttnProcessor does not take an attention mask (SD-1.5 uses none)")
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.num_content_tokens:
@@ -98,9 +105,19 @@ class ContentAttnProcessor(nn.Module):
         query = split_heads(attn.to_q(hidden_states.reshape(videos, -1, hidden_states.shape[-1])))
         text_out = F.scaled_dot_product_attention(query, split_heads(attn.to_k(text)), split_heads(attn.to_v(text)))
         out = attn.to_out[1](attn.to_out[0](merge_heads(text_out)))
-        if self.scale != 0:
+        if content_scale != 0:
             content_out = F.scaled_dot_product_attention(
                 query, split_heads(self.to_k(content)), split_heads(self.to_v(content))
             )
-            out = out + self.scale * self.to_out(merge_heads(content_out))
+            out = out + content_scale * self.to_out(merge_heads(content_out))
         return out.reshape(rows, tokens, -1)
+
+
+class SpatialSelfAttnProcessor(AttnProcessor2_0):
+    """SD's own self-attention (attn1), unchanged. A transformer block hands its cross_attention_kwargs
+    to attn1 as well as attn2; this processor takes the content scale and leaves it unused, where
+    diffusers' would log a warning on every call."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 content_scale=DEFAULT_CONTENT_SCALE):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

@@ -15,7 +15,8 @@ from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
 from ..config import CONDITIONING_CHANNELS, LivePhotoConfig
-from .content import ContentAttnProcessor
+from ..defaults import DEFAULT_CONTENT_SCALE
+from .content import ContentAttnProcessor, SpatialSelfAttnProcessor
 
 
 def build_motion_adapter(config: LivePhotoConfig, unet2d: UNet2DConditionModel) -> MotionAdapter:
@@ -72,12 +73,15 @@ def widen_conv_in(unet: UNetMotionModel, extra_channels: int = CONDITIONING_CHAN
 
 
 def install_content_attention(unet: UNetMotionModel, num_content_tokens: int) -> None:
-    """Put a ContentAttnProcessor on every SD cross-attention (attn2); motion modules keep theirs."""
+    """Put a ContentAttnProcessor on every SD cross-attention (attn2), and on SD's self-attentions
+    (attn1) one that accepts the content scale; motion modules keep theirs (they never see it)."""
     processors = {}
     for name, processor in unet.attn_processors.items():
         attn = unet.get_submodule(name.removesuffix(".processor"))
         if attn.is_cross_attention:
             processors[name] = ContentAttnProcessor(attn, num_content_tokens)
+        elif ".motion_modules." not in name:
+            processors[name] = SpatialSelfAttnProcessor()
         else:
             processors[name] = processor
     unet.set_attn_processor(processors)
@@ -181,10 +185,6 @@ class LivePhotoUNet(nn.Module):
             if isinstance(module, BasicTransformerBlock):
                 module.set_chunk_feed_forward(1 if enabled else None, 1 if ".motion_modules." in name else 0)
 
-    def set_content_scale(self, scale: float) -> None:
-        for processor in self.content_processors():
-            processor.scale = scale
-
     def freeze_base(self) -> None:
         """SD stays frozen (paper §4.1); conv_in, motion modules and content attention train."""
         for name, param in self.unet.named_parameters():
@@ -199,14 +199,19 @@ class LivePhotoUNet(nn.Module):
         timestep: torch.Tensor,
         context: torch.Tensor,
         conditioning: torch.Tensor,
+        content_scale: float = DEFAULT_CONTENT_SCALE,
     ) -> torch.Tensor:
         """noisy_latents [B, F, 4, h, w], timestep [] or [B], context [B, text+content tokens, D] (one row
         per video, shared by its frames: the cheaper form) or [B*F, ...] (one per frame, frame-major: row
-        b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w]."""
+        b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w].
+
+        `content_scale` weighs the content attention in this call only (0 turns the photo tokens off)."""
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
         text_vector = None
         if self.text_time_embedding:
             text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
-        out = self.unet(sample.transpose(1, 2), timestep, encoder_hidden_states=context, timestep_cond=text_vector,
-                        return_dict=False)[0]
+        out = self.unet(
+            sample.transpose(1, 2), timestep, encoder_hidden_states=context, timestep_cond=text_vector,
+            cross_attention_kwargs={"content_scale": content_scale}, return_dict=False,
+        )[0]
         return out.transpose(1, 2)

@@ -34,10 +34,11 @@ from torch import nn
 
 from .. import __version__
 from ..config import LivePhotoConfig
+from ..encoding import encode_photo, encode_text
 from ..errors import InvalidInputError, OutputExistsError
 from ..intensity import level_from_ssim, mean_adjacent_ssim
 from ..model import LivePhotoModel
-from ..pipeline import LivePhotoPipeline, encode_photo, encode_text
+from ..pipeline import LivePhotoPipeline
 from ..sampling import make_scheduler
 from .base import TrainingBase, build_scratch_base, load_training_base, write_base_folder
 from .checkpoints import (

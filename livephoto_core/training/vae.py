@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..pipeline import decode_latents, encode_photo
+from ..encoding import decode_latents, encode_photo
 from .checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import VaeConfig
 

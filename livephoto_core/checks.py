@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import math
 
+from .defaults import (
+    CLIP_CONTEXT,
+    DEFAULT_CONTENT_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_INVERSION_END,
+    DEFAULT_INVERSION_START,
+)
 from .errors import InvalidInputError
 
+MIN_FRAMES = 2  # motion needs two frames
 MAX_STEPS = 1000
 MIN_SIZE, MAX_SIZE = 64, 1024
-MAX_PROMPT_TOKENS = 75  # CLIP's 77 minus the start and end tokens
+MAX_CONTENT_SCALE = 2.0
+MAX_SEED = 2**63 - 1  # seeds are int64
+MAX_PROMPT_TOKENS = CLIP_CONTEXT - 2  # the start and end tokens take two places
 
 
 def _number(name: str, value) -> float:
@@ -32,9 +42,9 @@ def _whole(name: str, value) -> int:
 
 def check_frames(num_frames, max_frames: int) -> int:
     num_frames = _whole("frames", num_frames)
-    if not 2 <= num_frames <= max_frames:
+    if not MIN_FRAMES <= num_frames <= max_frames:
         raise InvalidInputError(
-            f"frames must be from 2 to {max_frames} (the motion modules' longest clip); got {num_frames}"
+            f"frames must be from {MIN_FRAMES} to {max_frames} (the motion modules' longest clip); got {num_frames}"
         )
     return num_frames
 
@@ -50,7 +60,8 @@ def check_guidance(guidance_scale) -> float:
     guidance_scale = float(_number("guidance scale", guidance_scale))
     if guidance_scale < 0:
         raise InvalidInputError(
-            f"guidance scale must be 0 or more (1 or less turns guidance off; 7.5 is usual); got {guidance_scale}"
+            f"guidance scale must be 0 or more (1 or less turns guidance off; {DEFAULT_GUIDANCE_SCALE} is usual); "
+            f"got {guidance_scale}"
         )
     return guidance_scale
 
@@ -70,8 +81,11 @@ def check_size(height, width) -> tuple[int, int]:
 
 def check_content_scale(scale) -> float:
     scale = float(_number("content scale", scale))
-    if not 0 <= scale <= 2:
-        raise InvalidInputError(f"content scale must be from 0 (photo tokens off) to 2 (1 is trained); got {scale}")
+    if not 0 <= scale <= MAX_CONTENT_SCALE:
+        raise InvalidInputError(
+            f"content scale must be from 0 (photo tokens off) to {MAX_CONTENT_SCALE:g} ({DEFAULT_CONTENT_SCALE:g} is "
+            f"trained); got {scale}"
+        )
     return scale
 
 
@@ -80,13 +94,16 @@ def check_prior_weights(start, end) -> tuple[float, float]:
     end = float(_number("inversion end", end))
     for name, value in (("inversion start", start), ("inversion end", end)):
         if not 0 <= value <= 1:
-            raise InvalidInputError(f"{name} must be from 0 to 1 (the paper uses 0.033 and 0.016); got {value}")
+            raise InvalidInputError(
+                f"{name} must be from 0 to 1 (the paper uses {DEFAULT_INVERSION_START} and {DEFAULT_INVERSION_END}); "
+                f"got {value}"
+            )
     return start, end
 
 
 def check_seed(seed) -> int:
     seed = _whole("seed", seed)
-    if not 0 <= seed < 2**63:
+    if not 0 <= seed <= MAX_SEED:
         raise InvalidInputError(f"seed must be from 0 to 2**63 - 1; got {seed}")
     return seed
 

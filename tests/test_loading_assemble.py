@@ -13,13 +13,22 @@ from tiny import (
 )
 
 from livephoto_core.errors import ModelFileError
+from livephoto_core.loading.assemble import load_pipeline
 from livephoto_core.loading.checkpoint import (
     read_livephoto_checkpoint,
     save_livephoto_checkpoint,
 )
-from livephoto_core.loading.pipeline import load_pipeline
 from livephoto_core.model import LivePhotoModel
 from livephoto_core.pipeline import LivePhotoPipeline
+
+
+def test_the_package_exports_the_loader_and_the_pipeline():
+    import livephoto_core
+    from livephoto_core import LivePhotoPipeline as exported_pipeline
+    from livephoto_core import load_pipeline as exported_loader
+
+    assert exported_loader is load_pipeline and exported_pipeline is LivePhotoPipeline
+    assert {"load_pipeline", "LivePhotoPipeline"} <= set(livephoto_core.__all__)
 
 
 def test_loaded_pipeline_equals_the_in_memory_one(tiny_files):
