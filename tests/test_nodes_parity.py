@@ -99,7 +99,10 @@ def test_nodes_cli_and_python_api_give_the_same_frames(setup, cfg, scheduler, pr
     nodes = node_graph_frames(setup, cfg, scheduler, prior_inversion)
     assert nodes.shape == api.shape == (FRAMES, SIZE, SIZE, 3)
     assert (api[1:] - api[:1]).abs().max() > 0.01  # the frames differ: there is motion to get wrong
-    torch.testing.assert_close(nodes, api, atol=1e-5, rtol=0)
+    # Float32 noise only: the ComfyUI stand-in VAE (like ComfyUI's) encodes a non-contiguous movedim view,
+    # which at 2 threads differs from the pipeline's contiguous encode by 3.9e-6 in the latent; through CFG
+    # 7.5 that reaches 1.02e-5 on one pixel of 49,152 with torch 2.13.0 here (1e-5 held on the earlier build).
+    torch.testing.assert_close(nodes, api, atol=2e-5, rtol=0)
     cli = cli_frames(setup, cfg, scheduler, prior_inversion, f"cli-{scheduler}")
     nodes_8bit = np.rint(nodes.numpy() * 255)
     assert np.abs(cli.astype(np.float64) - nodes_8bit).max() <= 1  # 8-bit rounding of equal frames
