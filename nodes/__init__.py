@@ -7,8 +7,8 @@ from comfy_api.latest import ComfyExtension, io
 from .estimate import EstimateIntensity
 from .loader import LoadLivePhotoModel
 from .paths import register_model_folders
-from .phone import SaveForPhone
 from .sampler import LivePhotoSampler, PriorInversion
+from .save_for_phone import SaveForPhone
 from .text import TextReweight
 
 NODES = [LoadLivePhotoModel, TextReweight, PriorInversion, LivePhotoSampler, EstimateIntensity, SaveForPhone]
