@@ -15,7 +15,7 @@ from livephoto_core.loading.files import content_hash
 from livephoto_core.video import read_video
 
 ROOT = Path(__file__).resolve().parent.parent
-PHOTO = ROOT / "examples" / "red_circle.png"
+PHOTO = ROOT / "assets" / "red_circle.png"
 MAX_BYTES = 25 * 1024 * 1024
 
 

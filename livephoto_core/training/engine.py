@@ -34,6 +34,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import LivePhotoConfig
+from ..defaults import CLIP_CONTEXT
 from ..encoding import encode_photo, encode_text
 from ..errors import InvalidInputError, OutputExistsError
 from ..intensity import level_from_ssim, mean_adjacent_ssim
@@ -63,7 +64,6 @@ from .validation import render_validation, validation_sample
 from .vocab import write_word_tokenizer
 
 logger = logging.getLogger(__name__)
-CLIP_LENGTH = 77
 
 
 @dataclass
@@ -137,7 +137,7 @@ def draw_timestep(generator: torch.Generator, num_train_timesteps: int, high_noi
 def tokenize_captions(tokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids [B, 77], padded as the pipeline pads a prompt; captions longer than CLIP's window are cut."""
     return tokenizer(
-        captions, padding="max_length", max_length=CLIP_LENGTH, truncation=True, return_tensors="pt"
+        captions, padding="max_length", max_length=CLIP_CONTEXT, truncation=True, return_tensors="pt"
     ).input_ids
 
 

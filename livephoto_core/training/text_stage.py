@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..defaults import CLIP_CONTEXT
 from .config import TextStageConfig
 from .vae import warmup_cosine
-
-CLIP_LENGTH = 77
 
 
 class ClipEncoder(nn.Module):
@@ -117,7 +116,7 @@ def word_separation(text_encoder: nn.Module, tokenizer, pairs: list[tuple[str, s
     """For each prompt pair, |E(a) - E(b)| / |E(a)| over the whole 77-token embedding the UNet reads."""
     out = {}
     for a, b in pairs:
-        ids = tokenizer([a, b], padding="max_length", max_length=CLIP_LENGTH, return_tensors="pt").input_ids
+        ids = tokenizer([a, b], padding="max_length", max_length=CLIP_CONTEXT, return_tensors="pt").input_ids
         first, second = text_encoder(ids.to(text_encoder.device)).last_hidden_state
         out[f"{a} | {b}"] = float((first - second).norm() / first.norm())
     return out
@@ -150,7 +149,7 @@ def train_text_encoder(
     for step in range(1, config.steps + 1):
         frames, captions = next(batches)
         texts = captions + [n for n in dict.fromkeys(map(opposite_caption, captions)) if n and n not in captions]
-        ids = tokenizer(texts, padding="max_length", max_length=CLIP_LENGTH, truncation=True,
+        ids = tokenizer(texts, padding="max_length", max_length=CLIP_CONTEXT, truncation=True,
                         return_tensors="pt").input_ids
         loss = model(ids, frames, texts, len(captions))
         optimizer.zero_grad(set_to_none=True)
