@@ -16,6 +16,7 @@ random files with symlinks. Every API workflow of tests/workflows runs at 64x64,
 from __future__ import annotations
 
 import base64
+import io
 import importlib.util
 import json
 import os
@@ -401,6 +402,28 @@ def test_the_nodes_are_registered_with_category_and_tooltips(comfy):
         "dinov2-large.safetensors", "livephoto_sd15.safetensors"]
 
 
+def test_the_template_browser_serves_each_workflow_and_its_thumbnail(comfy):
+    """ComfyUI lists a pack's templates from the first served folder name it finds (example_workflows/,
+    example/, examples/, workflow/, workflows/): only workflows/ exists, and each entry opens."""
+    import urllib.request
+
+    served = ("example_workflows", "example", "examples", "workflow", "workflows")
+    assert [name for name in served if (ROOT / name).is_dir()] == ["workflows"]
+    [pack] = comfy.server.pack_names
+    status, templates = comfy.rw.http_json(comfy.url, "/api/workflow_templates")
+    assert status == 200
+    names = sorted(path.stem for path in UI_DIR.glob("*.json"))
+    assert sorted(templates[pack]) == names
+    for name in names:
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{pack}/{name}.json", timeout=30) as response:
+            assert response.status == 200
+            assert json.loads(response.read()) == json.loads((UI_DIR / f"{name}.json").read_text())
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/{pack}/{name}.jpg", timeout=30) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/jpeg"
+            thumbnail = Image.open(io.BytesIO(response.read()))
+            assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128
+
+
 @pytest.mark.parametrize("name", ["animate", "intensity_sweep", "measure_video", "text_weights"])
 def test_each_ui_workflow_converts_to_its_api_twin_with_comfy_cli(comfy, name, tmp_path):
     converter = os.environ.get("COMFY_CLI_PYTHON", str(ROOT.parent / ".comfycli" / "bin" / "python"))
@@ -583,16 +606,26 @@ def test_a_missing_dependency_is_one_log_line_and_the_server_runs(tmp_path):
     assert len(lines) == 1 and "diffusers" in lines[0] and "requirements.txt" in lines[0], lines
 
 
-def test_the_frontend_loads_every_ui_workflow_with_no_missing_node_types(tmp_path):
-    """ComfyUI's own web frontend in headless Chromium (Debian's chromium; the harness' browser_check.py)."""
+def test_the_frontend_opens_each_template_through_the_template_route(models_dir, inputs, tmp_path):
+    """ComfyUI's own web frontend in headless Chromium (Debian's chromium; the harness' browser_check.py)
+    fetches each template from the pack's template route, as its template browser does, and loads it:
+    every node type present, every node of the file in the graph, no dialog. Screenshots land in the
+    test's folder; with LIVEPHOTO_THUMBNAILS=workflows they also refresh the templates' thumbnails."""
     if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chromium (apt-get install -y chromium)")
+    workflows = sorted(UI_DIR.glob("*.json"))
     run = subprocess.run(
-        [sys.executable, str(HARNESS / "browser_check.py"), *map(str, sorted(UI_DIR.glob("*.json"))),
+        [sys.executable, str(ROOT / "tests" / "browser_templates.py"), *map(str, workflows),
          "--pack", str(ROOT), "--out", str(tmp_path), "--window", "2000x1000"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "COMFYUI_HOME": str(HOME)},
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "COMFYUI_HOME": str(HOME), "PYTHONPATH": str(HARNESS), "LIVEPHOTO_MODELS_DIR": str(models_dir),
+             "LIVEPHOTO_INPUTS": os.pathsep.join(map(str, inputs))},
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     report_json = json.loads((tmp_path / "report.json").read_text())
-    assert [w["ok"] for w in report_json["workflows"]] == [True] * 4
-    assert all(not w["missing"] for w in report_json["workflows"])
+    assert [w["ok"] for w in report_json["workflows"]] == [True] * len(workflows)
+    for path, loaded in zip(workflows, report_json["workflows"]):
+        assert not loaded["missing"], path.name
+        assert loaded["nodes_in_graph"] == len(json.loads(path.read_text())["nodes"]), path.name
+        assert Path(loaded["screenshot"]).stat().st_size > 10_000, path.name
+    print(f"\n[screenshots] {tmp_path}", flush=True)

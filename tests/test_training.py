@@ -166,6 +166,45 @@ def test_the_bundled_export_reproduces_the_trained_model_and_runs_in_the_cli(ref
     assert read_video(output).frames.shape == (4, 64, 64, 3)
 
 
+def test_init_from_starts_a_run_from_a_checkpoint_and_keeps_only_new_layers_fresh(toy_data, reference, tmp_path):
+    """Fine-tuning: model.init_from copies an export's weights in before step 1; a layer this config adds
+    (the text projection of text_time_embedding) keeps its zero initialisation; a checkpoint of another
+    shape is refused by name."""
+    _, result = reference
+    checkpoint = result.export / "livephoto.safetensors"
+    _, exported = read_livephoto_checkpoint(checkpoint)
+    output_dir = tmp_path / "finetune"
+    copy_base(result.output_dir, output_dir)
+    config = tiny_config(toy_data, output_dir, **{"model.init_from": str(checkpoint),
+                                                  "model.livephoto.text_time_embedding": True})
+    trainer = prepared_trainer(config)
+    (record,) = log_records(output_dir, "init_from")
+    assert record["new_tensors"] == ["unet.time_embedding.cond_proj.weight"]
+    state = trainer.model.trainable_state_dict()
+    assert not state["unet.time_embedding.cond_proj.weight"].any()
+    for name, tensor in exported.items():
+        torch.testing.assert_close(state[name], tensor.to(state[name].dtype), atol=0, rtol=0)
+
+    other = tiny_config(toy_data, tmp_path / "other", **{"model.init_from": str(checkpoint),
+                                                         "model.livephoto.motion_max_seq_length": 16})
+    copy_base(result.output_dir, tmp_path / "other")
+    with pytest.raises(InvalidInputError, match="model.init_from .* does not fit this config"):
+        prepared_trainer(other)
+
+
+def prepared_trainer(config: dict) -> Trainer:
+    """A trainer with its data and model prepared, before its first step."""
+    from accelerate.state import AcceleratorState
+
+    trainer = Trainer(TrainConfig.from_dict(config))
+    try:
+        trainer.prepare_data()
+        trainer.prepare_model()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return trainer
+
+
 def test_resume_after_sigkill_continues_with_the_same_losses(toy_data, reference, tmp_path):
     _, uninterrupted = reference
     output_dir = tmp_path / "run"

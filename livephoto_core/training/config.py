@@ -55,6 +55,7 @@ class ModelConfig:
     tokenizer: str | None = None  # CLIP tokenizer folder, for single-file bases
     motion_module: str | None = None  # AnimateDiff motion module to start the motion modules from
     freeze_motion_module: bool = False  # keep it frozen and out of the checkpoint ("external")
+    init_from: str | None = None  # a LivePhoto checkpoint (livephoto.safetensors) whose weights start this run
     train_text_encoder: bool = False  # from scratch only: the text encoder trains too
     prediction_type: str = "epsilon"  # or "v_prediction"
     livephoto: dict = field(default_factory=dict)  # LivePhotoConfig fields: reweighter_*, motion_*, dinov2_image_size

@@ -38,6 +38,7 @@ from ..defaults import CLIP_CONTEXT
 from ..encoding import encode_photo, encode_text
 from ..errors import InvalidInputError, OutputExistsError
 from ..intensity import level_from_ssim, mean_adjacent_ssim
+from ..loading.checkpoint import read_livephoto_checkpoint
 from ..model import LivePhotoModel
 from ..pipeline import LivePhotoPipeline
 from ..sampling import make_scheduler
@@ -254,6 +255,26 @@ def make_livephoto_config(config: TrainConfig, base: TrainingBase, thresholds) -
         if config.model.freeze_motion_module:
             values.update(motion_weights="external", motion_module_hash=base.motion.content_hash)
     return LivePhotoConfig(**{**values, **config.model.livephoto})
+
+
+def start_from_checkpoint(model: LivePhotoModel, path: str) -> list[str]:
+    """Copy a LivePhoto checkpoint's weights into `model` (fine-tuning); returns the names of the
+    model's trained tensors the checkpoint lacks, which keep their initialisation (layers this config
+    adds, such as the zero-initialised text projection of `text_time_embedding`)."""
+    _, state = read_livephoto_checkpoint(path)
+    expected = model.trainable_state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if unexpected or wrong:
+        raise InvalidInputError(
+            f"model.init_from {path} does not fit this config: {len(unexpected)} tensors it has are not in this "
+            f"model (e.g. {unexpected[:2]}), {len(wrong)} have other shapes (e.g. {wrong[:2]}); train on the base "
+            f"and with the model.livephoto settings it was trained with"
+        )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            expected[name].copy_(tensor)
+    return sorted(set(expected) - set(state))
 
 
 # --- from scratch: the base and its VAE ----------------------------------------------------------
@@ -478,6 +499,10 @@ class Trainer:
             for name, param in model.unet.unet.named_parameters():
                 if ".motion_modules." in name:
                     param.requires_grad_(False)
+        if config.model.init_from is not None:
+            new = start_from_checkpoint(model, config.model.init_from)
+            self.log({"event": "init_from", "path": config.model.init_from, "new_tensors": new},
+                     f"started from {config.model.init_from} ({len(new)} tensors new in this config)")
         if config.gradient_checkpointing:
             model.unet.unet.enable_gradient_checkpointing()
         self.model = model
