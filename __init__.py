@@ -17,10 +17,18 @@ else:
     try:
         from .nodes import comfy_entrypoint
     except ImportError as error:
-        _requirements = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements.txt")
-        logging.error(
-            "LivePhoto nodes are not loaded: %s. Install the pack's requirements into ComfyUI's Python: "
-            "%s -m pip install -r %s",
-            error, sys.executable, _requirements,
-        )
+        if (error.name or "").split(".")[0] in ("comfy", "comfy_api"):
+            # ComfyUI's own modules: no pip install brings them, an update of ComfyUI does.
+            logging.error(
+                "LivePhoto nodes are not loaded: %s. This ComfyUI is older than the pack needs (0.33.0 or "
+                "newer, with the comfy_api.latest node API): update ComfyUI",
+                error,
+            )
+        else:
+            _requirements = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements.txt")
+            logging.error(
+                "LivePhoto nodes are not loaded: %s. Install the pack's requirements into ComfyUI's Python: "
+                "%s -m pip install -r %s",
+                error, sys.executable, _requirements,
+            )
         NODE_CLASS_MAPPINGS = {}  # a valid, empty V1 pack: ComfyUI logs nothing more about it

@@ -61,6 +61,9 @@ class LivePhotoConfig:
     # is added to the timestep embedding, so the words reach every ResNet as a FiLM-like shift and not
     # only through cross-attention. See modules.unet.install_text_time_embedding.
     text_time_embedding: bool = False
+    # Departure from the paper, off in its recipe: the same text vector scales and shifts the features of
+    # every ResNet after its second norm (FiLM). See modules.unet.install_text_film.
+    text_film: bool = False
 
     # Text reweighter: transformer encoder + Linear + sigmoid (paper §3.5).
     reweighter_layers: int = 3

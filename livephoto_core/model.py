@@ -63,7 +63,9 @@ class LivePhotoModel(nn.Module):
                 f"expects {config.motion_max_seq_length}: pass the motion module it was trained with"
             )
         dtype, device = unet2d.dtype, unet2d.device
-        unet = LivePhotoUNet.from_unet2d(unet2d, adapter, config.num_content_tokens, config.text_time_embedding)
+        unet = LivePhotoUNet.from_unet2d(
+            unet2d, adapter, config.num_content_tokens, config.text_time_embedding, config.text_film
+        )
         content_encoder = ContentEncoder(dinov2, config.cross_attention_dim, config.dinov2_image_size)
         reweighter = TextReweighter(
             config.cross_attention_dim,

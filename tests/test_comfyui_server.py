@@ -438,6 +438,18 @@ def test_each_ui_workflow_converts_to_its_api_twin_with_comfy_cli(comfy, name, t
     assert json.loads(run.stdout) == api_workflow(name)
 
 
+def test_comfy_cli_validates_the_pack_for_the_registry():
+    """`comfy node validate` (pyproject's [tool.comfy], license, security checks) passes."""
+    converter = Path(os.environ.get("COMFY_CLI_PYTHON", str(ROOT.parent / ".comfycli" / "bin" / "python")))
+    if not converter.is_file():
+        pytest.skip("comfy-cli not installed (python3 -m venv ../.comfycli && ../.comfycli/bin/pip install comfy-cli)")
+    run = subprocess.run([str(converter.parent / "comfy"), "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0 and "validation checks passed" in output, output
+    assert "Warning" not in output, output
+
+
 def test_animate(comfy):
     entry, events = comfy.run(small(api_workflow("animate")), "workflow animate")
     [video] = comfy.download(entry, "11")

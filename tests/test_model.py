@@ -211,13 +211,16 @@ def test_ablation_switches_turn_the_modules_off():
     assert torch.all(channels[:, :, 5] == 0) and torch.all(channels[:, -1, 4] == 1)
 
 
-def test_text_time_embedding_starts_as_identity_trains_and_reads_each_video_s_own_words():
-    config = tiny_config(text_time_embedding=True)
+@pytest.mark.parametrize("switch", ["text_time_embedding", "text_film"])
+def test_a_text_path_starts_as_identity_trains_and_reads_each_video_s_own_words(switch):
+    config = tiny_config(**{switch: True})
     adapter = random_motion_adapter(config, tiny_unet2d())
     plain = LivePhotoModel.from_base(tiny_config(), tiny_unet2d(), tiny_dinov2(), adapter).eval()
     model = LivePhotoModel.from_base(config, tiny_unet2d(), tiny_dinov2(), adapter).eval()
-    assert "unet.time_embedding.cond_proj.weight" in model.trainable_state_dict()
-    assert model.unet.unet.time_embedding.cond_proj.weight.requires_grad
+    marker = "time_embedding.cond_proj." if switch == "text_time_embedding" else ".text_film."
+    added = {k: v for k, v in model.unet.unet.named_parameters() if marker in k}
+    assert added and all(p.requires_grad for p in added.values())
+    assert {f"unet.{k}" for k in added} <= set(model.trainable_state_dict())
 
     noisy = torch.randn(2, F, 4, 8, 8)
     content = model.encode_content(torch.rand(2, 3, 64, 64))
@@ -228,9 +231,12 @@ def test_text_time_embedding_starts_as_identity_trains_and_reads_each_video_s_ow
         # Zero-initialised: the model is the paper's until trained.
         torch.testing.assert_close(model.unet(noisy, torch.tensor(500), context, channels),
                                    plain.unet(noisy, torch.tensor(500), context, channels))
-        randomize_(model.unet.unet.time_embedding.cond_proj, 3)
+        for parameter in added.values():
+            parameter.copy_(torch.randn_like(parameter) * 0.3)
         shared = model.unet(noisy, torch.tensor(500), context, channels)
         per_frame = model.unet(noisy, torch.tensor(500), context.repeat_interleave(F, dim=0), channels)
         swapped = model.unet(noisy, torch.tensor(500), torch.cat([texts.flip(0), content], dim=1), channels)
     torch.testing.assert_close(shared, per_frame)  # one context row per video or one per frame: the same
-    assert not torch.allclose(shared, swapped)  # each video is shifted by its own words
+    assert not torch.allclose(shared, swapped)  # each video is moved by its own words
+    torch.testing.assert_close(swapped.flip(0)[:1], model.unet(  # ...and only by its own
+        noisy[1:], torch.tensor(500), torch.cat([texts[:1], content[1:]], dim=1), channels[1:]).detach())

@@ -83,6 +83,18 @@ def test_a_missing_dependency_is_one_log_line_and_no_nodes(env, monkeypatch, cap
     assert pack.NODE_CLASS_MAPPINGS == {} and not hasattr(pack, "comfy_entrypoint")
 
 
+def test_a_comfyui_without_its_node_api_is_told_to_update_comfyui_not_to_pip_install(env, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", None)  # an old ComfyUI: no comfy_api.latest
+    with caplog.at_level(logging.DEBUG):
+        pack = import_pack("livephoto_pack_on_old_comfyui")
+    for name in [n for n in sys.modules if n.startswith("livephoto_pack_on_old_comfyui")]:
+        del sys.modules[name]
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    message = caplog.records[0].getMessage()
+    assert "comfy_api" in message and "update ComfyUI" in message and "pip" not in message
+    assert pack.NODE_CLASS_MAPPINGS == {}
+
+
 def test_outside_comfyui_the_pack_registers_nothing_silently(monkeypatch, caplog):
     """pytest imports the repository's __init__.py while collecting; without ComfyUI that must be a no-op."""
     monkeypatch.delitem(sys.modules, "folder_paths", raising=False)

@@ -8,10 +8,14 @@ at their initial values the model is exactly SD + motion modules.
 
 from __future__ import annotations
 
+import contextvars
+import functools
+
 import torch
 from accelerate import init_empty_weights
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from ..config import CONDITIONING_CHANNELS, LivePhotoConfig
@@ -104,6 +108,38 @@ def install_text_time_embedding(unet: UNetMotionModel, text_dim: int) -> None:
     unet.register_to_config(time_cond_proj_dim=text_dim)
 
 
+# The text vector of the current forward call, for the FiLM hooks (a context variable: each thread's
+# call sees its own, as content_scale travels per call).
+_FILM_TEXT: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("livephoto_film_text", default=None)
+
+
+def install_text_film(unet: UNetMotionModel, text_dim: int) -> None:
+    """Give every ResNet of the UNet a FiLM from the text: features after its second GroupNorm become
+    h * (1 + scale) + shift, with (scale, shift) a zero-initialised Linear of the pooled text, so an
+    untrained model is unchanged.
+
+    A departure from the paper (LivePhotoConfig.text_film). The timestep embedding's shift is added
+    before that GroupNorm, which removes its mean over each group of channels; a FiLM after the norm
+    reaches the features unnormalised, as FiLM-conditioned networks (Perez et al., 2018) apply it.
+    """
+    for module in unet.modules():
+        if isinstance(module, ResnetBlock2D):
+            weight = module.conv1.weight
+            film = nn.Linear(text_dim, 2 * module.norm2.num_channels, device=weight.device, dtype=weight.dtype)
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+            module.text_film = film
+            module.norm2.register_forward_hook(functools.partial(_apply_text_film, film))
+
+
+def _apply_text_film(film: nn.Linear, _norm: nn.Module, _inputs, features: torch.Tensor) -> torch.Tensor:
+    text = _FILM_TEXT.get()
+    if text is None:
+        return features
+    scale, shift = film(text.to(features.dtype)).repeat_interleave(features.shape[0] // text.shape[0], dim=0).chunk(2, dim=1)
+    return features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
 def pooled_text(context: torch.Tensor, num_content_tokens: int, videos: int) -> torch.Tensor:
     """The mean of each video's text tokens: context [B or B*F, text + content tokens, D] -> [B, D]."""
     text = context[:, :-num_content_tokens]
@@ -134,7 +170,7 @@ def is_trainable_key(name: str) -> bool:
     """The parameters LivePhoto trains inside the UNet: conv_in, motion modules, content attention (and
     the text's timestep projection, when the model has one)."""
     return (name.startswith(("conv_in.", "time_embedding.cond_proj.")) or ".motion_modules." in name
-            or ".processor." in name)
+            or ".processor." in name or ".text_film." in name)
 
 
 class LivePhotoUNet(nn.Module):
@@ -149,17 +185,24 @@ class LivePhotoUNet(nn.Module):
     def from_unet2d(
         cls, unet2d: UNet2DConditionModel, adapter: MotionAdapter, num_content_tokens: int,
         text_time_embedding: bool = False,
+        text_film: bool = False,
     ) -> "LivePhotoUNet":
         unet = assemble_motion_unet(unet2d, adapter)
         widen_conv_in(unet)
         install_content_attention(unet, num_content_tokens)
         if text_time_embedding:
             install_text_time_embedding(unet, unet.config.cross_attention_dim)
+        if text_film:
+            install_text_film(unet, unet.config.cross_attention_dim)
         return cls(unet, num_content_tokens)
 
     @property
     def text_time_embedding(self) -> bool:
         return self.unet.time_embedding.cond_proj is not None
+
+    @property
+    def text_film(self) -> bool:
+        return any(isinstance(m, ResnetBlock2D) and hasattr(m, "text_film") for m in self.unet.modules())
 
     # Read off one weight: diffusers' ModelMixin.dtype/.device walk every submodule on each call, which
     # the sampling loop and the pipeline ask for often (milliseconds per call at full size).
@@ -207,11 +250,14 @@ class LivePhotoUNet(nn.Module):
 
         `content_scale` weighs the content attention in this call only (0 turns the photo tokens off)."""
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
-        text_vector = None
-        if self.text_time_embedding:
-            text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
-        out = self.unet(
-            sample.transpose(1, 2), timestep, encoder_hidden_states=context, timestep_cond=text_vector,
-            cross_attention_kwargs={"content_scale": content_scale}, return_dict=False,
-        )[0]
+        text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
+        film = _FILM_TEXT.set(text_vector if self.text_film else None)
+        try:
+            out = self.unet(
+                sample.transpose(1, 2), timestep, encoder_hidden_states=context,
+                timestep_cond=text_vector if self.text_time_embedding else None,
+                cross_attention_kwargs={"content_scale": content_scale}, return_dict=False,
+            )[0]
+        finally:
+            _FILM_TEXT.reset(film)
         return out.transpose(1, 2)
