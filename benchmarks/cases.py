@@ -260,7 +260,7 @@ def training(steps: int = 12, clips: int = 64, warmup_steps: int = 2) -> dict:
     timed is the LivePhoto training step (data, forward, backward, optimizer, EMA).
     """
     from livephoto_core.training import toyworld
-    from livephoto_core.training.config import load_train_config
+    from livephoto_core.training.recipe import load_train_config
     from livephoto_core.training.engine import train
 
     scratch = scratch_dir()
@@ -351,7 +351,7 @@ def write_tiny_model_files(folder: Path) -> list[str]:
 
     from livephoto_core.loading.checkpoint import save_livephoto_checkpoint
     from livephoto_core.model import LivePhotoModel
-    from livephoto_core.training.vocab import write_word_tokenizer
+    from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     write_tiny_sd15_file(folder / "base.safetensors", seed=0)

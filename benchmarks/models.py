@@ -21,7 +21,7 @@ from torch import nn
 from livephoto_core.config import LivePhotoConfig
 from livephoto_core.loading.sd15 import shipped_config
 from livephoto_core.modules.unet import build_motion_adapter
-from livephoto_core.training.vocab import write_word_tokenizer
+from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
 # Tiny: the structure of SD-1.5 at a few MB, the same models as the tests'.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from livephoto_core.errors import LivePhotoError
-    from livephoto_core.training.config import load_train_config
+    from livephoto_core.training.recipe import load_train_config
     from livephoto_core.training.engine import train
 
     try:

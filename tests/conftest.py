@@ -36,7 +36,7 @@ def tiny_files(tmp_path_factory):
 
     from livephoto_core.loading.checkpoint import save_livephoto_checkpoint
     from livephoto_core.model import LivePhotoModel
-    from livephoto_core.training.vocab import write_word_tokenizer
+    from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
     write_tiny_sd15_file(tmp_path / "base.safetensors", seed=0)
     tiny_dinov2().save_pretrained(tmp_path / "dinov2")

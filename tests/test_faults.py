@@ -28,8 +28,8 @@ from test_training import log_records, tiny_config, toy_data  # noqa: F401 - toy
 from tiny import tiny_pipeline
 
 from livephoto_core.errors import Cancelled
-from livephoto_core.training import checkpoints
-from livephoto_core.training.config import TrainConfig
+from livephoto_core.training import resume
+from livephoto_core.training.recipe import TrainConfig
 from livephoto_core.training.engine import train
 from livephoto_core.video import read_metadata, read_video, write_video
 
@@ -220,7 +220,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resume_latest_wo
                                                                                      monkeypatch):
     output_dir = tmp_path / "run"
     config = tiny_config(toy_data, output_dir, steps=4, **{"validation.every": 0, "validation.levels": []})
-    real_save_file, calls = checkpoints.save_file, []
+    real_save_file, calls = resume.save_file, []
 
     def disk_full_at_the_second_checkpoint(tensors, filename, *args, **kwargs):
         calls.append(filename)
@@ -231,7 +231,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resume_latest_wo
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoints, "save_file", disk_full_at_the_second_checkpoint)
+        patch.setattr(resume, "save_file", disk_full_at_the_second_checkpoint)
         with pytest.raises(OSError) as raised:
             train(TrainConfig.from_dict(config))
     assert raised.value.errno == errno.ENOSPC

@@ -23,9 +23,9 @@ from livephoto_core.loading.assemble import load_pipeline
 from livephoto_core.loading.checkpoint import read_livephoto_checkpoint
 from livephoto_core.encoding import tokenize
 from livephoto_core.pipeline import LivePhotoPipeline
-from livephoto_core.training import checkpoints, toyworld
+from livephoto_core.training import resume, toyworld
 from livephoto_core.training.base import build_scratch_base
-from livephoto_core.training.config import TrainConfig, apply_override, load_train_config
+from livephoto_core.training.recipe import TrainConfig, apply_override, load_train_config
 from livephoto_core.training.engine import ClipStream, Trainer, tokenize_captions, train
 from livephoto_core.training.vae import psnr
 from livephoto_core.video import read_video
@@ -125,7 +125,7 @@ def test_a_tiny_run_learns_and_leaves_a_complete_run_folder(reference):
     assert steps[-1]["epoch"] == 1  # 16 clips / batch 2 = 8 steps per epoch
 
     # Last-K checkpoints; validation strips with the measured levels; the VAE stage's PSNR.
-    assert [s for s, _ in checkpoints.list_checkpoints(out / "checkpoints")] == [8, 10]
+    assert [s for s, _ in resume.list_checkpoints(out / "checkpoints")] == [8, 10]
     validations = log_records(out, "validation")
     assert [v["step"] for v in validations] == [5, 10]
     assert [r["level"] for r in validations[-1]["levels"]] == [2, 8]
@@ -256,7 +256,7 @@ def test_a_time_limit_stops_with_a_checkpoint_and_an_export(toy_data, reference,
     config = tiny_config(toy_data, tmp_path / "run", time_limit_minutes=1e-4, **{"validation.levels": []})
     result = train(TrainConfig.from_dict(config))
     assert result.stopped_early and list(result.losses) == [1]
-    assert [s for s, _ in checkpoints.list_checkpoints(tmp_path / "run" / "checkpoints")] == [1]
+    assert [s for s, _ in resume.list_checkpoints(tmp_path / "run" / "checkpoints")] == [1]
     assert result.export == tmp_path / "run" / "export" / "step-000001"
     assert log_records(tmp_path / "run", "stop")[-1]["reason"] == "time limit"
 
@@ -281,7 +281,7 @@ def pretrained_files(tmp_path_factory):
     from ldm_layout import write_tiny_sd15_file
     from tiny import WORDS, tiny_dinov2, tiny_motion_adapter
 
-    from livephoto_core.training.vocab import write_word_tokenizer
+    from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
     root = tmp_path_factory.mktemp("pretrained")
     write_tiny_sd15_file(root / "base.safetensors", seed=0)
@@ -434,7 +434,7 @@ def _state(value):
 
 def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     folder = tmp_path / "checkpoints"
-    checkpoints.save_checkpoint(folder, 1, _state(1), None, {"state": {}, "param_groups": []}, {"rng": []})
+    resume.save_checkpoint(folder, 1, _state(1), None, {"state": {}, "param_groups": []}, {"rng": []})
 
     real_save = torch.save
 
@@ -443,27 +443,27 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_pat
             handle.write(b"\0" * 100)  # part of the file made it to disk
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints.torch, "save", disk_full)
+    monkeypatch.setattr(resume.torch, "save", disk_full)
     with pytest.raises(OSError) as raised:
-        checkpoints.save_checkpoint(folder, 2, _state(2), None, {"state": {}, "param_groups": []}, {"rng": []})
+        resume.save_checkpoint(folder, 2, _state(2), None, {"state": {}, "param_groups": []}, {"rng": []})
     assert raised.value.errno == errno.ENOSPC
-    monkeypatch.setattr(checkpoints.torch, "save", real_save)
+    monkeypatch.setattr(resume.torch, "save", real_save)
 
     assert [p.name for p in folder.iterdir()] == ["step-000001"]  # no step-2, no temporary folder
-    latest = checkpoints.resolve_resume(folder, "latest")
+    latest = resume.resolve_resume(folder, "latest")
     assert latest.name == "step-000001"
-    assert torch.equal(checkpoints.load_checkpoint(latest).trainable["weight"], _state(1)["weight"])
+    assert torch.equal(resume.load_checkpoint(latest).trainable["weight"], _state(1)["weight"])
     with pytest.raises(OutputExistsError):
-        checkpoints.save_checkpoint(folder, 1, _state(3), None, {"state": {}, "param_groups": []}, {"rng": []})
-    assert torch.equal(checkpoints.load_checkpoint(latest).trainable["weight"], _state(1)["weight"])
+        resume.save_checkpoint(folder, 1, _state(3), None, {"state": {}, "param_groups": []}, {"rng": []})
+    assert torch.equal(resume.load_checkpoint(latest).trainable["weight"], _state(1)["weight"])
 
 
 def test_rng_states_round_trip_through_json():
     import random
 
-    state = json.loads(json.dumps(checkpoints.rng_state()))
+    state = json.loads(json.dumps(resume.rng_state()))
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    checkpoints.set_rng_state(state)
+    resume.set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -481,7 +481,7 @@ def test_a_time_limit_in_the_vae_stage_resumes_to_the_same_vae(toy_data, tmp_pat
     assert not straight.stopped_early
     stopped = train(TrainConfig.from_dict(tiny_config(toy_data, tmp_path / "cut", time_limit_minutes=1e-4, **overrides)))
     assert stopped.stopped_early and stopped.export is None and not (tmp_path / "cut" / "vae").exists()
-    assert [s for s, _ in checkpoints.list_checkpoints(tmp_path / "cut" / "vae_checkpoints")] == [1]
+    assert [s for s, _ in resume.list_checkpoints(tmp_path / "cut" / "vae_checkpoints")] == [1]
     config = TrainConfig.from_dict(tiny_config(toy_data, tmp_path / "cut", **overrides))
     with pytest.raises(OutputExistsError, match="--resume latest"):
         Trainer(config)  # a stage begun is never silently continued or restarted

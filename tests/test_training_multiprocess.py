@@ -11,7 +11,7 @@ import pytest
 
 from test_training import log_records, one_thread, tiny_config, toy_data  # noqa: F401 (shared fixtures)
 
-from livephoto_core.training.config import TrainConfig
+from livephoto_core.training.recipe import TrainConfig
 from livephoto_core.training.engine import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ from transformers import CLIPTokenizer, Dinov2Config, Dinov2Model
 
 from livephoto_core.config import LivePhotoConfig
 from livephoto_core.model import LivePhotoModel
-from livephoto_core.training.vocab import write_word_tokenizer
+from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
 WORDS = "a the red blue circle square moves left right up down camera zooms in out shaking head".split()
 

@@ -20,9 +20,9 @@ from ..errors import InvalidInputError, ModelFileError
 from ..loading.dinov2 import load_dinov2
 from ..loading.motion_module import LoadedMotionModule, load_motion_adapter
 from ..loading.sd15 import load_sd15, shipped_config
-from .config import TrainConfig
+from .recipe import TrainConfig
 from .toyworld import TOY_VOCABULARY
-from .vocab import write_word_tokenizer
+from .word_tokenizer import write_word_tokenizer
 
 # Defaults of the from-scratch base; TrainConfig.scratch overrides them key by key.
 # Norm groups: at these widths SD's 32 groups would hold 1-2 channels each, and a GroupNorm of one

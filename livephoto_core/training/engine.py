@@ -43,7 +43,7 @@ from ..model import LivePhotoModel
 from ..pipeline import LivePhotoPipeline
 from ..sampling import make_scheduler
 from .base import TrainingBase, build_scratch_base, load_training_base, write_base_folder
-from .checkpoints import (
+from .resume import (
     TrainingCheckpoint,
     atomic_directory,
     checkpoint_name,
@@ -55,14 +55,14 @@ from .checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig
+from .recipe import TrainConfig
 from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
 from .ema import EMA
 from .export import export_model
 from .text_stage import train_text_encoder
 from .vae import latent_scaling_factor, train_vae
 from .validation import render_validation, validation_sample
-from .vocab import write_word_tokenizer
+from .word_tokenizer import write_word_tokenizer
 
 logger = logging.getLogger(__name__)
 

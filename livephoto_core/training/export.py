@@ -20,7 +20,7 @@ from ..loading.checkpoint import save_livephoto_checkpoint
 from ..model import LivePhotoModel
 from ..modules.unet import is_trainable_key
 from .base import TrainingBase, write_base_folder
-from .checkpoints import atomic_directory
+from .resume import atomic_directory
 
 CHECKPOINT_NAME = "livephoto.safetensors"
 

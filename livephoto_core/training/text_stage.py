@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..defaults import CLIP_CONTEXT
-from .config import TextStageConfig
+from .recipe import TextStageConfig
 from .vae import warmup_cosine
 
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..encoding import decode_latents, encode_photo
-from .checkpoints import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from .config import VaeConfig
+from .resume import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from .recipe import VaeConfig
 
 
 def vae_loss(vae, pixels: torch.Tensor, config: VaeConfig, generator: torch.Generator) -> torch.Tensor:

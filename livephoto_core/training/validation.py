@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from ..fileio import atomic_write
 from ..images import load_image, prepare_photo
 from ..pipeline import LivePhotoPipeline
-from .config import ValidationConfig
+from .recipe import ValidationConfig
 from .data import ClipSampling, load_clip, read_index
 
 LABEL_WIDTH = 92

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from transformers import CLIPTokenizer
 
 from livephoto_core.training.toyworld import TOY_VOCABULARY
-from livephoto_core.training.vocab import write_word_tokenizer
+from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
 
 def tokens_of(folder, words):

@@ -1,4 +1,4 @@
-"""TrainConfig: one training run, read from a JSON file plus ``key=value`` overrides.
+"""TrainConfig, the recipe of one training run, read from a JSON file plus ``key=value`` overrides.
 
 The JSON mirrors the dataclasses below: top-level keys, and the sections ``data``, ``model``,
 ``scratch``, ``vae``, ``text_stage`` and ``validation``. An override names a field by its dotted path
