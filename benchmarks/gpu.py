@@ -76,7 +76,7 @@ def build_pipeline(size: str, config: dict, device: torch.device, scratch: Path)
     if config["low_memory"]:  # the pipeline's own mode sends the occasional parts back to the CPU
         pipe = LivePhotoPipeline(pipe.model, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler_config,
                                  pipe.model_hashes, low_memory=True)
-    unet = pipe.model.unet.unet
+    unet = pipe.model.unet.motion_unet
     if config["channels_last"]:
         unet.to(memory_format=torch.channels_last)
     if config["compile"]:

@@ -124,7 +124,7 @@ def livephoto_pipeline(components: Components, dtype: torch.dtype = torch.float3
     from livephoto_core.pipeline import LivePhotoPipeline
 
     model = LivePhotoModel.from_base(components.config, components.unet, components.dinov2, components.adapter)
-    random_(model.unet.unet.conv_in, "conv_in")
+    random_(model.unet.motion_unet.conv_in, "conv_in")
     for index, processor in enumerate(model.unet.content_processors()):
         random_(processor, f"content_attention/{index}")
     random_(model.content_encoder.proj, "content_proj")

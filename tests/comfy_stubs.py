@@ -543,7 +543,7 @@ def write_tiny_livephoto_files(models_dir: Path, seed: int = 0) -> TinyFiles:
     dinov2 = tiny_dinov2(seed)
     model = LivePhotoModel.from_base(tiny_config(num_frames=4), tiny_sd15_models(seed).unet, dinov2).eval()
     train_livephoto_parts_(model, seed)
-    for name, module in model.unet.unet.named_modules():
+    for name, module in model.unet.motion_unet.named_modules():
         if name.endswith("motion_modules"):
             randomize_(module, seed + 5)
     save_livephoto_checkpoint(model, models_dir / "livephoto" / "tiny_livephoto.safetensors")

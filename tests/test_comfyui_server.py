@@ -88,7 +88,7 @@ def build_random_livephoto(checkpoint: Path, livephoto: Path, dinov2: Path) -> N
                              dinov2_image_size=56, dinov2_variant="tiny-random")
     model = LivePhotoModel.from_base(config, unet, tiny)
     with torch.no_grad():
-        for name, module in model.unet.unet.named_modules():
+        for name, module in model.unet.motion_unet.named_modules():
             if name == "conv_in" or name.endswith("proj_out") and ".motion_modules." in name:
                 randomize_(module, len(name))
         for processor in model.unet.content_processors():

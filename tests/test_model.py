@@ -72,7 +72,7 @@ def test_new_layers_change_the_output_once_trained():
             randomize_(processor.to_out, 3)
         with_content = model.unet(noisy, torch.tensor(500), context, channels)
         content_off = model.unet(noisy, torch.tensor(500), context, channels, content_scale=0.0)
-        randomize_(model.unet.unet.conv_in, 4)
+        randomize_(model.unet.motion_unet.conv_in, 4)
         stronger = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([9.0]))
         other_channels = model.unet(noisy, torch.tensor(500), context, stronger)
     assert not torch.allclose(before, with_content)
@@ -96,7 +96,7 @@ def test_the_content_scale_is_an_argument_of_each_call_that_only_content_attenti
 
 def test_content_attention_sits_on_every_cross_attention_and_nowhere_else():
     model = tiny_model()
-    processors = model.unet.unet.attn_processors
+    processors = model.unet.motion_unet.attn_processors
     cross = [n for n, p in processors.items() if isinstance(p, ContentAttnProcessor)]
     assert cross and all(n.endswith("attn2.processor") and "motion_modules" not in n for n in cross)
     sd_cross = [n for n in processors if n.endswith("attn2.processor") and "motion_modules" not in n]
@@ -138,7 +138,7 @@ def test_only_livephoto_parts_train():
     assert trainable
     for name in trainable:
         assert (
-            name.startswith(("unet.unet.conv_in.", "content_encoder.proj.", "text_reweighter."))
+            name.startswith(("unet.motion_unet.conv_in.", "content_encoder.proj.", "text_reweighter."))
             or ".motion_modules." in name
             or ".processor." in name
         ), name
@@ -218,7 +218,7 @@ def test_a_text_path_starts_as_identity_trains_and_reads_each_video_s_own_words(
     plain = LivePhotoModel.from_base(tiny_config(), tiny_unet2d(), tiny_dinov2(), adapter).eval()
     model = LivePhotoModel.from_base(config, tiny_unet2d(), tiny_dinov2(), adapter).eval()
     marker = "time_embedding.cond_proj." if switch == "text_time_embedding" else ".text_film."
-    added = {k: v for k, v in model.unet.unet.named_parameters() if marker in k}
+    added = {k: v for k, v in model.unet.motion_unet.named_parameters() if marker in k}
     assert added and all(p.requires_grad for p in added.values())
     assert {f"unet.{k}" for k in added} <= set(model.trainable_state_dict())
 

@@ -111,7 +111,7 @@ def test_outside_comfyui_the_pack_registers_nothing_silently(monkeypatch, caplog
 
 def test_the_converted_unet_holds_the_models_weights_and_comfyui_manages_it(env):
     handle = env.load()
-    converted = handle.model.unet.unet.state_dict()
+    converted = handle.model.unet.motion_unet.state_dict()
     for key, weight in env.files.base_unet.state_dict().items():
         if not key.startswith("conv_in."):  # conv_in is LivePhoto's, widened and trained: from the checkpoint
             assert torch.equal(converted[key], weight), key
@@ -129,7 +129,7 @@ def test_lora_patches_on_the_model_reach_the_converted_weights(env):
     assert lora.add_patches({LORA_KEY: ("diff", (diff,))}, strength_patch=0.5) == [LORA_KEY]
     plain, patched = env.load(), env.load(lora)
     assert patched is not plain
-    plain_weights, patched_weights = plain.model.unet.unet.state_dict(), patched.model.unet.unet.state_dict()
+    plain_weights, patched_weights = plain.model.unet.motion_unet.state_dict(), patched.model.unet.motion_unet.state_dict()
     expected = env.files.base_unet.state_dict()[LORA_KEY_DIFFUSERS] + 0.5 * diff
     torch.testing.assert_close(patched_weights[LORA_KEY_DIFFUSERS], expected)
     assert not torch.allclose(plain_weights[LORA_KEY_DIFFUSERS], patched_weights[LORA_KEY_DIFFUSERS])

@@ -30,7 +30,7 @@ D = TINY_UNET["cross_attention_dim"]
 @pytest.fixture(scope="module")
 def model():
     model = tiny_model()
-    randomize_(model.unet.unet.conv_in, 1)
+    randomize_(model.unet.motion_unet.conv_in, 1)
     for processor in model.unet.content_processors():
         randomize_(processor.to_out, 2)
     return model

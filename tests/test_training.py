@@ -307,7 +307,7 @@ def test_pretrained_base_stays_frozen_and_exports_a_checkpoint_for_the_cli(toy_d
     trainer = Trainer(config)
     result = trainer.run()
     base = load_sd15(pretrained_files / "base.safetensors").unet.state_dict()
-    trained = trainer.model.unet.unet.state_dict()
+    trained = trainer.model.unet.motion_unet.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in base.items() if not k.startswith("conv_in."))
     assert not torch.equal(trained["conv_in.weight"][:, 4:], torch.zeros_like(trained["conv_in.weight"][:, 4:]))
 

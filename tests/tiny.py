@@ -161,7 +161,7 @@ def tiny_model(config: LivePhotoConfig | None = None, seed: int = 0) -> LivePhot
 
 def train_livephoto_parts_(model: LivePhotoModel, seed: int = 0) -> LivePhotoModel:
     """Random weights where LivePhoto starts at zero or identity, so that every new part acts."""
-    randomize_(model.unet.unet.conv_in, seed + 1)
+    randomize_(model.unet.motion_unet.conv_in, seed + 1)
     for processor in model.unet.content_processors():
         randomize_(processor.to_out, seed + 2)
     randomize_(model.text_reweighter.head, seed + 3)

@@ -178,7 +178,7 @@ class LivePhotoUNet(nn.Module):
 
     def __init__(self, unet: UNetMotionModel, num_content_tokens: int):
         super().__init__()
-        self.unet = unet
+        self.motion_unet = unet
         self.num_content_tokens = num_content_tokens
 
     @classmethod
@@ -198,43 +198,43 @@ class LivePhotoUNet(nn.Module):
 
     @property
     def text_time_embedding(self) -> bool:
-        return self.unet.time_embedding.cond_proj is not None
+        return self.motion_unet.time_embedding.cond_proj is not None
 
     @property
     def text_film(self) -> bool:
-        return any(isinstance(m, ResnetBlock2D) and hasattr(m, "text_film") for m in self.unet.modules())
+        return any(isinstance(m, ResnetBlock2D) and hasattr(m, "text_film") for m in self.motion_unet.modules())
 
     # Read off one weight: diffusers' ModelMixin.dtype/.device walk every submodule on each call, which
     # the sampling loop and the pipeline ask for often (milliseconds per call at full size).
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.conv_in.weight.dtype
+        return self.motion_unet.conv_in.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.unet.conv_in.weight.device
+        return self.motion_unet.conv_in.weight.device
 
     @property
     def max_frames(self) -> int:
-        return self.unet.config.motion_max_seq_length
+        return self.motion_unet.config.motion_max_seq_length
 
     def content_processors(self) -> list[ContentAttnProcessor]:
-        return [p for p in self.unet.attn_processors.values() if isinstance(p, ContentAttnProcessor)]
+        return [p for p in self.motion_unet.attn_processors.values() if isinstance(p, ContentAttnProcessor)]
 
     def set_feed_forward_chunking(self, enabled: bool) -> None:
         """Run each transformer block's feed-forward a slice at a time (a frame in the spatial blocks, a
         frame position in the motion modules): its 8x-wide GEGLU activation is the UNet's largest."""
-        for name, module in self.unet.named_modules():
+        for name, module in self.motion_unet.named_modules():
             if isinstance(module, BasicTransformerBlock):
                 module.set_chunk_feed_forward(1 if enabled else None, 1 if ".motion_modules." in name else 0)
 
     def freeze_base(self) -> None:
         """SD stays frozen (paper §4.1); conv_in, motion modules and content attention train."""
-        for name, param in self.unet.named_parameters():
+        for name, param in self.motion_unet.named_parameters():
             param.requires_grad_(is_trainable_key(name))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.unet.state_dict().items() if is_trainable_key(k)}
+        return {k: v for k, v in self.motion_unet.state_dict().items() if is_trainable_key(k)}
 
     def forward(
         self,
@@ -253,7 +253,7 @@ class LivePhotoUNet(nn.Module):
         text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
         film = _FILM_TEXT.set(text_vector if self.text_film else None)
         try:
-            out = self.unet(
+            out = self.motion_unet(
                 sample.transpose(1, 2), timestep, encoder_hidden_states=context,
                 timestep_cond=text_vector if self.text_time_embedding else None,
                 cross_attention_kwargs={"content_scale": content_scale}, return_dict=False,

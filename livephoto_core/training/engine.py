@@ -494,9 +494,9 @@ class Trainer:
         adapter = base.motion.adapter if base.motion is not None else None
         model = LivePhotoModel.from_base(self.livephoto_config, base.unet2d, base.dinov2, adapter)
         if config.model.from_scratch:
-            model.unet.unet.requires_grad_(True)  # no pretrained base: the whole UNet trains
+            model.unet.motion_unet.requires_grad_(True)  # no pretrained base: the whole UNet trains
         elif config.model.freeze_motion_module:
-            for name, param in model.unet.unet.named_parameters():
+            for name, param in model.unet.motion_unet.named_parameters():
                 if ".motion_modules." in name:
                     param.requires_grad_(False)
         if config.model.init_from is not None:
@@ -504,7 +504,7 @@ class Trainer:
             self.log({"event": "init_from", "path": config.model.init_from, "new_tensors": new},
                      f"started from {config.model.init_from} ({len(new)} tensors new in this config)")
         if config.gradient_checkpointing:
-            model.unet.unet.enable_gradient_checkpointing()
+            model.unet.motion_unet.enable_gradient_checkpointing()
         self.model = model
         self.text_encoder = base.text_encoder.to(self.device).requires_grad_(config.model.train_text_encoder)
         self.vae = base.vae.to(self.device).eval().requires_grad_(False)

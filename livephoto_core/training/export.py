@@ -29,7 +29,7 @@ def base_unet_state(model: LivePhotoModel) -> dict[str, torch.Tensor]:
     """The motion UNet's SD weights in UNet2DConditionModel names: everything but the motion modules
     and content attention, with conv_in cut back to the 4 noisy-latent channels."""
     state = {}
-    for name, tensor in model.unet.unet.state_dict().items():
+    for name, tensor in model.unet.motion_unet.state_dict().items():
         if name.startswith("conv_in."):
             state[name] = tensor[:, :4] if name.endswith("weight") else tensor
         elif not is_trainable_key(name):
