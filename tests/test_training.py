@@ -26,7 +26,8 @@ from livephoto_core.pipeline import LivePhotoPipeline
 from livephoto_core.training import resume, toyworld
 from livephoto_core.training.base import build_scratch_base
 from livephoto_core.training.recipe import TrainConfig, apply_override, load_train_config
-from livephoto_core.training.engine import ClipStream, Trainer, tokenize_captions, train
+from livephoto_core.training.batching import ClipStream, tokenize_captions
+from livephoto_core.training.engine import Trainer, train
 from livephoto_core.training.vae import psnr
 from livephoto_core.video import read_video
 
@@ -541,7 +542,7 @@ def test_zero_terminal_snr_runs_end_to_end_with_prior_inversion(toy_data, tmp_pa
 
 
 def test_the_high_noise_share_draws_late_timesteps_and_leaves_the_uniform_draw_alone():
-    from livephoto_core.training.engine import draw_timestep
+    from livephoto_core.training.batching import draw_timestep
 
     def draws(fraction):
         return [draw_timestep(torch.Generator().manual_seed(i), 1000, fraction, 700).item() for i in range(400)]

@@ -1,4 +1,6 @@
-"""The training loop: data -> (from scratch: base + VAE stage) -> LivePhoto training -> export.
+"""The training loop and its step: data -> (from scratch: base, VAE and text stages, in scratch.py)
+-> LivePhoto training -> export. Beside it: batching.py (what a step reads), run_log.py (log.jsonl),
+resume.py (checkpoints), recipe.py (the config).
 
 One optimizer step reads ``batch_size x gradient_accumulation_steps`` clips per process. For each
 clip: frames -> frozen VAE latents (posterior mode, times the scaling factor); frame 0's latent is
@@ -18,12 +20,9 @@ processes with batch 1 compute the same step (up to the order of float sums).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,18 +33,17 @@ from torch import nn
 
 from .. import __version__
 from ..config import LivePhotoConfig
-from ..defaults import CLIP_CONTEXT
-from ..encoding import encode_photo, encode_text
+from ..encoding import encode_text
 from ..errors import InvalidInputError, OutputExistsError
 from ..intensity import level_from_ssim, mean_adjacent_ssim
 from ..loading.checkpoint import read_livephoto_checkpoint
 from ..model import LivePhotoModel
 from ..pipeline import LivePhotoPipeline
 from ..sampling import make_scheduler
-from .base import TrainingBase, build_scratch_base, load_training_base, write_base_folder
+from .base import TrainingBase, load_training_base
+from .batching import HELDOUT_STREAM, ClipStream, FrozenEncoders, clip_generator, draw_timestep, tokenize_captions
 from .resume import (
     TrainingCheckpoint,
-    atomic_directory,
     checkpoint_name,
     list_checkpoints,
     load_checkpoint,
@@ -56,13 +54,12 @@ from .resume import (
     set_rng_state,
 )
 from .recipe import TrainConfig
+from .run_log import RunLog, Window
+from .scratch import TimeLimitReached, prepare_scratch_base
 from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
 from .ema import EMA
 from .export import export_model
-from .text_stage import train_text_encoder
-from .vae import latent_scaling_factor, train_vae
 from .validation import render_validation, validation_sample
-from .word_tokenizer import write_word_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -74,21 +71,6 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)  # optimizer step -> loss, in this invocation
     export: Path | None = None  # the exported model folder
     stopped_early: bool = False  # by time_limit_minutes
-
-
-class RunLog:
-    """One JSON object per line in <output_dir>/log.jsonl (main process only), and a console line."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def __call__(self, record: dict, console: str | None = None) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        if console:
-            logger.info(console)
 
 
 class Trainee(nn.Module):
@@ -110,110 +92,6 @@ class Trainee(nn.Module):
         # One context row per video, shared by its frames, as sampling passes it.
         context = torch.cat([reweighted, content.to(reweighted.dtype)], dim=1)
         return self.model.unet(noisy_latents, timesteps, context, conditioning)
-
-
-TRAINING_STREAM, HELDOUT_STREAM = 0, 1
-
-
-def clip_generator(seed: int, epoch: int, position: int, stream: int = TRAINING_STREAM) -> torch.Generator:
-    """The generator of one training clip: its noise, timestep and text dropout.
-
-    `position` is the clip's place in the epoch's visiting order, whichever process and batch it
-    lands in, so batch_size x gradient_accumulation_steps x processes can be split any way and the
-    same clips get the same noise.
-    """
-    high, low = np.random.SeedSequence([seed, stream, epoch, position]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(high) << 32 | int(low))
-
-
-def draw_timestep(generator: torch.Generator, num_train_timesteps: int, high_noise_fraction: float,
-                  high_noise_from: int) -> torch.Tensor:
-    """One clip's timestep [1]: uniform, or with probability high_noise_fraction uniform over
-    [high_noise_from, T). Without a high-noise share it makes exactly the draw it always made."""
-    if high_noise_fraction and torch.rand(1, generator=generator).item() < high_noise_fraction:
-        return torch.randint(high_noise_from, num_train_timesteps, (1,), generator=generator)
-    return torch.randint(0, num_train_timesteps, (1,), generator=generator)
-
-
-def tokenize_captions(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Token ids [B, 77], padded as the pipeline pads a prompt; captions longer than CLIP's window are cut."""
-    return tokenizer(
-        captions, padding="max_length", max_length=CLIP_CONTEXT, truncation=True, return_tensors="pt"
-    ).input_ids
-
-
-class FrozenEncoders:
-    """The frozen encoders' outputs, one clip or caption at a time, optionally memoised.
-
-    Memoising is exact: a clip is encoded by the same call whether its result is then cached or
-    not, and the VAE latent is the posterior mode (no sampling), as inference encodes the photo.
-    """
-
-    def __init__(self, vae, text_encoder, tokenizer, device, cache_latents: bool, cache_text: bool):
-        self.vae, self.text_encoder, self.tokenizer, self.device = vae, text_encoder, tokenizer, device
-        self.latents: dict[bytes, torch.Tensor] | None = {} if cache_latents else None
-        self.text: dict[str, torch.Tensor] | None = {} if cache_text else None
-
-    @torch.no_grad()
-    def clip_latents(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames [B, F, 3, H, W] in [-1, 1] -> scaled latents [B, F, 4, h, w] (float32)."""
-        out = []
-        for clip in frames:
-            key = None if self.latents is None else hashlib.blake2b(clip.numpy().tobytes(), digest_size=16).digest()
-            latent = None if key is None else self.latents.get(key)
-            if latent is None:
-                latent = encode_photo(self.vae, (clip.to(self.device) + 1) / 2).float()
-                if key is not None:
-                    self.latents[key] = latent
-            out.append(latent)
-        return torch.stack(out)
-
-    @torch.no_grad()
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        """captions -> CLIP embeddings [B, 77, D]."""
-        out = []
-        for caption in captions:
-            embedding = None if self.text is None else self.text.get(caption)
-            if embedding is None:
-                embedding = encode_text(self.text_encoder, tokenize_captions(self.tokenizer, [caption]))[0]
-                if self.text is not None:
-                    self.text[caption] = embedding
-            out.append(embedding)
-        return torch.stack(out)
-
-
-class ClipStream:
-    """This process's micro-batches. Epoch e visits the videos in the order
-    ``default_rng([seed, e]).permutation``: micro-step k on process r (of `world`) reads the clips at
-    places (k * batch_size + b) * world + r, b < batch_size, of that order; an epoch ends before the
-    first micro-step that would run past its end."""
-
-    def __init__(self, dataset: VideoCaptionDataset, batch_size: int, seed: int, rank: int, world: int, workers: int):
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world, self.workers = rank, world, workers
-        self.batches_per_epoch = len(dataset) // (batch_size * world)
-        if self.batches_per_epoch == 0:
-            raise InvalidInputError(
-                f"{len(dataset)} usable videos do not fill one batch of {batch_size} on each of {world} "
-                f"process(es); lower batch_size or add videos"
-            )
-
-    def positions(self, batch: int) -> list[int]:
-        return [(batch * self.batch_size + b) * self.world + self.rank for b in range(self.batch_size)]
-
-    def __call__(self, start_micro_step: int):
-        """Yield (epoch, positions, batch) for every micro-step from `start_micro_step` on, without end."""
-        epoch, offset = divmod(start_micro_step, self.batches_per_epoch)
-        while True:
-            self.dataset.set_epoch(epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-            places = [self.positions(k) for k in range(offset, self.batches_per_epoch)]
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=[order[p].tolist() for p in places], num_workers=self.workers
-            )
-            for positions, batch in zip(places, loader):
-                yield epoch, positions, batch
-            epoch, offset = epoch + 1, 0
 
 
 def make_lr_scheduler(config: TrainConfig, optimizer):
@@ -275,138 +153,6 @@ def start_from_checkpoint(model: LivePhotoModel, path: str) -> list[str]:
         for name, tensor in state.items():
             expected[name].copy_(tensor)
     return sorted(set(expected) - set(state))
-
-
-# --- from scratch: the base and its VAE ----------------------------------------------------------
-
-
-class TimeLimitReached(Exception):
-    """The run's time limit came during the from-scratch VAE stage (which checkpointed first)."""
-
-
-def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCaptionDataset, log: RunLog,
-                         out_of_time: Callable[[], bool]) -> None:
-    """Build the tiny base, train its VAE (kept in <output_dir>/vae, so a run stopped later does not
-    train it again), pretrain its text encoder, and write <output_dir>/base and <output_dir>/dinov2
-    (atomically). Raises TimeLimitReached when `out_of_time()` stops the VAE stage."""
-    scratch = build_scratch_base(config)
-    log({"event": "scratch_base", "parameters": {
-        name: sum(p.numel() for p in module.parameters())
-        for name, module in (("unet", scratch.unet), ("vae", scratch.vae), ("text_encoder", scratch.text_encoder),
-                             ("dinov2", scratch.dinov2))}},
-        "from scratch: training the VAE first")
-    vae_dir = output_dir / "vae"
-    if vae_dir.is_dir():
-        from diffusers import AutoencoderKL
-
-        scratch.vae = AutoencoderKL.from_pretrained(vae_dir)
-        log({"event": "vae_loaded", "path": str(vae_dir)}, f"VAE: trained before, loaded from {vae_dir}")
-    else:
-        if not train_scratch_vae(config, scratch.vae, dataset, log, output_dir / "vae_checkpoints", out_of_time):
-            raise TimeLimitReached
-        with atomic_directory(vae_dir) as folder:
-            scratch.vae.save_pretrained(folder)
-    if config.text_stage.steps:
-        started = time.perf_counter()
-        separation = train_text_encoder(
-            scratch.text_encoder, scratch.tokenizer, text_batches(dataset, config), config.data.num_frames,
-            config.text_stage, config.seed,
-            lambda r: log(r, f"text stage step {r['step']}/{config.text_stage.steps}: loss {r['loss']:.4f}, "
-                             f"separation {', '.join(f'{v:.2f}' for v in r['separation'].values())}"),
-        )
-        log({"event": "text_stage_done", "separation": separation, "seconds": time.perf_counter() - started},
-            "text encoder pretrained: " + "; ".join(f"{k}: {v:.2f}" for k, v in separation.items()))
-    with atomic_directory(output_dir / "base") as folder:
-        write_base_folder(folder, scratch.unet, scratch.vae, scratch.text_encoder, scratch.scheduler_config)
-        write_word_tokenizer(folder / "tokenizer", scratch.words)
-    with atomic_directory(output_dir / "dinov2") as folder:
-        scratch.dinov2.eval().save_pretrained(folder)
-
-
-def train_scratch_vae(config: TrainConfig, vae, dataset: VideoCaptionDataset, log: RunLog, checkpoints: Path,
-                      out_of_time: Callable[[], bool]) -> bool:
-    """The VAE stage: train `vae` in place and set its latent scaling factor; False when the time
-    limit stopped it (see train_vae)."""
-    started = time.perf_counter()
-    eval_frames, split = vae_eval_frames(config, dataset)
-    psnr = train_vae(
-        vae, lambda start: vae_batches(dataset, config, start=start), config.vae, config.seed,
-        lambda r: log(r, f"VAE step {r['step']}/{config.vae.steps}: loss {r['loss']:.4f}, {split} PSNR "
-                         f"{r['psnr']:.2f} dB ({r['seconds']:.0f} s)" if "psnr" in r
-                      else f"VAE: resuming at step {r['step']}"),
-        eval_frames, checkpoints, out_of_time,
-    )
-    if psnr is None:
-        return False
-    with torch.no_grad():
-        frames = next(vae_batches(dataset, config, clips=min(len(dataset), 64)))
-        scaling = latent_scaling_factor(vae, frames)
-    vae.register_to_config(scaling_factor=scaling)
-    log({"event": "vae_done", "psnr": psnr, "psnr_frames": split, "scaling_factor": scaling,
-         "seconds": time.perf_counter() - started},
-        f"VAE: reconstruction PSNR {psnr:.2f} dB on {len(eval_frames)} {split} frames, latent scaling factor "
-        f"{scaling:.4f}")
-    return True
-
-
-def text_batches(dataset: VideoCaptionDataset, config: TrainConfig):
-    """(frames [B, F, 3, H, W] in [-1, 1], captions) of text_stage.clips_per_batch clips, in seeded order."""
-    clips = config.text_stage.clips_per_batch
-    epoch = 0
-    while True:
-        dataset.set_epoch(epoch)
-        order = np.random.default_rng([config.seed, epoch, 2]).permutation(len(dataset)).tolist()
-        batches = [order[i : i + clips] for i in range(0, len(order) - clips + 1, clips)]
-        if not batches:
-            raise InvalidInputError(f"the text stage needs at least {clips} usable videos")
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=config.data.loader_workers)
-        for batch in loader:
-            yield batch["frames"], list(batch["caption"])
-        epoch += 1
-
-
-def vae_batches(dataset: VideoCaptionDataset, config: TrainConfig, clips: int | None = None, start: int = 0):
-    """Frames [N, 3, H, W] in [-1, 1]: vae.frames_per_clip random frames of each of `clips` clips per
-    batch (many scenes per batch, few decodes), from the `start`-th batch on. Clips are visited in a
-    seeded order per epoch and each batch draws its frames from its own seeded generator, so the
-    k-th batch is the same whether the stage ran through or resumed there."""
-    clips = clips or config.vae.clips_per_batch
-    batches_per_epoch = len(dataset) // clips
-    if not batches_per_epoch:
-        raise InvalidInputError(f"the VAE stage needs at least {clips} usable videos")
-    epoch, offset = divmod(start, batches_per_epoch)
-    while True:
-        dataset.set_epoch(epoch)
-        order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(dataset)).tolist()
-        batches = [order[i * clips : (i + 1) * clips] for i in range(offset, batches_per_epoch)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=config.data.loader_workers)
-        for index, batch in enumerate(loader, start=offset):
-            rng = np.random.default_rng([config.seed, epoch, 1, index])
-            frames = batch["frames"]  # [clips, F, 3, H, W]
-            picks = min(config.vae.frames_per_clip, frames.shape[1])
-            chosen = torch.from_numpy(np.stack([rng.choice(frames.shape[1], picks, replace=False) for _ in frames]))
-            yield frames[torch.arange(len(frames))[:, None], chosen].flatten(0, 1)
-        epoch, offset = epoch + 1, 0
-
-
-def vae_eval_frames(config: TrainConfig, dataset: VideoCaptionDataset) -> tuple[np.ndarray, str]:
-    """Up to vae.psnr_frames frames (uint8 [N, H, W, 3]) to measure the VAE on: held-out ones from the
-    validation index, else (saying so) training frames."""
-    frames, split = [], "held-out"
-    if config.data.validation_index is not None:
-        for entry in read_index(config.data.validation_index, config.data.root):
-            if sum(len(f) for f in frames) >= config.vae.psnr_frames:
-                break
-            with contextlib.suppress(Exception):  # an unreadable held-out video: take the next one
-                frames.append(load_clip(entry.path, dataset.sampling))
-    if not frames:
-        split = "training"
-        for index in range(len(dataset)):
-            if sum(len(f) for f in frames) >= config.vae.psnr_frames:
-                break
-            clip = dataset[index]["frames"]
-            frames.append(((clip.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
-    return np.concatenate(frames)[: config.vae.psnr_frames], split
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -793,31 +539,6 @@ class Trainer:
             if finished or out_of_time:
                 return
             step_started = data_started = time.perf_counter()  # s/step leaves out validation and saving
-
-
-@dataclass
-class Window:
-    """Sums over the steps since the last progress line."""
-
-    loss: float = 0.0
-    seconds: float = 0.0
-    count: int = 0
-    data: float = 0.0
-    model: float = 0.0
-    replaced: int = 0
-
-    def add(self, loss: float, seconds: float) -> None:
-        self.loss += loss
-        self.seconds += seconds
-        self.count += 1
-
-    def clips_per_s(self, clips_per_step: int) -> float:
-        return clips_per_step * self.count / self.seconds
-
-    def summary(self, clips_per_step: int) -> dict:
-        return {"loss": self.loss / self.count, "s_per_step": self.seconds / self.count,
-                "clips_per_s": self.clips_per_s(clips_per_step), "data_s_per_step": self.data / self.count,
-                "model_s_per_step": self.model / self.count, "replaced_videos": self.replaced}
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
