@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.motion_measure import displacement_direction, zoom_direction  # noqa: E402
 from livephoto_core.images import prepare_photo  # noqa: E402
 from livephoto_core.training.toyworld import (  # noqa: E402
     PALETTE,
@@ -59,9 +60,7 @@ from livephoto_core.training.toyworld import (  # noqa: E402
     ToyClipSpec,
     caption,
     clip_spec,
-    displacement_direction,
     render_photo,
-    zoom_direction,
 )
 
 TRANSLATIONS = ("left", "right", "up", "down")

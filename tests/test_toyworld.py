@@ -14,6 +14,7 @@ from skimage.metrics import structural_similarity
 
 from livephoto_core.errors import InvalidInputError, OutputExistsError
 from livephoto_core.intensity import fit_thresholds, level_from_ssim, mean_adjacent_ssim
+from benchmarks import motion_measure as measure
 from livephoto_core.training import toyworld as tw
 
 
@@ -83,7 +84,7 @@ def test_two_shapes_have_distinct_colours_and_never_overlap():
     for spec in two:
         assert spec.scene.shapes[0].colour != spec.scene.shapes[1].colour
         clip = tw.render_clip(spec)
-        masks = [np.stack([tw.colour_mask(f, shape.colour) for f in clip]) for shape in spec.scene.shapes]
+        masks = [np.stack([measure.colour_mask(f, shape.colour) for f in clip]) for shape in spec.scene.shapes]
         # Dilated by one pixel, the two shapes' pixels stay apart in every frame.
         assert not (ndimage.binary_dilation(masks[0], structure=np.ones((1, 3, 3))) & masks[1]).any()
     assert all(len(s.scene.shapes) == 1 for s in specs(50, two_shape_rate=0.0))
@@ -93,15 +94,15 @@ def test_two_shapes_have_distinct_colours_and_never_overlap():
 def test_shapes_stay_inside_the_frame_for_the_whole_clip(frames, size):
     for spec in specs(150, frames=frames, size=size):
         clip = tw.render_clip(spec)
-        shapes = np.stack([tw.colour_mask(f) for f in clip])
+        shapes = np.stack([measure.colour_mask(f) for f in clip])
         assert not shapes[:, [0, -1], :].any() and not shapes[:, :, [0, -1]].any()
         if spec.motion in ("translate", "rotate", "still"):
             # Nothing is cut off: the moving shape keeps its area.
             colour = spec.scene.shapes[spec.subject].colour
-            _, full = tw._hue_and_chroma(np.array(tw.PALETTE[colour]) / 255)
-            _, chroma = tw._hue_and_chroma(clip / 255)
+            _, full = measure._hue_and_chroma(np.array(tw.PALETTE[colour]) / 255)
+            _, chroma = measure._hue_and_chroma(clip / 255)
             # Coverage-weighted area: the shape's chroma summed over its (anti-aliased) pixels.
-            areas = [(c * tw.colour_mask(f, colour, min_chroma=0.1)).sum() / full for f, c in zip(clip, chroma)]
+            areas = [(c * measure.colour_mask(f, colour, min_chroma=0.1)).sum() / full for f, c in zip(clip, chroma)]
             assert max(areas) / min(areas) < 1.03, spec
 
 
@@ -224,7 +225,7 @@ def test_locate_shape_finds_the_analytic_centre_and_area():
         # Drawn at the frame's own size the edges are exact; drawn larger and Lanczos-resized, nearly.
         exact = spec.scene.render_scale == 1
         for shape in spec.scene.shapes:
-            centroid, area = tw.locate_shape(photo, shape.colour)
+            centroid, area = measure.locate_shape(photo, shape.colour)
             squeeze = min(shape.stretch, 1 / shape.stretch)
             # Small or squeezed shapes are mostly edge pixels, which the colour blend measures less exactly.
             sharp = exact and shape.radius * squeeze >= 6.4  # the classic look's smallest
@@ -232,7 +233,7 @@ def test_locate_shape_finds_the_analytic_centre_and_area():
             assert math.dist(centroid, shape.centre) < (0.1 if sharp else 0.2), (shape, centroid)
             expected = areas[shape.kind] * shape.radius**2 * squeeze
             assert abs(area / expected - 1) < (0.02 if sharp else 0.08), shape
-    assert tw.locate_shape(np.full((32, 32, 3), 128, np.uint8), "red") == (None, 0.0)
+    assert measure.locate_shape(np.full((32, 32, 3), 128, np.uint8), "red") == (None, 0.0)
 
 
 def test_zoom_scales_the_whole_frame_about_the_centre():
@@ -251,7 +252,7 @@ def test_zoom_scales_the_whole_frame_about_the_centre():
 def test_background_is_low_saturation_and_shapes_are_saturated():
     for spec in specs(50, look="classic") + specs(100, look="varied"):
         photo = tw.render_photo(spec).astype(float) / 255
-        _, chroma = tw._hue_and_chroma(photo)
+        _, chroma = measure._hue_and_chroma(photo)
         size = spec.scene.size
         y, x = np.mgrid[0:size, 0:size] + 0.5
         background = np.ones((size, size), bool)
@@ -259,7 +260,7 @@ def test_background_is_low_saturation_and_shapes_are_saturated():
             # Lanczos resizing rings for about three output pixels beside an edge.
             rim = 1 if spec.scene.render_scale == 1 else 3
             background &= np.hypot(x - shape.centre[0], y - shape.centre[1]) > shape.radius + rim
-            _, area = tw.locate_shape(photo, shape.colour)
+            _, area = measure.locate_shape(photo, shape.colour)
             assert area > 0
         assert chroma[background].max() < 0.1
         assert chroma[~background].max() > 0.74
@@ -349,8 +350,8 @@ def test_measured_direction_and_zoom_match_the_ground_truth(degraded):
         clip = tw.render_clip(spec)
         frames = _degrade(clip, rng) if degraded else clip
         subject = spec.scene.shapes[spec.subject]
-        direction = tw.displacement_direction(frames, subject.colour)
-        zoom = tw.zoom_direction(frames)
+        direction = measure.displacement_direction(frames, subject.colour)
+        zoom = measure.zoom_direction(frames)
         if spec.motion == "translate":
             outcomes["translate"].append(direction == spec.direction)
         elif spec.motion == "zoom":
@@ -364,9 +365,9 @@ def test_measured_direction_and_zoom_match_the_ground_truth(degraded):
 
 def test_colour_mask_accepts_uint8_and_float_and_refuses_unknown_colours():
     photo = tw.render_photo(tw.clip_spec(0, 1))
-    np.testing.assert_array_equal(tw.colour_mask(photo, "red"), tw.colour_mask(photo / 255.0, "red"))
+    np.testing.assert_array_equal(measure.colour_mask(photo, "red"), measure.colour_mask(photo / 255.0, "red"))
     with pytest.raises(InvalidInputError):
-        tw.colour_mask(photo, "orange")
+        measure.colour_mask(photo, "orange")
 
 
 def test_displacement_direction_reads_image_axes():
@@ -374,7 +375,7 @@ def test_displacement_direction_reads_image_axes():
     frames = np.full((5, size, size, 3), 120, np.uint8)
     for t in range(5):
         frames[t, 20 + 2 * t : 28 + 2 * t, 10:18] = tw.PALETTE["blue"]  # moves down the image
-    assert tw.displacement_direction(frames, "blue") == "down"
-    assert tw.displacement_direction(frames[::-1], "blue") == "up"
-    assert tw.displacement_direction(frames.transpose(0, 2, 1, 3), "blue") == "right"
-    assert tw.displacement_direction(frames, "red") is None
+    assert measure.displacement_direction(frames, "blue") == "down"
+    assert measure.displacement_direction(frames[::-1], "blue") == "up"
+    assert measure.displacement_direction(frames.transpose(0, 2, 1, 3), "blue") == "right"
+    assert measure.displacement_direction(frames, "red") is None
