@@ -345,9 +345,8 @@ def demo_command(steps: int = 25) -> dict:
 
 def write_tiny_model_files(folder: Path) -> list[str]:
     """The tests' tiny SD-1.5-layout base, DINOv2, tokenizer and LivePhoto checkpoint -> CLI options."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from ldm_layout import write_tiny_sd15_file
-    from tiny import WORDS, tiny_config, tiny_dinov2, tiny_sd15_models, train_livephoto_parts_
+    from livephoto_core.testing.ldm_layout import write_tiny_sd15_file
+    from livephoto_core.testing.tiny import WORDS, tiny_config, tiny_dinov2, tiny_sd15_models, train_livephoto_parts_
 
     from livephoto_core.loading.checkpoint import save_livephoto_checkpoint
     from livephoto_core.model import LivePhotoModel

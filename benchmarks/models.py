@@ -9,7 +9,6 @@ position ids, the motion modules' sinusoidal tables) are computed by the models 
 from __future__ import annotations
 
 import math
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ from livephoto_core.modules.unet import build_motion_adapter
 from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
 # Tiny: the structure of SD-1.5 at a few MB, the same models as the tests'.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny import TINY_DINOV2, TINY_TEXT, TINY_UNET, TINY_VAE  # noqa: E402
+from livephoto_core.testing.tiny import TINY_DINOV2, TINY_TEXT, TINY_UNET, TINY_VAE
 
 WORDS = "a the red blue circle square moves left right up down camera zooms in out shaking head".split()
 PROMPT = "the red circle moves left"

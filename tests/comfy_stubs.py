@@ -521,9 +521,9 @@ class TinyFiles:
 def write_tiny_livephoto_files(models_dir: Path, seed: int = 0) -> TinyFiles:
     """A tiny SD-1.5 file, a LivePhoto checkpoint built on it (its new parts randomized so that they
     act) and the DINOv2 it uses, in a ComfyUI models folder."""
-    from ldm_layout import unet_to_ldm, write_tiny_sd15_file
+    from livephoto_core.testing.ldm_layout import unet_to_ldm, write_tiny_sd15_file
     from safetensors.torch import save_file
-    from tiny import (
+    from livephoto_core.testing.tiny import (
         randomize_,
         tiny_config,
         tiny_dinov2,
@@ -565,7 +565,7 @@ class NodeEnv:
 
     def __init__(self, stubs, files):
         self.stubs, self.files = stubs, files
-        from tiny import tiny_sd15_models
+        from livephoto_core.testing.tiny import tiny_sd15_models
         from transformers import CLIPTokenizer
 
         self.errors = importlib.import_module(f"{PACK_NAME}.livephoto_core.errors")

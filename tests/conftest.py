@@ -1,11 +1,6 @@
 import os
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Tests run on 2 cores; more threads only add contention.
 import torch  # noqa: E402
@@ -15,7 +10,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture
 def pipeline(tmp_path):
-    from tiny import tiny_pipeline
+    from livephoto_core.testing.tiny import tiny_pipeline
 
     return tiny_pipeline(tmp_path / "tokenizer")
 
@@ -25,8 +20,8 @@ def tiny_files(tmp_path_factory):
     """A tiny SD-1.5-shaped single file, DINOv2 folder, tokenizer folder and LivePhoto checkpoint.
     Shared by the session: read them, write elsewhere."""
     tmp_path = tmp_path_factory.mktemp("tiny_files")
-    from ldm_layout import write_tiny_sd15_file
-    from tiny import (
+    from livephoto_core.testing.ldm_layout import write_tiny_sd15_file
+    from livephoto_core.testing.tiny import (
         WORDS,
         tiny_config,
         tiny_dinov2,

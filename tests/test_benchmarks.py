@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY_UNET, randomize_, tiny_model
+from livephoto_core.testing.tiny import TINY_UNET, randomize_, tiny_model
 
 from benchmarks import cases, gpu, run
 from benchmarks.measure import ForwardTimer, PeakMemory

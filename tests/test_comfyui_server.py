@@ -73,7 +73,7 @@ def report(name: str, seconds: float) -> None:
 def build_random_livephoto(checkpoint: Path, livephoto: Path, dinov2: Path) -> None:
     """A LivePhoto checkpoint for the random SD-1.5 (its new parts randomized, so frames differ), fp16."""
     from safetensors.torch import load_file, save_file
-    from tiny import randomize_, tiny_dinov2
+    from livephoto_core.testing.tiny import randomize_, tiny_dinov2
 
     from livephoto_core.config import LivePhotoConfig
     from livephoto_core.loading.checkpoint import save_livephoto_checkpoint

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from test_nodes import env  # noqa: F401 - the pack over ComfyUI stubs, a fixture
 from test_training import log_records, tiny_config, toy_data  # noqa: F401 - toy_data is a fixture
-from tiny import tiny_pipeline
+from livephoto_core.testing.tiny import tiny_pipeline
 
 from livephoto_core.errors import Cancelled
 from livephoto_core.training import resume

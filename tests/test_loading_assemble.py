@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import (
+from livephoto_core.testing.tiny import (
     SD_SCHEDULER,
     tiny_config,
     tiny_dinov2,

@@ -7,14 +7,14 @@ import random
 
 import pytest
 import torch
-from ldm_layout import (
+from livephoto_core.testing.ldm_layout import (
     animatediff_positional_encoding,
     motion_adapter_to_original,
     vae_to_ldm,
     write_tiny_sd15_file,
 )
 from safetensors.torch import save_file
-from tiny import tiny_motion_adapter, tiny_sd15_models
+from livephoto_core.testing.tiny import tiny_motion_adapter, tiny_sd15_models
 
 from livephoto_core.errors import ModelFileError
 from livephoto_core.loading.detect import (

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import randomize_
+from livephoto_core.testing.tiny import randomize_
 
 from livephoto_core.errors import ModelFileError
 from livephoto_core.loading.dinov2 import load_dinov2

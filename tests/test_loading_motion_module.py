@@ -6,9 +6,9 @@ import time
 
 import pytest
 import torch
-from ldm_layout import motion_adapter_to_original, write_tiny_sd15_file
+from livephoto_core.testing.ldm_layout import motion_adapter_to_original, write_tiny_sd15_file
 from safetensors.torch import save_file
-from tiny import randomize_, tiny_motion_adapter
+from livephoto_core.testing.tiny import randomize_, tiny_motion_adapter
 
 from livephoto_core.errors import ModelFileError
 from livephoto_core.loading.motion_module import load_motion_adapter

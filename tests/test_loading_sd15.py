@@ -7,9 +7,9 @@ import time
 
 import pytest
 import torch
-from ldm_layout import sd15_to_ldm, synthetic_clip_bpe, write_tiny_sd15_file
+from livephoto_core.testing.ldm_layout import sd15_to_ldm, synthetic_clip_bpe, write_tiny_sd15_file
 from safetensors.torch import save_file
-from tiny import TinySD15, randomize_, tiny_sd15_models
+from livephoto_core.testing.tiny import TinySD15, randomize_, tiny_sd15_models
 
 from livephoto_core.errors import ModelFileError
 from livephoto_core.loading.files import load_state_dict

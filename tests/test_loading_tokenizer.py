@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import regex
-from ldm_layout import synthetic_clip_bpe
+from livephoto_core.testing.ldm_layout import synthetic_clip_bpe
 
 from livephoto_core.errors import ModelFileError
 from livephoto_core.loading import tokenizer as tokenizer_module

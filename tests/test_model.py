@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import UNetMotionModel
-from tiny import (
+from livephoto_core.testing.tiny import (
     TINY_UNET,
     randomize_,
     tiny_config,

@@ -1,15 +1,9 @@
 """The motion-control benchmark's scoring, held to the toy world's ground truth, and its plumbing on a tiny model."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from tiny import tiny_pipeline
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.motion_control import (  # noqa: E402
+from benchmarks.motion_control import (
     PHOTO_SETS,
     TRANSLATIONS,
     ZOOMS,
@@ -26,8 +20,9 @@ from benchmarks.motion_control import (  # noqa: E402
     wilson_interval,
     zoom_cases,
 )
-from livephoto_core.intensity import DEFAULT_THRESHOLDS, measure_intensity  # noqa: E402
-from livephoto_core.training.toyworld import render_clip  # noqa: E402
+from livephoto_core.intensity import DEFAULT_THRESHOLDS, measure_intensity
+from livephoto_core.testing.tiny import tiny_pipeline
+from livephoto_core.training.toyworld import render_clip
 
 SMALL = Workload(direction_photos=2, zoom_photos=1, intensity_photos=1, conflict_clips=4)
 

@@ -193,7 +193,7 @@ def test_a_checkpoint_with_its_own_motion_modules_refuses_an_extra_one(env):
 
 
 def test_dinov2_from_a_clip_vision_gives_the_same_model_as_the_file(env):
-    from tiny import tiny_dinov2
+    from livephoto_core.testing.tiny import tiny_dinov2
 
     from_file = env.load()
     from_clip_vision = env.load(dinov2="none", clip_vision=StandInClipVision(tiny_dinov2(0)))
@@ -203,7 +203,7 @@ def test_dinov2_from_a_clip_vision_gives_the_same_model_as_the_file(env):
 
 
 def test_a_clip_vision_that_is_not_dinov2_or_no_dinov2_at_all_is_refused(env):
-    from tiny import tiny_dinov2
+    from livephoto_core.testing.tiny import tiny_dinov2
 
     with pytest.raises(env.errors.InvalidInputError, match="needs DINOv2: load a DINOv2 file"):
         env.load(dinov2="none", clip_vision=StandInClipVision(tiny_dinov2(0), model_type="clip_vision_model"))

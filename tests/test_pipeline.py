@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_config, tiny_pipeline
+from livephoto_core.testing.tiny import tiny_config, tiny_pipeline
 
 from livephoto_core.errors import InvalidInputError
 from livephoto_core.video import read_metadata, read_video, write_video

@@ -33,10 +33,10 @@ import numpy as np
 import pytest
 import torch
 from comfy_stubs import PACK_NAME, NodeEnv, stubbed_comfyui, write_tiny_livephoto_files
-from ldm_layout import motion_adapter_to_original, vae_to_ldm, write_tiny_sd15_file
+from livephoto_core.testing.ldm_layout import motion_adapter_to_original, vae_to_ldm, write_tiny_sd15_file
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tiny import tiny_config, tiny_dinov2, tiny_motion_adapter, tiny_sd15_models
+from livephoto_core.testing.tiny import tiny_config, tiny_dinov2, tiny_motion_adapter, tiny_sd15_models
 
 import livephoto_core.loading.assemble as loading_pipeline
 import livephoto_core.pipeline as core_pipeline

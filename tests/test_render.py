@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tiny import SD_SCHEDULER, TINY_UNET, tiny_model, train_livephoto_parts_
+from livephoto_core.testing.tiny import SD_SCHEDULER, TINY_UNET, tiny_model, train_livephoto_parts_
 
 from livephoto_core.errors import InvalidInputError
 from livephoto_core.render import (

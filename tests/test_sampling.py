@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tiny import SD_SCHEDULER, TINY_UNET, randomize_, tiny_model
+from livephoto_core.testing.tiny import SD_SCHEDULER, TINY_UNET, randomize_, tiny_model
 
 from livephoto_core.errors import Cancelled, InvalidInputError
 from livephoto_core.inversion import (

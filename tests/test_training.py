@@ -279,8 +279,8 @@ def test_a_finished_run_refuses_to_start_over_and_resumes_to_nothing(toy_data, r
 
 @pytest.fixture(scope="module")
 def pretrained_files(tmp_path_factory):
-    from ldm_layout import write_tiny_sd15_file
-    from tiny import WORDS, tiny_dinov2, tiny_motion_adapter
+    from livephoto_core.testing.ldm_layout import write_tiny_sd15_file
+    from livephoto_core.testing.tiny import WORDS, tiny_dinov2, tiny_motion_adapter
 
     from livephoto_core.training.word_tokenizer import write_word_tokenizer
 
@@ -381,7 +381,7 @@ def test_shipped_recipes_are_valid_configs(name):
 
 
 def test_captions_are_tokenized_as_the_pipeline_tokenizes_prompts(tmp_path):
-    from tiny import tiny_tokenizer
+    from livephoto_core.testing.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(tmp_path)
     ids = tokenize_captions(tokenizer, [PROMPT, ""])

@@ -18,7 +18,7 @@ import math
 
 import torch
 from safetensors.torch import save_file
-from tiny import TinySD15, tiny_sd15_models
+from livephoto_core.testing.tiny import TinySD15, tiny_sd15_models
 
 _RESNET = {
     "norm1": "in_layers.0",
