@@ -1,7 +1,8 @@
 """livephoto_core: LivePhoto (arXiv 2312.02928) on SD-1.5, as a standalone library.
 
 ``load_pipeline(...)`` builds a ``LivePhotoPipeline`` from local files (the bundled demo model with no
-arguments); the ComfyUI nodes use the same core through ``render``. docs/architecture.md maps the
+arguments); ``check_output(path)`` refuses an output ``video.write_video`` could not write, before any
+of that work; the ComfyUI nodes use the same core through ``render``. docs/architecture.md maps the
 modules. Imports are lazy so that ``livephoto --help`` starts without loading torch.
 """
 
@@ -11,6 +12,7 @@ _LAZY = {
     "load_pipeline": "loading.assemble",
     "LivePhotoPipeline": "pipeline",
     "LivePhotoOutput": "pipeline",
+    "check_output": "video",
     "LivePhotoConfig": "config",
     "LivePhotoError": "errors",
     "InvalidInputError": "errors",

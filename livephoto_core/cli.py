@@ -21,7 +21,6 @@ from .defaults import (
     DEFAULT_STEPS,
 )
 
-SUPPORTED_OUTPUTS = (".webp", ".gif", ".mp4")
 EXIT_USAGE, EXIT_CANCELLED = 2, 130
 
 
@@ -92,26 +91,13 @@ def default_output(image: str) -> Path:
 
 
 def run_animate(args) -> int:
-    from .errors import InvalidInputError, OutputExistsError
-    from .fileio import check_input_path
-    from .phone import NAMES, phone_format, refuse_existing, written_files
-
-    output = Path(args.output) if args.output else default_output(args.image)
-    if output.suffix.lower() not in SUPPORTED_OUTPUTS and phone_format(output) is None:
-        raise InvalidInputError(f"cannot write {output.name}: the output must end in {', '.join(SUPPORTED_OUTPUTS)}, "
-                                f"or be {' or '.join(NAMES.values())}")
-    if output.exists() and not args.overwrite:
-        raise OutputExistsError(f"{output} already exists; pass --overwrite or choose another name with -o")
-    if not args.overwrite:
-        refuse_existing(output, written_files(output))  # a Live Photo's .jpg and .mov
-    check_input_path(args.image, "a photo")
-
     import torch
 
     from .loading.assemble import load_pipeline
+    from .phone import phone_format, written_files
     from .video import write_video
 
-    intensity, photo = check_before_loading(args)
+    output, intensity, photo = check_before_loading(args)
     quiet_library_progress()
     status(f"loading {'the demo model' if args.livephoto is None else args.livephoto} ...")
     pipe = load_pipeline(
@@ -146,15 +132,33 @@ def run_animate(args) -> int:
 
 
 def check_before_loading(args):
-    """The photo and the settings that need no model weights (frames: the checkpoint's header), checked
-    before the loading, which takes a while for real models. The pipeline checks them all again; the
-    prompt's length needs the model's tokenizer and is checked once it is loaded. -> (intensity, photo)."""
-    from .checks import check_content_scale, check_frames, check_guidance, check_seed, check_size, check_steps
+    """The output, the photo and the settings that need no model weights (frames: the checkpoint's header),
+    checked before the loading, which takes a while for real models. The pipeline checks the settings
+    again; the prompt's length needs the model's tokenizer and is checked once it is loaded.
+    -> (output, intensity, photo)."""
+    from .checks import (
+        check_content_scale,
+        check_device,
+        check_frames,
+        check_guidance,
+        check_seed,
+        check_size,
+        check_steps,
+        check_text,
+    )
     from .images import load_image
     from .intensity import validate_level
     from .loading.assemble import demo_checkpoint
     from .loading.checkpoint import read_livephoto_config
+    from .sampling import check_scheduler_name
+    from .video import check_output
 
+    output = Path(args.output) if args.output else default_output(args.image)
+    check_output(output, args.overwrite)
+    check_text(args.prompt, "prompt")
+    check_text(args.negative, "negative prompt")
+    check_device(args.device)
+    check_scheduler_name(args.scheduler)
     config = read_livephoto_config(args.livephoto if args.livephoto is not None else demo_checkpoint())
     intensity = validate_level(
         config.default_intensity if args.intensity is None else args.intensity, config.intensity_levels
@@ -168,7 +172,7 @@ def check_before_loading(args):
         check_seed(args.seed)
     if args.size is not None:
         check_size(*args.size)
-    return intensity, load_image(args.image)
+    return output, intensity, load_image(args.image)
 
 
 def run_intensity(args) -> int:

@@ -82,11 +82,35 @@ def atomic_write_all(paths: list[str | os.PathLike], overwrite: bool = False) ->
         fsync_directory(folder)
 
 
-def check_target(path: Path, overwrite: bool) -> None:
+def check_target(path: Path, overwrite: bool, role: str = "") -> None:
+    """Refuse an output path that cannot take a new file, naming it (`role`: what it is to the output
+    asked for, e.g. " (the settings sidecar of out.webp)") and the fix. Run before any work and again
+    by every atomic write; what can still go wrong later (a full disk, a race) is caught there."""
+    named = f"{path}{role}"
+    _check_folder(path.parent, named)
+    if path.is_symlink() and not path.exists():
+        raise InvalidInputError(
+            f"{named} is a symbolic link to {os.readlink(path)}, which does not exist; remove the link or choose "
+            f"another name"
+        )
     if path.is_dir():
-        raise InvalidInputError(f"{path} is a folder; give a file name to write")
+        raise InvalidInputError(f"{named} is a folder; give a file name to write")
     if not overwrite and os.path.lexists(path):
-        raise OutputExistsError(f"{path} already exists; pass --overwrite or choose another name")
+        raise OutputExistsError(f"{path} already exists{role}; pass --overwrite or choose another name")
+
+
+def _check_folder(folder: Path, named: str) -> None:
+    """The folder an output goes into must exist, be a folder, and take new files."""
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InvalidInputError(f"cannot write {named}: folder {folder} is not writable; choose another folder")
+        return
+    ancestor = next(parent for parent in (folder, *folder.parents) if os.path.lexists(parent))
+    if ancestor.is_dir():
+        raise InvalidInputError(f"cannot write {named}: folder {folder} does not exist; create it first or choose "
+                                f"another folder")
+    what = "a file, not a folder" if ancestor.exists() else "a symbolic link to nothing"
+    raise InvalidInputError(f"cannot write {named}: {ancestor} is {what}; choose another folder")
 
 
 def _create_temporary(final: Path) -> Path:

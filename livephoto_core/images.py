@@ -44,8 +44,9 @@ def load_image(source) -> Image.Image:
     """An 8-bit RGB PIL image from a path, a PIL image, or an array/tensor ``[H, W, 3]`` / ``[1, H, W, 3]``.
 
     Arrays and tensors are float in 0..1 (ComfyUI IMAGE; values outside are clipped) or uint8.
-    Refuses files that are not images, batches of several images, and images under 32 or over
-    8192 pixels on a side (the size is read from the file header, before decoding).
+    A JPEG that carries more images (MPO) gives its first. Refuses files that are not images, batches
+    of several images (animations, multi-page TIFFs), and images under 32 or over 8192 pixels on a
+    side (the size is read from the file header, before decoding).
     """
     if isinstance(source, (str, os.PathLike)):
         return _load_file(Path(source))
@@ -89,7 +90,9 @@ def _load_file(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 _check_side_lengths(image.size, str(path))
-                if getattr(image, "n_frames", 1) > 1:  # animated GIF/WebP/PNG, multi-page TIFF
+                # MPO: a JPEG with more images after the photo (the other view of a stereo pair, a depth or HDR
+                # gain map), as many cameras and phones write; the first image is the photo, and Pillow opens at it.
+                if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":  # animated GIF/WebP/PNG, TIFF pages
                     raise InvalidInputError(
                         f"{path} holds {image.n_frames} frames; LivePhoto animates one still photo: save the frame "
                         f"you want as a PNG or JPEG and pass that"

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import whole_number
 from .errors import InvalidInputError
 
 LEVELS = 10
@@ -159,15 +160,18 @@ def level_from_ssim(ssim: float, thresholds: Sequence[float] = DEFAULT_THRESHOLD
 
 
 def validate_level(level, levels: int = LEVELS) -> int:
-    """An intensity level as int: whole numbers 1..`levels` (ints or whole floats), else InvalidInputError.
+    """An intensity level as int: whole numbers 1..`levels` (the integers and whole floats that every
+    setting takes, ``checks.whole_number``), else InvalidInputError.
     `levels`: the model's (LivePhotoConfig.intensity_levels) where one is at hand."""
-    message = f"intensity must be a whole number from 1 (still) to {levels} (most motion); got {level}"
-    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+    shown = level if isinstance(level, numbers.Number) else repr(level)  # repr: text may hold line breaks
+    message = f"intensity must be a whole number from 1 (still) to {levels} (most motion); got {shown}"
+    try:
+        value = whole_number("intensity", level)
+    except InvalidInputError:
+        raise InvalidInputError(message) from None
+    if not STILLEST_LEVEL <= value <= levels:
         raise InvalidInputError(message)
-    value = float(level)
-    if not value.is_integer() or not STILLEST_LEVEL <= value <= levels:
-        raise InvalidInputError(message)
-    return int(value)
+    return value
 
 
 def measure_intensity(frames, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> IntensityMeasurement:

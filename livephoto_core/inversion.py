@@ -11,7 +11,7 @@ import torch
 
 from .defaults import DEFAULT_INVERSION_END, DEFAULT_INVERSION_START
 from .modules.unet import LivePhotoUNet
-from .sampling import ProgressCallback, ProgressEvent, VideoConditioning
+from .sampling import ProgressCallback, ProgressEvent, VideoConditioning, check_finite
 
 
 def inversion_timesteps(target_timestep: int, steps: int, num_train_timesteps: int = 1000) -> list[int]:
@@ -63,8 +63,10 @@ def ddim_invert(
         original = (latent - (1 - alpha_prev).sqrt() * epsilon) / alpha_prev.sqrt()
         latent = alpha.sqrt() * original + (1 - alpha).sqrt() * epsilon
         alpha_prev = alpha
+        event = ProgressEvent("inversion", step, len(timesteps))
+        check_finite(latent, event)
         if callback is not None:
-            callback(ProgressEvent("inversion", step, len(timesteps)))
+            callback(event)
     return latent.to(reference_latent.dtype)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageOps
 
-from .errors import InvalidInputError, OutputExistsError
+from .errors import InvalidInputError
 from .fileio import atomic_write_all
 from .images import load_image
 from .quicktime import add_live_photo_boxes
@@ -129,14 +129,12 @@ def write_phone_photo(pixels: np.ndarray, path: Path, format: str, fps: float, m
                       sidecar: Path, overwrite: bool, still=None) -> Path:
     """Write ``pixels`` (uint8 ``[F, H, W, 3]``) as a Motion Photo or a Live Photo; -> the JPEG's path.
 
-    All files (the pair, the sidecar) are published together or not at all; without ``overwrite``
-    any that exists is refused before any work.
+    All files (the pair, the sidecar) are published together or not at all; ``write_video`` has refused
+    any that exists (without ``overwrite``) before calling this.
     """
     check_phone_frames(pixels)
     files = written_files(path)
     targets = [*files, sidecar] if metadata_json is not None else list(files)
-    if not overwrite:
-        refuse_existing(path, targets)
     photo = still_image(pixels, still)
     with atomic_write_all(targets, overwrite) as temporaries:
         try:
@@ -152,23 +150,6 @@ def write_phone_photo(pixels: np.ndarray, path: Path, format: str, fps: float, m
     if metadata_json is None:
         sidecar.unlink(missing_ok=True)  # a sidecar left by the files just replaced
     return files[0]
-
-
-def refuse_existing(path: Path, targets) -> None:
-    """OutputExistsError for the first of ``targets`` (the files of output ``path``) that exists, saying which it is."""
-    for target in targets:
-        if target.exists():
-            raise OutputExistsError(f"{target} already exists{_role(target, path)}; pass --overwrite or choose "
-                                    f"another name")
-
-
-def _role(target: Path, path: Path) -> str:
-    """How an existing file relates to the output asked for, where its name does not say it."""
-    if target == path:
-        return ""
-    if target.suffix == ".json":
-        return f" (the settings sidecar of {path.name})"
-    return f" (the {'photo' if target.suffix == '.jpg' else 'video'} of the Live Photo {path.name})"
 
 
 def still_image(pixels: np.ndarray, still=None) -> Image.Image:

@@ -22,6 +22,8 @@ from .checks import (
     check_seed,
     check_size,
     check_steps,
+    check_text,
+    whole_number,
 )
 from .defaults import DEFAULT_CONTENT_SCALE, DEFAULT_GUIDANCE_SCALE, DEFAULT_SCHEDULER, DEFAULT_STEPS
 from .encoding import DECODE_CHUNK_SIZE, decode_latents, encode_photo, encode_text, tokenize
@@ -128,7 +130,9 @@ class LivePhotoPipeline:
         inversion_steps = check_steps(num_inference_steps if inversion_steps is None else inversion_steps,
                                       "inversion steps")
         guidance_scale = check_guidance(guidance_scale)
-        height, width = check_size(height or config.height, width or config.width)
+        # None, not any falsy value, means the default: height=0 is refused, not read as "the model's".
+        height, width = check_size(config.height if height is None else height,
+                                   config.width if width is None else width)
         content_scale = check_content_scale(content_scale)
         start, end = check_prior_weights(
             config.inversion_start if inversion_start is None else inversion_start,
@@ -137,10 +141,10 @@ class LivePhotoPipeline:
         seed = secrets.randbelow(MAX_SEED + 1) if seed is None else check_seed(seed)
         if decode_chunk_size is None:
             decode_chunk_size = 1 if self.low_memory else DECODE_CHUNK_SIZE
-        elif not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+        decode_chunk_size = whole_number("decode chunk size", decode_chunk_size)
+        if decode_chunk_size < 1:
             raise InvalidInputError(f"decode chunk size must be 1 or more frames, not {decode_chunk_size!r}")
-        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-            raise InvalidInputError("prompt and negative prompt must be text")
+        prompt, negative_prompt = check_text(prompt, "prompt"), check_text(negative_prompt, "negative prompt")
         schedule = Schedule(scheduler, num_inference_steps, self.scheduler_config, config.prediction_type)
         # Each distinct prompt tokenized once, now: a prompt that is too long is refused before the photo
         # work. The negative prompt is usually the inversion's empty prompt too.

@@ -24,7 +24,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .defaults import DEFAULT_CONTENT_SCALE
+from .defaults import DEFAULT_CONTENT_SCALE, DEFAULT_GUIDANCE_SCALE
 from .errors import InvalidInputError
 from .modules.unet import LivePhotoUNet
 
@@ -61,11 +61,16 @@ def supports_zero_terminal_snr(name: str) -> bool:
     return "rescale_betas_zero_snr" in inspect.signature(cls.__init__).parameters and "use_karras_sigmas" not in overrides
 
 
+def check_scheduler_name(name) -> str:
+    """A name in SCHEDULERS; the CLI checks it before loading, make_scheduler again for every caller."""
+    if not isinstance(name, str) or name not in SCHEDULERS:
+        raise InvalidInputError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+    return name
+
+
 def make_scheduler(name: str, base_config: dict, prediction_type: str):
     """A diffusers scheduler of the SD family, by name, on the base model's noise schedule."""
-    if name not in SCHEDULERS:
-        raise InvalidInputError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
-    cls, overrides = SCHEDULERS[name]
+    cls, overrides = SCHEDULERS[check_scheduler_name(name)]
     if base_config.get("rescale_betas_zero_snr") and not supports_zero_terminal_snr(name):
         usable = ", ".join(n for n in SCHEDULERS if supports_zero_terminal_snr(n))
         raise InvalidInputError(
@@ -169,9 +174,24 @@ def sample_video(
         model_input = scheduler.scale_model_input(latents, timestep)
         prediction = guided_prediction(unet, model_input, unet_timestep, cond, guidance_scale)
         latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_kwargs)[0]
+        event = ProgressEvent("sampling", step, len(timesteps))
+        check_finite(latents, event)
         if callback is not None:
-            callback(ProgressEvent("sampling", step, len(timesteps)))
+            callback(event)
     return latents
+
+
+def check_finite(latents: torch.Tensor, event: ProgressEvent) -> None:
+    """Stop at the first step whose latents hold NaN or infinity: later steps only carry them on, to a
+    black video. One reduction and one device sync a step, small beside the step's UNet call."""
+    if torch.isfinite(latents).all():
+        return
+    low_precision = " or run in float32" if latents.dtype in (torch.float16, torch.bfloat16) else ""
+    raise InvalidInputError(
+        f"the latents became NaN or infinite at {event.phase} step {event.step} of {event.total}: the settings "
+        f"push the model past its range; lower the guidance scale ({DEFAULT_GUIDANCE_SCALE} is usual), the content "
+        f"scale ({DEFAULT_CONTENT_SCALE:g} is trained) or the prior weights (inversion start and end){low_precision}"
+    )
 
 
 def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device, dtype) -> torch.Tensor:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from PIL import GifImagePlugin, Image, ImageSequence
 
+from .checks import check_fps
 from .errors import InvalidInputError
 from .fileio import atomic_write, check_input_path, check_target
-from .phone import NAMES, checked_phone_format, write_phone_photo
+from .phone import NAMES, checked_phone_format, write_phone_photo, written_files
 
 SUPPORTED_EXTENSIONS = (".webp", ".gif", ".mp4")
 DEFAULT_FPS = 8.0
@@ -50,6 +51,39 @@ def metadata_sidecar_path(path: str | os.PathLike) -> Path:
     """The JSON sidecar of a video: ``out.webp`` -> ``out.webp.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False, format: str | None = None) -> str | None:
+    """Refuse an output that ``write_video`` could not write, before any work: a name of no format it
+    writes, and any of its files (``output_files``) that cannot be written (``fileio.check_target``: a
+    missing folder, a folder in the way, a broken link, an existing file without ``overwrite``). The
+    CLI runs it before loading the model, ``write_video`` before encoding. -> its phone format or None.
+    """
+    path = Path(path)
+    phone_format = checked_phone_format(path, format)
+    if phone_format is None and path.suffix.lower() not in _ENCODERS:
+        raise InvalidInputError(
+            f"cannot write {path.name}: the output must end in {', '.join(SUPPORTED_EXTENSIONS)}, or be "
+            f"{' or '.join(NAMES.values())}"
+        )
+    for target in output_files(path):
+        check_target(target, overwrite, _role(target, path))
+    return phone_format
+
+
+def output_files(path: str | os.PathLike) -> tuple[Path, ...]:
+    """Every file ``write_video`` writes (or, the sidecar, removes) for ``path``: the video or a phone format's
+    files, then the settings sidecar."""
+    return (*written_files(path), metadata_sidecar_path(path))
+
+
+def _role(target: Path, path: Path) -> str:
+    """How a file relates to the output asked for, where its name does not say it."""
+    if target == path:
+        return ""
+    if target == metadata_sidecar_path(path):
+        return f" (the settings sidecar of {path.name})"
+    return f" (the {'photo' if target.suffix == '.jpg' else 'video'} of the Live Photo {path.name})"
 
 
 def frames_to_uint8(frames) -> np.ndarray:
@@ -92,32 +126,26 @@ def write_video(
     an Android Motion Photo) and ``NAME.livephoto`` (``"livephoto"``, an Apple Live Photo written as
     NAME.jpg + NAME.mov, all or neither); their JPEG shows ``still`` (a photo, e.g. the one animated)
     or frame 0; the JPEG's path is returned. The sidecar is ``<path>.json`` for them too.
+
+    Every file it writes is checked (``check_output``) before the frames are encoded.
     """
     path = Path(path)
-    phone_format = checked_phone_format(path, format)
-    encoder = _ENCODERS.get(path.suffix.lower())
-    if encoder is None and phone_format is None:
-        raise InvalidInputError(
-            f"{path.name}: cannot write {path.suffix or 'files without an extension'}; "
-            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}, {' or '.join(NAMES.values())}"
-        )
+    phone_format = check_output(path, overwrite, format)
     if still is not None and phone_format is None:
         raise InvalidInputError(f"{path.name}: still= is the photo of a phone format; {path.suffix} has none")
     pixels = frames_to_uint8(frames)
-    if not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
-        raise InvalidInputError(f"fps must be a positive number; got {fps}")
+    fps = check_fps(fps)
     metadata_json = _metadata_json(metadata)
     sidecar = metadata_sidecar_path(path)
     if phone_format is not None:
-        return write_phone_photo(pixels, path, phone_format, float(fps), metadata_json, sidecar, overwrite, still)
-    for target in (path, sidecar):
-        check_target(target, overwrite)
+        return write_phone_photo(pixels, path, phone_format, fps, metadata_json, sidecar, overwrite, still)
 
+    encoder = _ENCODERS[path.suffix.lower()]
     sidecar_written = False
     try:
         with atomic_write(path, overwrite) as temporary:
             try:
-                encoder(pixels, temporary, float(fps), metadata_json)
+                encoder(pixels, temporary, fps, metadata_json)
             except (OSError, ValueError, av.FFmpegError) as error:
                 raise InvalidInputError(f"could not write {path}: {error}") from None
             if metadata_json is not None:

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 from ..livephoto_core.checks import (
     MAX_CONTENT_SCALE,
+    MAX_GUIDANCE,
     MAX_SEED,
     MAX_SIZE,
     MAX_STEPS,
@@ -304,7 +305,7 @@ class LivePhotoSampler(io.ComfyNode):
                 ),
                 _steps_input("Denoising steps."),
                 io.Float.Input(
-                    "cfg", default=DEFAULT_GUIDANCE_SCALE, min=0.0, max=100.0, step=0.1, round=0.01,
+                    "cfg", default=DEFAULT_GUIDANCE_SCALE, min=0.0, max=MAX_GUIDANCE, step=0.1, round=0.01,
                     tooltip="Classifier-free guidance scale; 1 or less turns guidance (and the negative prompt) off.",
                 ),
                 io.Int.Input(

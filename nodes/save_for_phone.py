@@ -7,6 +7,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
+from ..livephoto_core.checks import MAX_FPS, MIN_FPS
 from ..livephoto_core.phone import LIVE_PHOTO, LIVE_PHOTO_SUFFIX, MOTION_PHOTO, NAMES
 from ..livephoto_core.video import DEFAULT_FPS, write_video
 
@@ -50,7 +51,7 @@ class SaveForPhone(io.ComfyNode):
                 io.Combo.Input("format", options=list(FORMATS), tooltip=f"{NAMES[MOTION_PHOTO]}: opens in Google "
                                f"Photos and Android galleries. {NAMES[LIVE_PHOTO]}: import both files into Photos "
                                f"on an iPhone or Mac."),
-                io.Float.Input("fps", default=DEFAULT_FPS, min=1.0, max=60.0, step=0.5,
+                io.Float.Input("fps", default=DEFAULT_FPS, min=MIN_FPS, max=MAX_FPS, step=0.5,
                                tooltip="Frames per second of the video (the sampler's frames are meant for 8)."),
                 io.Image.Input("photo", optional=True,
                                tooltip="The photo that was animated (Load Image): the still the phone shows, at its "

@@ -13,7 +13,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io, ui
 
-from ..livephoto_core.checks import MAX_PROMPT_TOKENS, check_prompt_tokens
+from ..livephoto_core.checks import MAX_PROMPT_TOKENS, check_prompt_tokens, check_text
 from ..livephoto_core.defaults import CLIP_CONTEXT
 from ..livephoto_core.errors import InvalidInputError
 from .chart import token_weight_chart
@@ -131,7 +131,7 @@ class TextReweight(io.ComfyNode):
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, clip, text: str) -> io.NodeOutput:
         # Word ids mark the prompt's own tokens; ComfyUI's encoders read only each entry's token and weight.
-        tokenized = clip.tokenize(text, return_word_ids=True)
+        tokenized = clip.tokenize(check_text(text, "text"), return_word_ids=True)
         tokens = prompt_tokens(tokenized)
         check_prompt_tokens(len(tokens))
         encoded = clip.encode_from_tokens_scheduled(tokenized)

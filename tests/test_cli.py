@@ -1,14 +1,19 @@
 """The `livephoto` command: its outputs, and errors as one line and an exit status."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from livephoto_core.cli import main
 from livephoto_core.video import read_metadata, read_video
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -64,7 +69,7 @@ def test_existing_output_is_refused_before_loading_and_kept(tiny_files, photo, t
     out.write_bytes(b"precious")
     assert animate(tiny_files, photo, "-o", str(out)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {out} already exists; pass --overwrite or choose another name with -o"]
+    assert err == [f"error: {out} already exists; pass --overwrite or choose another name"]
     assert out.read_bytes() == b"precious"
     assert animate(tiny_files, photo, "-o", str(out), "--overwrite") == 0
     assert len(read_video(out).frames) == 3
@@ -85,6 +90,99 @@ def test_bad_arguments_are_one_line_errors(tiny_files, photo, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert message in err.strip().splitlines()[-1]
+
+
+def loading_is_recorded(monkeypatch) -> list:
+    """Replace the model loading with a recorder: a refusal must come before it."""
+    import livephoto_core.loading.assemble as loading
+
+    loads = []
+    monkeypatch.setattr(loading, "load_pipeline", lambda *args, **kwargs: loads.append(args) or 1 / 0)
+    return loads
+
+
+# Outputs that cannot be written, each as (what to lay out in the folder, -o name, extra flags, the line's words).
+UNWRITABLE_OUTPUTS = {
+    "missing folder": (lambda d: None, "nowhere/out.webp", [], "folder {d}/nowhere does not exist; create it first"),
+    "folder is a file": (lambda d: (d / "notes.txt").write_text("x"), "notes.txt/out.webp", [],
+                         "{d}/notes.txt is a file, not a folder; choose another folder"),
+    "under a file": (lambda d: (d / "notes.txt").write_text("x"), "notes.txt/sub/out.gif", [],
+                     "{d}/notes.txt is a file, not a folder"),
+    "dangling symlink": (lambda d: (d / "out.webp").symlink_to(d / "gone.webp"), "out.webp", [],
+                         "{d}/out.webp is a symbolic link to {d}/gone.webp, which does not exist; remove the link"),
+    "dangling symlink, --overwrite": (lambda d: (d / "out.webp").symlink_to(d / "gone.webp"), "out.webp",
+                                      ["--overwrite"], "which does not exist; remove the link"),
+    "a folder": (lambda d: (d / "out.mp4").mkdir(), "out.mp4", [], "{d}/out.mp4 is a folder; give a file name"),
+    "a folder, --overwrite": (lambda d: (d / "out.mp4").mkdir(), "out.mp4", ["--overwrite"],
+                              "{d}/out.mp4 is a folder; give a file name"),
+    "existing sidecar": (lambda d: (d / "out.webp.json").write_text("{}"), "out.webp", [],
+                         "{d}/out.webp.json already exists (the settings sidecar of out.webp); pass --overwrite"),
+    "sidecar is a folder, --overwrite": (lambda d: (d / "out.gif.json").mkdir(), "out.gif", ["--overwrite"],
+                                         "{d}/out.gif.json (the settings sidecar of out.gif) is a folder"),
+    "existing output": (lambda d: (d / "out.webp").write_bytes(b"precious"), "out.webp", [],
+                        "{d}/out.webp already exists; pass --overwrite"),
+    "existing Live Photo still": (lambda d: (d / "pair.jpg").write_bytes(b"precious"), "pair.livephoto", [],
+                                  "{d}/pair.jpg already exists (the photo of the Live Photo pair.livephoto)"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNWRITABLE_OUTPUTS))
+def test_outputs_that_cannot_be_written_are_refused_before_loading(tiny_files, photo, tmp_path, capsys, monkeypatch,
+                                                                   case):
+    """One line naming the path and the fix, before the model loads; nothing in the folder changes."""
+    lay_out, name, extra, words = UNWRITABLE_OUTPUTS[case]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    lay_out(folder)
+    before = sorted(os.listdir(folder))
+    loads = loading_is_recorded(monkeypatch)
+    assert animate(tiny_files, photo, "-o", str(folder / name), *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words.format(d=folder) in err[0], err
+    assert loads == [] and sorted(os.listdir(folder)) == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--scheduler", "k_lms_turbo"], "unknown scheduler 'k_lms_turbo'; choose one of: ddim"),
+        (["--device", "gpu"], "unknown device 'gpu'; use cpu, cuda, cuda:N or mps"),
+        (["--guidance", "1e6"], "guidance scale must be from 0 to 100"),
+        (["--guidance", "nan"], "guidance scale must be a finite number"),
+        (["--negative", "blur\udce9"], "the negative prompt holds the byte 0xe9"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_before_loading(tiny_files, photo, tmp_path, capsys, monkeypatch, extra,
+                                                             message):
+    loads = loading_is_recorded(monkeypatch)
+    assert animate(tiny_files, photo, "-o", str(tmp_path / "out.webp"), *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert loads == [] and not (tmp_path / "out.webp").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has a GPU")
+def test_cuda_on_a_torch_without_it_is_refused_before_loading(tiny_files, photo, tmp_path, capsys, monkeypatch):
+    loads = loading_is_recorded(monkeypatch)
+    assert animate(tiny_files, photo, "-o", str(tmp_path / "out.webp"), "--device", "cuda") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = "CUDA is not available in this torch build" if torch.version.cuda is None else "sees no GPU"
+    assert len(err) == 1 and err[0].startswith("error: device cuda: ") and expected in err[0], err
+    assert loads == []
+
+
+def test_a_prompt_typed_in_a_latin1_shell_is_refused_in_one_line(tiny_files, photo, tmp_path):
+    """The real thing: the bytes of 'caméra' in Latin-1 on the command line, which Python hands over as a
+    lone surrogate in sys.argv."""
+    command = [sys.executable.encode(), b"-m", b"livephoto_core.cli", b"animate", bytes(photo), b"cam\xe9ra zooms in",
+               b"-o", bytes(tmp_path / "out.webp"), *(arg.encode() for arg in model_args(tiny_files))]
+    done = subprocess.run(command, capture_output=True, env={**os.environ, "LC_ALL": "C", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode().splitlines() == [
+        "error: the prompt holds the byte 0xe9, which is not UTF-8 (character 4); pass UTF-8 text (in a shell, use a "
+        "UTF-8 locale such as LANG=C.UTF-8)"
+    ]
+    assert not (tmp_path / "out.webp").exists()
 
 
 def test_intensity_command_reports_ssim_and_level(tmp_path, capsys):

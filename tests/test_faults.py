@@ -282,7 +282,8 @@ def test_two_cli_runs_to_one_name_one_wins_the_other_is_refused_and_the_file_is_
     # Refused at the video's name or at its sidecar's, whichever the winner took first.
     errors = [line for line in loser_err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and re.fullmatch(
-        rf"error: {re.escape(str(target))}(\.json)? already exists; pass --overwrite or choose another name",
+        rf"error: {re.escape(str(target))}(\.json)? already exists( \(the settings sidecar of clip\.webp\))?; "
+        rf"pass --overwrite or choose another name",
         errors[0]), loser_err
     assert "Traceback" not in loser_err
     assert read_video(target).frames.shape == (3, 64, 64, 3)

@@ -119,6 +119,36 @@ def test_exif_orientation_is_applied(tmp_path):
     np.testing.assert_array_equal(result, np.rot90(array, k=-1))
 
 
+def write_mpo(path, images, exif=None) -> None:
+    """A JPEG with more images appended (MPO), as stereo cameras and phones write them (depth, HDR gain map)."""
+    first, *others = (Image.fromarray(image) for image in images)
+    first.save(path, "MPO", save_all=True, append_images=others, quality=100, **({"exif": exif} if exif else {}))
+    with Image.open(path) as written:  # the layout the fix is for, as Pillow reads it
+        assert (written.format, written.n_frames) == ("MPO", len(images))
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_jpeg_carrying_more_images_gives_its_first(tmp_path, count):
+    photo, *others = (np.full((40, 64, 3), colour, np.uint8) for colour in ((200, 30, 30), (30, 30, 200), (9, 9, 9)))
+    write_mpo(tmp_path / "camera.jpg", [photo, *others][:count])
+    result = np.asarray(load_image(tmp_path / "camera.jpg"))
+    assert result.shape == (40, 64, 3) and np.abs(result.astype(int) - photo).max() <= 2  # JPEG rounding
+
+
+def test_the_first_image_of_an_mpo_is_turned_as_its_exif_says(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: show rotated 90 degrees clockwise
+    write_mpo(tmp_path / "phone.jpg", [np.zeros((40, 64, 3), np.uint8), np.zeros((40, 64, 3), np.uint8)], exif)
+    assert load_image(tmp_path / "phone.jpg").size == (40, 64)
+
+
+def test_an_animation_is_still_refused_as_several_frames(tmp_path):
+    frames = [Image.fromarray(np.full((40, 64, 3), i * 60, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(InvalidInputError, match="clip.gif holds 3 frames; LivePhoto animates one still photo"):
+        load_image(tmp_path / "clip.gif")
+
+
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 def test_float_arrays_and_tensors(kind, batched):

@@ -227,7 +227,7 @@ def test_intensity_outside_1_to_10_is_refused_at_validation_naming_the_range(env
 def test_settings_fed_by_links_are_checked_when_the_node_runs(env):
     for setting, value, message in [
         ("steps", 0, "steps must be from 1 to 1000; got 0"),
-        ("cfg", -1.0, "guidance scale must be 0 or more"),
+        ("cfg", -1.0, "guidance scale must be from 0 to 100"),
         ("content_scale", 2.5, "content scale must be from 0"),
         ("seed", -1, "seed must be from 0"),
     ]:

@@ -21,9 +21,9 @@ def photo():
 
 
 def run(pipeline, photo, **kwargs):
-    settings = dict(num_frames=4, num_inference_steps=3, seed=7)
+    settings = dict(prompt=PROMPT, num_frames=4, num_inference_steps=3, seed=7)
     settings.update(kwargs)
-    return pipeline(photo, PROMPT, **settings)
+    return pipeline(photo, **settings)
 
 
 def test_same_seed_same_frames_other_seed_other_frames(pipeline, photo):
@@ -114,13 +114,26 @@ def test_frames_written_and_read_back(pipeline, photo, tmp_path, suffix):
         (dict(num_frames=1), "frames must be from 2 to 16"),
         (dict(num_frames=10000), "frames must be from 2 to 16"),
         (dict(num_inference_steps=0), "steps must be from 1"),
-        (dict(guidance_scale=-1), "guidance scale must be 0 or more"),
+        (dict(guidance_scale=-1), "guidance scale must be from 0 to 100"),
         (dict(height=100), "height must be a multiple of 8"),
         (dict(width=63), "width must be a multiple of 8"),
         (dict(content_scale=float("inf")), "content scale must be a finite number"),
         (dict(inversion_start=1.5), "inversion start must be from 0 to 1"),
         (dict(seed=-1), "seed must be from 0"),
         (dict(scheduler="nope"), "unknown scheduler"),
+        # Numbers that pass a type check but cannot work:
+        (dict(guidance_scale=101), "guidance scale must be from 0 to 100"),
+        (dict(guidance_scale=float("inf")), "guidance scale must be a finite number"),
+        (dict(guidance_scale=10**400), "guidance scale must be from 0 to 100"),
+        (dict(height=0), "height must be a multiple of 8 from 64"),  # not "the model's height"
+        (dict(width=0), "width must be a multiple of 8 from 64"),
+        (dict(seed=True), "seed must be a number; got True"),
+        (dict(num_frames=np.bool_(True)), "frames must be a number"),
+        (dict(inversion_end=float("nan")), "inversion end must be a finite number"),
+        (dict(decode_chunk_size=2.5), "decode chunk size must be a whole number"),
+        # Text that is not UTF-8:
+        (dict(prompt="cam\udce9ra zooms in"), "the prompt holds the byte 0xe9.*pass UTF-8 text"),
+        (dict(negative_prompt="blur\ud800"), "the negative prompt holds a lone surrogate U\\+D800"),
     ],
 )
 def test_bad_settings_are_refused_before_any_model_runs(pipeline, photo, kwargs, message):
@@ -132,6 +145,28 @@ def test_bad_settings_are_refused_before_any_model_runs(pipeline, photo, kwargs,
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_numpy_integers_are_taken_as_python_integers_are(pipeline, photo):
+    """Every whole-number setting takes numpy integers (as computed from arrays) and gives the same video."""
+    numbers = dict(num_frames=2, num_inference_steps=1, seed=5, intensity=6, height=64, width=64, inversion_steps=1)
+    plain = run(pipeline, photo, **numbers)
+    for integer_type in (np.int64, np.int32, np.uint8):
+        typed = run(pipeline, photo, **{name: integer_type(value) for name, value in numbers.items()})
+        torch.testing.assert_close(typed.frames, plain.frames, rtol=0, atol=0)
+        assert typed.settings == plain.settings  # as Python ints: the settings still go to JSON
+
+
+@pytest.mark.parametrize("prior_inversion", [True, False])
+def test_latents_that_stop_being_finite_end_the_call_in_one_line(pipeline, photo, prior_inversion):
+    """A NaN from the UNet (what a too-strong setting or float16 overflow makes) stops the call at that step,
+    naming the settings to lower, instead of decoding a black video."""
+    hook = pipeline.model.unet.register_forward_hook(lambda module, args, output: output * float("nan"))
+    try:
+        with pytest.raises(InvalidInputError, match="NaN or infinite at (inversion|sampling) step 1 .*guidance scale"):
+            run(pipeline, photo, prior_inversion=prior_inversion)
+    finally:
+        hook.remove()
 
 
 def test_long_prompt_is_refused_with_its_length(pipeline, photo):

@@ -112,6 +112,9 @@ def write_photos(folder: Path) -> None:
     frames = [Image.fromarray(np.roll(rgb, 4 * i, axis=1)) for i in range(3)]
     frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=125)
     (folder / "notes.png").write_text("this is a text file, not a picture\n")
+    # A JPEG with a second image appended (MPO), as stereo cameras and phones write (depth, HDR gain map).
+    Image.fromarray(rgb).save(folder / "camera.jpg", "MPO", save_all=True, append_images=[Image.fromarray(rgb[::-1])])
+    assert Image.open(folder / "camera.jpg").format == "MPO"
     (folder / "bomb.png").write_bytes(png_header_only(40000, 40000))
 
 
@@ -230,9 +233,9 @@ def watch(world, monkeypatch):
         seen.tensor_files.append(Path(path).name)
         return real_load_file(path, *args, **kwargs)
 
-    def recording(name: str, real: Callable):
+    def recording(name: str, real: Callable, into: list):
         def run(*args, **kwargs):
-            seen.denoising.append(name)
+            into.append(name)
             return real(*args, **kwargs)
 
         return run
@@ -242,9 +245,9 @@ def watch(world, monkeypatch):
     sampler = sys.modules[f"{PACK_NAME}.nodes.sampler"]
     for module in (core_pipeline, sampler):
         for name in ("invert_reference", "generate_latents"):
-            monkeypatch.setattr(module, name, recording(name, getattr(module, name)))
+            monkeypatch.setattr(module, name, recording(name, getattr(module, name), seen.denoising))
     handle = world.node.env.handle
-    monkeypatch.setattr(handle, "load", recording("device load", handle.load))
+    monkeypatch.setattr(handle, "load", recording("device load", handle.load, seen.device_loads))
     yield seen
     world.watch = None
 
@@ -335,11 +338,47 @@ def sample_node(world: World, **inputs) -> Seen:
     return node_call(world, lambda: env.sample(**inputs))
 
 
-def animate_to(world: World, output: str) -> Seen:
-    """`livephoto animate` to ``output`` in the out folder, without --overwrite."""
+def animate_to(world: World, output: str, *extra) -> Seen:
+    """`livephoto animate` to ``output`` in the out folder, without --overwrite unless ``extra`` has it."""
     world.out.mkdir(exist_ok=True)
     return cli(world, "animate", world.photos / "photo.png", PROMPT, "--frames", "2", "--steps", "1", "--seed", "0",
-               "-o", world.out / output, *world.model_args())
+               "-o", world.out / output, *world.model_args(), *extra)
+
+
+def animate_over(world: World, lay_out: Callable[[Path], object], output: str, *extra) -> Seen:
+    """`animate_to` after ``lay_out`` put something in the out folder; the folder must be left as it was."""
+    world.out.mkdir(exist_ok=True)
+    lay_out(world.out)
+    before = sorted(os.listdir(world.out))
+    seen = animate_to(world, output, *extra)
+    assert sorted(os.listdir(world.out)) == before
+    return seen
+
+
+def write_over(world: World, lay_out: Callable[[Path], object], output: str, overwrite: bool = False) -> Seen:
+    """`write_video` to ``output`` in the out folder after ``lay_out``; the folder must be left as it was."""
+    world.out.mkdir(exist_ok=True)
+    lay_out(world.out)
+    before = sorted(os.listdir(world.out))
+    seen = api(lambda: write_video(np.zeros((2, 32, 32, 3), np.uint8), world.out / output, overwrite=overwrite))
+    assert sorted(os.listdir(world.out)) == before
+    return seen
+
+
+def no_files(folder: Path) -> None:
+    """Lay nothing out."""
+
+
+def replace_with_link(link: Path, target: Path) -> None:
+    """A symbolic link to ``target``, made anew (the out folder lives as long as the module's tests)."""
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+
+
+def text_reweight_node(world: World, text: str) -> Seen:
+    env = world.node.env
+    return node_call(world, lambda: env.run("LivePhotoTextReweight", livephoto_model=env.handle, clip=env.clip,
+                                            text=text))
 
 
 def live_photo_over_an_existing_mov(world: World) -> Seen:
@@ -511,9 +550,16 @@ CASES: list[Case] = [
          ("notes.png is not an image file",)),
     Case("photo", "a text file named .png", "API", lambda w: run_pipeline(w, "notes.png"),
          ("notes.png is not an image file",)),
+    Case("photo", "a JPEG carrying a second image (MPO)", "CLI", lambda w: animate(w, "camera.jpg"),
+         ("96x80 was resized",), accepted=True),
+    Case("photo", "a JPEG carrying a second image (MPO)", "API", lambda w: run_pipeline(w, "camera.jpg"),
+         ("96x80 was resized",), accepted=True),
 ]
 
 PIPELINE_SETTINGS = "tests/test_pipeline.py::test_bad_settings_are_refused_before_any_model_runs"
+VIDEO_OUTPUTS = "tests/test_video.py::test_every_output_file_is_checked_before_any_work"
+NO_CUDA = "CUDA is not available in this torch build" if torch.version.cuda is None else "sees no GPU"
+LATIN1_PROMPT = b"the red circle moves left, cam\xe9ra".decode("utf-8", "surrogateescape")  # as sys.argv holds it
 PHONE_REFUSALS = "tests/test_phone.py::test_what_a_phone_format_cannot_hold_is_refused_in_one_line_writing_nothing"
 NODE_INTENSITY = "tests/test_nodes.py::test_intensity_outside_1_to_10_is_refused_at_validation_naming_the_range"
 NODE_SETTINGS = "tests/test_nodes.py::test_settings_fed_by_links_are_checked_when_the_node_runs"
@@ -532,8 +578,14 @@ for label, flag, api_name, node_name, value, says, covered in [
      (PIPELINE_SETTINGS, "")),
     ("steps 0", "--steps", "num_inference_steps", "steps", 0, ("steps must be from 1 to 1000", "got 0"),
      (PIPELINE_SETTINGS, NODE_SETTINGS)),
-    ("guidance -1", "--guidance", "guidance_scale", "cfg", -1.0, ("guidance scale must be 0 or more", "7.5 is usual"),
+    ("guidance -1", "--guidance", "guidance_scale", "cfg", -1.0, ("guidance scale must be from 0 to 100", "7.5 is usual"),
      (PIPELINE_SETTINGS, NODE_SETTINGS)),
+    ("guidance 1000", "--guidance", "guidance_scale", "cfg", 1000.0, ("guidance scale must be from 0 to 100", "got 1000"),
+     ("", "")),
+    ("guidance inf", "--guidance", "guidance_scale", "cfg", float("inf"), ("guidance scale must be a finite number",),
+     ("", "")),
+    ("scheduler 'k_lms_turbo'", "--scheduler", "scheduler", "scheduler", "k_lms_turbo",
+     ("unknown scheduler 'k_lms_turbo'", "choose one of: ddim"), ("", "")),
 ]:
     api_covered, node_covered = covered
     CASES += [
@@ -553,6 +605,31 @@ CASES += [
     Case("setting", "a 300-token prompt", "node", lambda w: sample_node(w, positive=w.node.env.text(LONG_PROMPT)),
          ("longer than 75 tokens", "shorten it"),
          covered_by="tests/test_nodes.py::test_a_300_token_prompt_is_refused_by_text_reweight_and_by_the_sampler"),
+    Case("setting", "height 0", "CLI", lambda w: animate(w, "photo.png", PROMPT, "--size", "0", "64"),
+         ("height must be a multiple of 8 from 64 to 1024", "got 0")),
+    Case("setting", "height 0", "API", lambda w: run_pipeline(w, height=0),
+         ("height must be a multiple of 8 from 64 to 1024", "got 0"), covered_by=PIPELINE_SETTINGS),
+    Case("setting", "seed, frames, steps, intensity as numpy integers", "API",
+         lambda w: run_pipeline(w, seed=np.int64(3), num_frames=np.int32(2), num_inference_steps=np.uint8(1),
+                                intensity=np.int16(4)), accepted=True),
+    Case("setting", "seed, frames, steps, intensity as numpy integers", "node",
+         lambda w: sample_node(w, seed=np.int64(3), frames=np.int32(2), steps=np.uint8(1), intensity=np.int16(4)),
+         accepted=True),
+    Case("setting", "a prompt with a byte that is not UTF-8 (typed in a Latin-1 shell)", "CLI",
+         lambda w: animate(w, "photo.png", LATIN1_PROMPT), ("the prompt holds the byte 0xe9", "pass UTF-8 text")),
+    Case("setting", "a prompt with a byte that is not UTF-8 (typed in a Latin-1 shell)", "API",
+         lambda w: run_pipeline(w, prompt=LATIN1_PROMPT), ("the prompt holds the byte 0xe9", "pass UTF-8 text"),
+         covered_by=PIPELINE_SETTINGS),
+    Case("setting", "a prompt with a lone surrogate (from a JSON escape)", "node",
+         lambda w: text_reweight_node(w, "move \ud800 left"),
+         ("the text holds a lone surrogate U+D800", "pass UTF-8 text")),
+    # A GPU machine takes --device cuda; these rows are for the torch builds that cannot.
+    *([] if torch.cuda.is_available() else [
+        Case("setting", "--device cuda on a torch without CUDA", "CLI",
+             lambda w: animate(w, "photo.png", PROMPT, "--device", "cuda"), ("device cuda: ", NO_CUDA)),
+        Case("setting", "--device cuda on a torch without CUDA", "API", lambda w: load_api(w, device="cuda"),
+             ("device cuda: ", NO_CUDA), bad_file="base.safetensors"),  # refused before any weights are read
+    ]),
     Case("setting", "an empty prompt", "CLI", lambda w: animate(w, "photo.png", ""), accepted=True),
     Case("setting", "an empty prompt", "API", lambda w: run_pipeline(w, prompt=""), accepted=True,
          covered_by="tests/test_pipeline.py::test_empty_and_non_ascii_prompts_work"),
@@ -587,6 +664,35 @@ CASES += [
     Case("video", "--max-frames 1", "CLI",
          lambda w: cli(w, "intensity", w.videos / "one_frame.mp4", "--max-frames", "1"),
          ("--max-frames must be 2 or more", "got 1")),
+    # --- outputs that cannot be written: refused before the model loads ---
+    Case("output", "its folder does not exist", "CLI", lambda w: animate_over(w, no_files, "nowhere/clip.webp"),
+         ("out/nowhere does not exist", "create it first")),
+    Case("output", "its folder is a file", "CLI",
+         lambda w: animate_over(w, lambda d: (d / "notes.txt").write_text("x"), "notes.txt/clip.webp"),
+         ("notes.txt is a file, not a folder", "choose another folder")),
+    Case("output", "a dangling symbolic link, with --overwrite", "CLI",
+         lambda w: animate_over(w, lambda d: replace_with_link(d / "link.webp", d / "gone.webp"), "link.webp",
+                                "--overwrite"),
+         ("link.webp is a symbolic link to", "gone.webp, which does not exist", "remove the link")),
+    Case("output", "a folder, with --overwrite", "CLI",
+         lambda w: animate_over(w, lambda d: (d / "folder.mp4").mkdir(exist_ok=True), "folder.mp4", "--overwrite"),
+         ("folder.mp4 is a folder", "give a file name")),
+    Case("output", "its settings sidecar OUT.json exists", "CLI",
+         lambda w: animate_over(w, lambda d: (d / "sidecar.webp.json").write_text("{}"), "sidecar.webp"),
+         ("sidecar.webp.json already exists (the settings sidecar of sidecar.webp)", "pass --overwrite")),
+    Case("output", "it exists", "CLI",
+         lambda w: animate_over(w, lambda d: (d / "taken.gif").write_bytes(b"precious"), "taken.gif"),
+         ("taken.gif already exists", "pass --overwrite")),
+    Case("output", "its folder does not exist", "API", lambda w: write_over(w, no_files, "nowhere/clip.webp"),
+         ("out/nowhere does not exist", "create it first"), covered_by=f"{VIDEO_OUTPUTS}[missing folder]"),
+    Case("output", "a dangling symbolic link, with overwrite=True", "API",
+         lambda w: write_over(w, lambda d: replace_with_link(d / "link.webp", d / "gone.webp"), "link.webp", True),
+         ("link.webp is a symbolic link to", "which does not exist", "remove the link"),
+         covered_by=f"{VIDEO_OUTPUTS}[dangling symlink]"),
+    Case("output", "its settings sidecar OUT.json exists", "API",
+         lambda w: write_over(w, lambda d: (d / "sidecar.webp.json").write_text("{}"), "sidecar.webp"),
+         ("sidecar.webp.json already exists (the settings sidecar of sidecar.webp)", "pass --overwrite"),
+         covered_by=f"{VIDEO_OUTPUTS}[existing sidecar]"),
     # --- phone live photos (issue 19) ---
     Case("output", "NAME.motionphoto.jpg (not the Motion Photo filename pattern)", "CLI",
          lambda w: animate_to(w, "clip.motionphoto.jpg"), ("clip.motionphoto.jpg", "must end in MP.jpg", "NAME.MP.jpg")),
@@ -623,6 +729,8 @@ def check(world: World, case: Case) -> Seen:
     for words in case.says:
         assert words in seen.text, (words, seen.text)
     if case.accepted:
+        if case.front_end == "node":  # the recorder sees the loads it is there to catch
+            assert watch.device_loads, "an accepted node run loaded no model onto the device"
         return seen
     assert "\n" not in seen.text and seen.text.strip() == seen.text
     assert watch.denoising == [], f"refused only after {watch.denoising}"
@@ -631,7 +739,7 @@ def check(world: World, case: Case) -> Seen:
     if case.front_end == "CLI" and case.group in ("photo", "setting", "output") and not case.after_loading:
         assert watch.pipelines_loaded == [], "the model was loaded before the refusal"
     if case.front_end == "node" and case.group in ("photo", "setting"):
-        assert watch.device_loads == [] if hasattr(watch, "device_loads") else True
+        assert watch.device_loads == [], "the model was loaded onto the device before the refusal"
     return seen
 
 

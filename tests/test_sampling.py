@@ -181,3 +181,50 @@ def test_v_prediction_converts_to_epsilon():
     xt = alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps
     v = alpha.sqrt() * eps - (1 - alpha).sqrt() * x0
     torch.testing.assert_close(to_epsilon(v, xt, alpha, "v_prediction"), eps)
+
+
+def overflowing_from_call(unet, first_bad: int):
+    """A forward hook that makes the UNet's prediction infinite from its `first_bad`-th call on (1-based)."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        return torch.full_like(output, float("inf")) if len(calls) >= first_bad else output
+
+    return unet.register_forward_hook(hook), calls
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_latents_that_stop_being_finite_stop_the_sampling_naming_the_settings(model, inputs, name):
+    """Whatever the scheduler, the step whose latents hold NaN or inf is the last: one line names the settings
+    that push a model there, and no later step (nor the callback of the bad one) runs."""
+    reference, text, uncond, content = inputs
+    cond = build_conditioning(text, uncond, content, conditioning_channels(reference, F, torch.tensor([5.0])))
+    scheduler = make_scheduler(name, SD_SCHEDULER, "epsilon")
+    hook, calls = overflowing_from_call(model.unet, 2)
+    events = []
+    try:
+        with torch.no_grad(), pytest.raises(InvalidInputError) as caught:
+            sample_video(model.unet, torch.randn(1, F, 4, 8, 8), cond, scheduler, 5, 7.5, callback=events.append)
+    finally:
+        hook.remove()
+    message = str(caught.value)
+    assert "latents became NaN or infinite at sampling step" in message
+    assert all(words in message for words in ("guidance scale", "content scale", "prior weights"))
+    bad_step = int(message.split("sampling step ")[1].split()[0])
+    assert [event.step for event in events] == list(range(1, bad_step))  # the bad step reports no progress
+    assert len(calls) <= 2 * bad_step  # Heun calls the UNet twice a step; nothing ran past the bad step
+
+
+def test_an_inversion_that_stops_being_finite_stops_at_that_step(model, inputs):
+    reference, text, _, content = inputs
+    cond = build_conditioning(text, None, content, conditioning_channels(reference, 1, torch.tensor([5.0])))
+    scheduler = make_scheduler("ddim", SD_SCHEDULER, "epsilon")
+    hook, calls = overflowing_from_call(model.unet, 3)
+    try:
+        with torch.no_grad(), pytest.raises(InvalidInputError, match="NaN or infinite at inversion step 3 of 10"):
+            ddim_invert(model.unet, reference[:, None], cond, scheduler.alphas_cumprod,
+                        inversion_timesteps(900, 10), "epsilon")
+    finally:
+        hook.remove()
+    assert len(calls) == 3

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageSequence
 
 from livephoto_core import fileio, video
-from livephoto_core.errors import InvalidInputError, OutputExistsError
+from livephoto_core.errors import InvalidInputError, LivePhotoError, OutputExistsError
 from livephoto_core.fileio import atomic_write, atomic_write_all
 from livephoto_core.video import (
     SUPPORTED_EXTENSIONS,
@@ -232,6 +232,47 @@ def test_existing_sidecar_is_refused_too(tmp_path):
     with pytest.raises(OutputExistsError, match="out.gif.json already exists"):
         write_video(palette_clip(), tmp_path / "out.gif", metadata=METADATA)
     assert not (tmp_path / "out.gif").exists()
+
+
+@pytest.mark.parametrize(
+    "lay_out, name, overwrite, words",
+    [
+        (lambda d: None, "nowhere/out.webp", True, "folder {d}/nowhere does not exist; create it first"),
+        (lambda d: (d / "file").write_text("x"), "file/out.gif", True, "{d}/file is a file, not a folder"),
+        (lambda d: (d / "out.mp4").symlink_to(d / "gone.mp4"), "out.mp4", True,
+         "{d}/out.mp4 is a symbolic link to {d}/gone.mp4, which does not exist; remove the link"),
+        (lambda d: (d / "out.webp").mkdir(), "out.webp", True, "{d}/out.webp is a folder; give a file name"),
+        (lambda d: (d / "out.webp.json").symlink_to(d / "gone"), "out.webp", True, "out.webp.json (the settings "
+         "sidecar of out.webp) is a symbolic link"),
+        (lambda d: (d / "out.gif.json").write_text("{}"), "out.gif", False, "{d}/out.gif.json already exists (the "
+         "settings sidecar of out.gif); pass --overwrite"),
+        (lambda d: (d / "clip.mov").write_text("x"), "clip.livephoto", False, "{d}/clip.mov already exists (the "
+         "video of the Live Photo clip.livephoto)"),
+        (lambda d: (d / "clip.MP.jpg").mkdir(), "clip.MP.jpg", True, "{d}/clip.MP.jpg is a folder"),
+    ],
+    ids=["missing folder", "folder is a file", "dangling symlink", "a folder", "sidecar a dangling symlink",
+         "existing sidecar", "existing Live Photo video", "Motion Photo a folder"],
+)
+def test_every_output_file_is_checked_before_any_work(tmp_path, monkeypatch, lay_out, name, overwrite, words):
+    """check_output, which the CLI runs before loading the model, and write_video before encoding: the same
+    check for every file written (video, phone files, sidecar), whether or not metadata is given."""
+    lay_out(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    calls = []
+    monkeypatch.setattr(video, "frames_to_uint8", lambda frames: calls.append(frames))  # the first step of the work
+    for check in (lambda: video.check_output(tmp_path / name, overwrite),
+                  lambda: write_video(palette_clip(), tmp_path / name, overwrite=overwrite),
+                  lambda: write_video(palette_clip(), tmp_path / name, metadata=METADATA, overwrite=overwrite)):
+        with pytest.raises(LivePhotoError) as caught:
+            check()
+        assert words.format(d=tmp_path) in str(caught.value)
+    assert calls == [] and sorted(os.listdir(tmp_path)) == before
+
+
+def test_the_output_check_is_part_of_the_api():
+    import livephoto_core
+
+    assert livephoto_core.check_output is video.check_output
 
 
 def test_overwrite_replaces_file_and_sidecar(tmp_path):
@@ -511,8 +552,9 @@ def test_write_video_refusals(tmp_path):
         write_video(np.zeros((0, 8, 8, 3)), tmp_path / "out.webp")
     with pytest.raises(InvalidInputError, match="NaN"):
         write_video(np.full((2, 8, 8, 3), np.nan), tmp_path / "out.webp")
-    with pytest.raises(InvalidInputError, match="fps"):
-        write_video(palette_clip(), tmp_path / "out.webp", fps=0)
+    for fps in (0, 0.001, 61, float("inf"), float("nan"), True):  # 0.001: a WebP frame longer than 24 bits of ms
+        with pytest.raises(InvalidInputError, match="^fps must be (a number|a finite number|from 1 to 60)"):
+            write_video(palette_clip(), tmp_path / "out.webp", fps=fps)
     assert os.listdir(tmp_path) == []
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 
+from ..checks import check_device
 from ..config import LivePhotoConfig
 from ..errors import ModelFileError
 from ..model import LivePhotoModel
@@ -47,6 +48,7 @@ def load_pipeline(
 ) -> LivePhotoPipeline:
     """Load every part from local paths (the bundled demo model when `livephoto` is None).
     `low_memory`: see LivePhotoPipeline."""
+    device = check_device(device)  # before the loading, which takes a while for real models
     checkpoint = Path(livephoto) if livephoto is not None else demo_checkpoint()
     config, state = read_livephoto_checkpoint(checkpoint)
     bundled = checkpoint.parent
