@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..defaults import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from ..errors import InvalidInputError
 
 # LivePhotoConfig fields that training derives from the data and the base; the others may be set
@@ -112,8 +113,8 @@ class ValidationConfig:
     levels: list[int] = field(default_factory=lambda: [2, 5, 8])
     photo: str | None = None  # default: frame 0 of the first validation video
     prompt: str | None = None  # default: that video's caption
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
+    num_inference_steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     seed: int = 0
     loss_clips: int = 0  # held-out clips for a fixed-noise validation loss; 0: none
 
