@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "Motion Photo) or NAME.livephoto (Apple Live Photo: NAME.jpg + NAME.mov); default: "
                          "IMAGE_livephoto.webp")
     animate.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    animate.add_argument("--fps", type=float, help="playback rate of the output (default: the model's, 8 for the demo "
+                         "model); the frames are the same, only their timing changes")
+    animate.add_argument("--ping-pong", action="store_true", help="play the frames forward then back, for a loop "
+                         "with no jump (2F - 2 frames)")
     animate.add_argument("--base", help="SD-1.5 base: a single .safetensors/.ckpt file or a diffusers folder")
     animate.add_argument("--livephoto", help="LivePhoto checkpoint (.safetensors); default: the bundled demo model")
     animate.add_argument("--motion-module", help="AnimateDiff motion module, for checkpoints trained on a frozen one")
@@ -95,7 +99,7 @@ def run_animate(args) -> int:
 
     from .loading.assemble import load_pipeline
     from .phone import phone_format, written_files
-    from .video import write_video
+    from .video import ping_pong, write_video
 
     output, intensity, photo = check_before_loading(args)
     quiet_library_progress()
@@ -121,10 +125,12 @@ def run_animate(args) -> int:
                 "measured_mean_ssim": result.intensity.mean_ssim,
                 "token_weights": [[token, round(weight, 4)] for token, weight in result.token_weights]}
     still = args.image if phone_format(output) else None  # the photo itself, at its own resolution
-    write_video(result.frames, output, fps=result.settings["fps"], metadata=metadata, overwrite=args.overwrite,
-                still=still)
+    fps = result.settings["fps"] if args.fps is None else args.fps
+    frames = ping_pong(result.frames) if args.ping_pong else result.frames
+    metadata.update(playback_fps=fps, ping_pong=args.ping_pong)
+    write_video(frames, output, fps=fps, metadata=metadata, overwrite=args.overwrite, still=still)
     weights = " ".join(f"{token}:{weight:.2f}" for token, weight in result.token_weights)
-    print(f"wrote {' + '.join(map(str, written_files(output)))} ({len(result.frames)} frames, "
+    print(f"wrote {' + '.join(map(str, written_files(output)))} ({len(frames)} frames at {fps:g} fps, "
           f"seed {result.settings['seed']}, asked intensity {intensity}, "
           f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))")
     print(f"token weights: {weights}")
@@ -139,6 +145,7 @@ def check_before_loading(args):
     from .checks import (
         check_content_scale,
         check_device,
+        check_fps,
         check_frames,
         check_guidance,
         check_seed,
@@ -172,6 +179,8 @@ def check_before_loading(args):
         check_seed(args.seed)
     if args.size is not None:
         check_size(*args.size)
+    if args.fps is not None:
+        check_fps(args.fps)
     return output, intensity, load_image(args.image)
 
 

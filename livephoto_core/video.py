@@ -103,6 +103,12 @@ def frames_to_uint8(frames) -> np.ndarray:
     return np.rint(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def ping_pong(frames: torch.Tensor) -> torch.Tensor:
+    """The frames [F, ...] forward, then back without repeating either end: [0 1 2 3] -> [0 1 2 3 2 1],
+    a loop with no jump from the last frame to the first."""
+    return torch.cat([frames, frames.flip(0)[1:-1]]) if len(frames) >= 3 else frames
+
+
 def write_video(
     frames,
     path: str | os.PathLike,

@@ -328,6 +328,11 @@ class LivePhotoSampler(io.ComfyNode):
                     display_name="latent",
                     tooltip="The frames as raw latents [frames, 4, h, w]; VAEDecode turns them into an IMAGE batch.",
                 ),
+                io.Float.Output(
+                    display_name="fps",
+                    tooltip="The playback rate the checkpoint was trained at: connect it to the fps of Save Animated "
+                    "WEBP or Create Video (or set your own there).",
+                ),
             ],
         )
 
@@ -367,4 +372,4 @@ class LivePhotoSampler(io.ComfyNode):
         )
         latents = generate_latents(model, request, NodeProgress(steps))
         samples = latents[0].float() / handle.latent_scale
-        return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())})
+        return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())}, float(config.fps))

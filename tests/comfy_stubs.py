@@ -603,10 +603,13 @@ class NodeEnv:
     def text(self, prompt):
         return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(prompt))
 
-    def sample(self, handle=None, **overrides):
-        inputs = dict(
+    def sample_inputs(self, handle=None) -> dict:
+        return dict(
             livephoto_model=handle or self.handle, positive=self.text("the red circle moves left"),
             negative=self.text(""), reference=self.default_reference, photo=self.default_photo, intensity=5, frames=4,
             steps=2, cfg=7.5, seed=3, scheduler="ddim", content_scale=1.0,
         )
-        return self.run("LivePhotoSampler", **{**inputs, **overrides})[0]
+
+    def sample(self, handle=None, **overrides):
+        """The sampler's latent output."""
+        return self.run("LivePhotoSampler", **{**self.sample_inputs(handle), **overrides})[0]

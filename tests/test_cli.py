@@ -47,6 +47,18 @@ def test_animate_writes_the_video_with_its_settings(tiny_files, photo, tmp_path,
     assert "wrote" in capsys.readouterr().out
 
 
+def test_fps_and_ping_pong_change_the_timing_and_order_only(tiny_files, photo, tmp_path, capsys):
+    plain, looped = tmp_path / "plain.webp", tmp_path / "looped.webp"
+    assert animate(tiny_files, photo, "--seed", "5", "-o", str(plain)) == 0
+    assert animate(tiny_files, photo, "--seed", "5", "--fps", "12", "--ping-pong", "-o", str(looped)) == 0
+    forward, both = read_video(plain), read_video(looped)
+    assert both.fps == pytest.approx(12, rel=0.01) and forward.fps == pytest.approx(8, rel=0.01)  # whole ms per frame
+    np.testing.assert_array_equal(both.frames, forward.frames[[0, 1, 2, 1]])  # 3 frames -> 0 1 2 1
+    metadata = read_metadata(looped)
+    assert metadata["playback_fps"] == 12 and metadata["ping_pong"] is True and metadata["fps"] == 8
+    assert "4 frames at 12 fps" in capsys.readouterr().out
+
+
 def test_low_memory_gives_the_same_video(tiny_files, photo, tmp_path, monkeypatch):
     import livephoto_core.loading.assemble as loading
 
@@ -150,6 +162,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_loading(tiny_files, p
         (["--guidance", "1e6"], "guidance scale must be from 0 to 100"),
         (["--guidance", "nan"], "guidance scale must be a finite number"),
         (["--negative", "blur\udce9"], "the negative prompt holds the byte 0xe9"),
+        (["--fps", "0"], "fps must be from"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_before_loading(tiny_files, photo, tmp_path, capsys, monkeypatch, extra,

@@ -312,8 +312,9 @@ def test_a_prior_must_match_the_samplers_model_latent_intensity_and_schedule(env
 # --- sampler: output, progress, cancel ---------------------------------------------------------------
 
 
-def test_the_sampler_gives_raw_latents_with_frames_in_the_batch_axis(env):
-    latent = env.sample(frames=4)
+def test_the_sampler_gives_raw_latents_with_frames_in_the_batch_axis_and_the_playback_rate(env):
+    latent, fps = env.run("LivePhotoSampler", **{**env.sample_inputs(), "frames": 4})
+    assert fps == float(env.handle.model.config.fps) and isinstance(fps, float)
     assert set(latent) == {"samples"}
     assert latent["samples"].shape == (4, 4, 8, 8) and latent["samples"].dtype == torch.float32
     frames = env.vae.decode(latent["samples"])
