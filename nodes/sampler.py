@@ -143,21 +143,12 @@ def photo_conditioning(
     )
 
 
-def check_prior(prior: NodePrior, handle: LivePhotoModelHandle, reference: torch.Tensor, intensity: int,
-                scheduler: str, steps: int) -> None:
+def check_prior(prior: NodePrior, handle: LivePhotoModelHandle, reference: torch.Tensor) -> None:
+    """A prior belongs to one model and one reference latent; its intensity, scheduler and steps are
+    the sampler's own when it is connected (set once, on Prior Inversion)."""
     if prior.model_token != handle.token:
         raise InvalidInputError(
             "the prior was inverted with another LivePhoto model; give Prior Inversion the sampler's LIVEPHOTO_MODEL"
-        )
-    if (prior.scheduler, prior.steps) != (scheduler, steps):
-        raise InvalidInputError(
-            f"the prior was inverted for {prior.scheduler} with {prior.steps} steps but the sampler runs {scheduler} "
-            f"with {steps}: give Prior Inversion the sampler's scheduler and steps"
-        )
-    if prior.intensity != intensity:
-        raise InvalidInputError(
-            f"the prior was inverted at intensity {prior.intensity} but the sampler's intensity is {intensity}: "
-            f"set the same intensity on both (one Prior Inversion per intensity)"
         )
     if prior.reference.shape != reference.shape or not torch.equal(prior.reference, reference.to(prior.reference)):
         raise InvalidInputError(
@@ -196,10 +187,14 @@ def _photo_input():
     )
 
 
-def _intensity_input():
+# The sampler's intensity, steps and scheduler when a prior is connected: the prior's, set on Prior Inversion.
+PRIOR_WINS = " With a prior connected, the prior's value is used (set it on Prior Inversion)."
+
+
+def _intensity_input(note: str = ""):
     return io.Int.Input(
         "intensity", default=DEFAULT_INTENSITY, min=1, max=LEVELS,
-        tooltip="Motion intensity: 1 = nearly still, 10 = the most motion.",
+        tooltip="Motion intensity: 1 = nearly still, 10 = the most motion." + note,
     )
 
 
@@ -298,12 +293,12 @@ class LivePhotoSampler(io.ComfyNode):
                 ),
                 _reference_input(),
                 _photo_input(),
-                _intensity_input(),
+                _intensity_input(PRIOR_WINS),
                 io.Int.Input(
                     "frames", default=DEFAULT_NUM_FRAMES, min=MIN_FRAMES, max=128,
                     tooltip="Number of frames; at most what the checkpoint's motion modules handle (32 for AnimateDiff's).",
                 ),
-                _steps_input("Denoising steps."),
+                _steps_input("Denoising steps." + PRIOR_WINS),
                 io.Float.Input(
                     "cfg", default=DEFAULT_GUIDANCE_SCALE, min=0.0, max=MAX_GUIDANCE, step=0.1, round=0.01,
                     tooltip="Classifier-free guidance scale; 1 or less turns guidance (and the negative prompt) off.",
@@ -312,7 +307,7 @@ class LivePhotoSampler(io.ComfyNode):
                     "seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
                     tooltip="Seed of the starting noise; the same seed and settings give the same frames.",
                 ),
-                _scheduler_input("The denoising schedule."),
+                _scheduler_input("The denoising schedule." + PRIOR_WINS),
                 io.Float.Input(
                     "content_scale", default=DEFAULT_CONTENT_SCALE, min=0.0, max=MAX_CONTENT_SCALE, step=0.05,
                     tooltip="Strength of the photo's DINOv2 tokens; 1 is what the model was trained with, 0 turns them off.",
@@ -346,6 +341,8 @@ class LivePhotoSampler(io.ComfyNode):
                 prior: NodePrior | None = None) -> io.NodeOutput:
         handle = livephoto_model
         config = handle.model.config
+        if prior is not None:  # one place for each setting: the prior's, which it was inverted with
+            intensity, scheduler, steps = prior.intensity, prior.scheduler, prior.steps
         # Every check before any model runs.
         intensity = validate_level(intensity, config.intensity_levels)
         frames = check_frames(frames, handle.model.unet.max_frames)
@@ -359,7 +356,7 @@ class LivePhotoSampler(io.ComfyNode):
         positive = single_prompt(positive, config.cross_attention_dim, "positive")
         negative = single_prompt(negative, config.cross_attention_dim, "negative")
         if prior is not None:
-            check_prior(prior, handle, latent, intensity, scheduler, steps)
+            check_prior(prior, handle, latent)
 
         guided = cfg > 1  # as LivePhotoPipeline: no unconditional branch without guidance
         model = handle.load(sampling_memory(frames, *latent.shape[-2:], guided, handle.model.dtype))

@@ -288,23 +288,23 @@ def test_conditioning_the_sampler_cannot_honour_is_refused(env):
         env.sample(positive=[[torch.zeros(1, 77, 2048), {"pooled_output": torch.zeros(1, 1280)}]])
 
 
-def test_a_prior_must_match_the_samplers_model_latent_intensity_and_schedule(env):
+def test_a_connected_prior_sets_intensity_steps_and_scheduler_and_must_match_model_and_latent(env):
     handle, photo = env.handle, env.default_photo
     reference = env.default_reference
     prior = env.run(
         "LivePhotoPriorInversion", livephoto_model=handle, clip=env.clip, reference=reference, photo=photo,
-        intensity=5, steps=2, scheduler="ddim", start=0.033, end=0.016,
+        intensity=7, steps=2, scheduler="euler", start=0.033, end=0.016,
     )[0]
-    env.sample(handle, photo=photo, reference=reference, prior=prior)
-    for overrides, message in [
-        (dict(intensity=7), "inverted at intensity 5 but the sampler's intensity is 7"),
-        (dict(steps=3), "inverted for ddim with 2 steps but the sampler runs ddim with 3"),
-        (dict(scheduler="euler"), "give Prior Inversion the sampler's scheduler and steps"),
-        (dict(photo=env.photo(seed=1), reference=env.encode(env.photo(seed=1))), "from another reference latent"),
-    ]:
-        inputs = {**dict(photo=photo, reference=reference, prior=prior), **overrides}
-        with pytest.raises(env.errors.InvalidInputError, match=message):
-            env.sample(handle, **inputs)
+    # One place for each setting: the prior's intensity, steps and scheduler win over the sampler's widgets.
+    with_prior = dict(photo=photo, reference=reference, prior=prior)
+    expected = env.sample(handle, **with_prior, intensity=7, steps=2, scheduler="euler")["samples"]
+    for widgets in (dict(intensity=3), dict(steps=9), dict(scheduler="ddim")):
+        torch.testing.assert_close(env.sample(handle, **with_prior, **widgets)["samples"], expected, atol=0, rtol=0)
+    assert not torch.equal(env.sample(handle, photo=photo, reference=reference, intensity=7, steps=2,
+                                      scheduler="euler")["samples"], expected)  # the prior itself is used
+    other = env.photo(seed=1)
+    with pytest.raises(env.errors.InvalidInputError, match="from another reference latent"):
+        env.sample(handle, photo=other, reference=env.encode(other), prior=prior)
     with pytest.raises(env.errors.InvalidInputError, match="another LivePhoto model"):
         env.sample(env.load(dtype="fp32", model=env.stand_in()), photo=photo, reference=reference, prior=prior)
 
