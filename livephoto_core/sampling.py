@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -46,6 +46,10 @@ class ProgressEvent:
     phase: str  # "inversion" or "sampling"
     step: int  # steps done, 1..total
     total: int
+    # Sampling only: the video so far as scaled latents [B, F, 4, h, w], for live previews: the
+    # scheduler's prediction of the clean latents where it gives one (DDIM, Euler, LMS), else the
+    # latents after this step. A view of the loop's tensors: copy it to keep it.
+    preview: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 # Called after every step. To cancel, raise (livephoto_core.Cancelled, or the front end's own
@@ -173,8 +177,11 @@ def sample_video(
     for step, (timestep, unet_timestep) in enumerate(zip(timesteps, unet_timesteps), start=1):
         model_input = scheduler.scale_model_input(latents, timestep)
         prediction = guided_prediction(unet, model_input, unet_timestep, cond, guidance_scale)
-        latents = scheduler.step(prediction, timestep, latents, return_dict=False, **step_kwargs)[0]
-        event = ProgressEvent("sampling", step, len(timesteps))
+        # diffusers' step returns (prev_sample,) or (prev_sample, pred_original_sample).
+        outputs = scheduler.step(prediction, timestep, latents, return_dict=False, **step_kwargs)
+        latents = outputs[0]
+        clean = outputs[1] if len(outputs) > 1 and outputs[1] is not None else latents
+        event = ProgressEvent("sampling", step, len(timesteps), clean)
         check_finite(latents, event)
         if callback is not None:
             callback(event)

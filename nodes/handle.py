@@ -13,9 +13,11 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
+import latent_preview
 import torch
 
 from ..livephoto_core.model import LivePhotoModel
@@ -78,11 +80,23 @@ def sampling_memory(num_frames: int, latent_height: int, latent_width: int, guid
 
 
 class NodeProgress:
-    """The core's per-step callback inside a node: advances ComfyUI's progress bar, honours Cancel."""
+    """The core's per-step callback inside a node: advances ComfyUI's progress bar with a live preview
+    of the middle frame, as KSampler previews its batch, and honours Cancel.
+
+    The preview goes through ComfyUI's own previewer for SD-1.5 latents, so the user's preview
+    setting holds: none, latent2rgb or TAESD (with taesd_decoder in models/vae_approx)."""
 
     def __init__(self, total: int):
         self.bar = comfy.utils.ProgressBar(total)
+        self.previewer = latent_preview.get_previewer(
+            comfy.model_management.get_torch_device(), comfy.latent_formats.SD15()
+        )
 
     def __call__(self, event: ProgressEvent) -> None:
-        self.bar.update_absolute(event.step, event.total)
+        image = None
+        if self.previewer is not None and event.preview is not None:
+            frames = event.preview[0]  # [F, 4, h, w], scaled as ComfyUI's SD-1.5 latents are
+            middle = len(frames) // 2
+            image = self.previewer.decode_latent_to_preview_image("JPEG", frames[middle : middle + 1].float())
+        self.bar.update_absolute(event.step, event.total, image)
         comfy.model_management.throw_exception_if_processing_interrupted()

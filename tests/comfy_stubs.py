@@ -215,6 +215,27 @@ class ModelManagement(types.ModuleType):
             raise InterruptProcessingException()
 
 
+class LatentFormatSD15:
+    """comfy.latent_formats.SD15: what the previewer reads of it."""
+
+    latent_channels = 4
+
+
+class RecordingPreviewer:
+    """latent_preview's previewer stand-in: the "image" is the latent it was given, recorded."""
+
+    def decode_latent_to_preview_image(self, preview_format, x0):
+        return (preview_format, x0.clone())
+
+
+def get_previewer(device, latent_format):
+    """latent_preview.get_previewer: None when the user's preview method is none (get_previewer.method)."""
+    return None if get_previewer.method == "none" else RecordingPreviewer()
+
+
+get_previewer.method = "auto"
+
+
 class ProgressBar:
     """comfy.utils.ProgressBar; every update is recorded in ``ProgressBar.updates`` (the server's hook)."""
 
@@ -223,11 +244,15 @@ class ProgressBar:
     def __init__(self, total, node_id=None):
         self.total, self.current = total, 0
 
+    previews: list = []  # the preview of every update that had one
+
     def update_absolute(self, value, total=None, preview=None):
         if total is not None:
             self.total = total
         self.current = min(value, self.total)
         ProgressBar.updates.append((self.current, self.total))
+        if preview is not None:
+            ProgressBar.previews.append(preview)
 
     def update(self, value):
         self.update_absolute(self.current + value, self.total)
@@ -475,11 +500,17 @@ def stubbed_comfyui(models_dir: Path):
     patcher = types.ModuleType("comfy.model_patcher")
     patcher.ModelPatcher = ModelPatcher
     supported = _supported_models()
+    formats = types.ModuleType("comfy.latent_formats")
+    formats.SD15 = LatentFormatSD15
+    previews = types.ModuleType("latent_preview")
+    previews.get_previewer = get_previewer
     comfy.model_management, comfy.utils, comfy.model_patcher, comfy.supported_models = management, utils, patcher, supported
+    comfy.latent_formats = formats
     folders = _folder_paths(models_dir)
     modules = {
         "comfy": comfy, "comfy.model_management": management, "comfy.utils": utils, "comfy.model_patcher": patcher,
-        "comfy.supported_models": supported, "folder_paths": folders, **_comfy_api_modules(),
+        "comfy.supported_models": supported, "comfy.latent_formats": formats, "latent_preview": previews,
+        "folder_paths": folders, **_comfy_api_modules(),
     }
     before = set(sys.modules)
     saved = {name: sys.modules[name] for name in modules if name in sys.modules}

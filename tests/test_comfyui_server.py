@@ -183,6 +183,7 @@ class Events:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         self.buffer = b""
+        self.binary: list[bytes] = []  # binary messages: the server's preview images
         while b"\r\n\r\n" not in self.buffer:
             self.buffer += self.socket.recv(4096)
         head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
@@ -198,7 +199,8 @@ class Events:
         return data
 
     def next(self, timeout: float) -> dict | None:
-        """The next JSON message, or None when `timeout` passes first. Binary frames (previews) are skipped."""
+        """The next JSON message, or None when `timeout` passes first. Binary frames (previews) are kept
+        in `binary`."""
         self.socket.settimeout(timeout)
         try:
             while True:
@@ -211,6 +213,8 @@ class Events:
                 payload = self._read(length)
                 if first & 0x0F == 1:
                     return json.loads(payload)
+                if first & 0x0F == 2:
+                    self.binary.append(payload)
         except (socket.timeout, TimeoutError):
             return None
 
@@ -224,8 +228,9 @@ class Comfy:
         self.client_id = uuid.uuid4().hex
         self.events = Events(server.port, self.client_id)
 
-    def submit(self, workflow: dict) -> str:
-        status, body = self.rw.http_json(self.url, "/prompt", {"prompt": workflow, "client_id": self.client_id})
+    def submit(self, workflow: dict, extra_data: dict | None = None) -> str:
+        request = {"prompt": workflow, "client_id": self.client_id, **({"extra_data": extra_data} if extra_data else {})}
+        status, body = self.rw.http_json(self.url, "/prompt", request)
         assert status == 200, self.rw.format_refusal(body)
         return body["prompt_id"]
 
@@ -250,9 +255,9 @@ class Comfy:
                 return history[prompt_id], seen
             time.sleep(0.1)
 
-    def run(self, workflow: dict, name: str) -> tuple[dict, list[dict]]:
+    def run(self, workflow: dict, name: str, extra_data: dict | None = None) -> tuple[dict, list[dict]]:
         started = time.monotonic()
-        entry, events = self.wait(self.submit(workflow))
+        entry, events = self.wait(self.submit(workflow, extra_data))
         assert entry["status"]["status_str"] == "success", self.rw.format_execution_error(entry)
         report(name, time.monotonic() - started)
         print(f"[timing] {name}, per node: {node_seconds(workflow, events)}", flush=True)
@@ -465,6 +470,23 @@ def test_animate(comfy):
             progress.setdefault(event["data"]["node"], []).append((event["data"]["value"], event["data"]["max"]))
     for node in ("8", "9"):  # prior inversion and sampler: from the first step to the last
         assert progress[node][0] == (1, SMALL["steps"]) and progress[node][-1] == (SMALL["steps"], SMALL["steps"])
+
+
+def test_the_sampler_sends_live_previews_when_the_user_asks_for_them(comfy):
+    """KSampler's mechanism: ProgressBar updates carry a JPEG of the middle frame, sent as binary
+    websocket messages; with the preview method "none" (the server's default) none are sent."""
+    workflow = small(api_workflow("animate"))
+    workflow["9"]["inputs"]["seed"] = 101  # not a cached result
+    comfy.events.binary.clear()
+    comfy.run(workflow, "workflow animate, no previews")
+    assert comfy.events.binary == []
+    workflow["9"]["inputs"]["seed"] = 102
+    comfy.run(workflow, "workflow animate, latent2rgb previews", {"preview_method": "latent2rgb"})
+    images = [message for message in comfy.events.binary if b"\xff\xd8\xff" in message[:64]]
+    assert len(images) >= SMALL["steps"], [message[:16] for message in comfy.events.binary]
+    jpeg = images[-1][images[-1].index(b"\xff\xd8\xff"):]
+    width, height = Image.open(io.BytesIO(jpeg)).size
+    assert width == height  # one square frame (ComfyUI scales previews up to its preview size)
 
 
 def test_intensity_sweep(comfy):

@@ -41,6 +41,7 @@ def env(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _fresh_progress(env):
     ProgressBar.updates.clear()
+    ProgressBar.previews.clear()
     env.stubs.model_management.interrupt_processing = False
 
 
@@ -342,8 +343,22 @@ def test_progress_advances_every_step_of_inversion_and_sampling(env):
     )
     assert ProgressBar.updates == [(1, 3), (2, 3), (3, 3)]
     ProgressBar.updates.clear()
+    assert ProgressBar.previews == []  # inversion has no video to show
     env.sample(handle, steps=4)
     assert ProgressBar.updates == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_sampling_previews_the_middle_frame_each_step_unless_previews_are_off(env, monkeypatch):
+    latent = env.sample(env.handle, steps=3, frames=4, scheduler="ddim")["samples"]
+    assert [fmt for fmt, _ in ProgressBar.previews] == ["JPEG"] * 3
+    assert all(x0.shape == (1, 4, 8, 8) for _, x0 in ProgressBar.previews)
+    # The last preview is DDIM's clean prediction of the middle frame, in ComfyUI's scaled latent space.
+    final = ProgressBar.previews[-1][1][0] / env.handle.latent_scale
+    assert (final - latent[2]).abs().mean() < 0.5 * latent[2].abs().mean()
+    ProgressBar.previews.clear()
+    monkeypatch.setattr(env.stubs.pack.nodes.handle.latent_preview.get_previewer, "method", "none")
+    env.sample(env.handle, steps=3)
+    assert ProgressBar.previews == []
 
 
 def test_cancel_stops_within_one_step_and_the_model_stays_usable(env, monkeypatch):

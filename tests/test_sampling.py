@@ -113,6 +113,23 @@ def test_every_scheduler_samples_deterministically(model, inputs, name):
     assert not torch.allclose(first, run(1))
 
 
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_step_reports_a_preview_of_the_video_and_the_last_is_the_result_s_own(model, inputs, name):
+    reference, text, uncond, content = inputs
+    cond = build_conditioning(text, uncond, content, conditioning_channels(reference, F, torch.tensor([5.0])))
+    scheduler = make_scheduler(name, SD_SCHEDULER, "epsilon")
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, F, 4, 8, 8, generator=generator) * scheduler.init_noise_sigma
+    previews = []
+    with torch.no_grad():
+        result = sample_video(model.unet, latents, cond, scheduler, 3, 5.0, generator,
+                              lambda event: previews.append(event.preview.clone()))
+    assert len(previews) >= 3  # Heun and PNDM take more model steps than sampling steps
+    assert all(p.shape == result.shape and torch.isfinite(p).all() for p in previews)
+    # At the last step the scheduler's clean-latent prediction and its output agree up to its final noise.
+    assert (previews[-1] - result).abs().mean() < 0.5 * result.abs().mean()
+
+
 def test_unknown_scheduler_is_refused():
     with pytest.raises(InvalidInputError, match="ddim"):
         make_scheduler("k_lms_turbo", SD_SCHEDULER, "epsilon")
