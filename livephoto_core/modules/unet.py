@@ -136,7 +136,8 @@ def _apply_text_film(film: nn.Linear, _norm: nn.Module, _inputs, features: torch
     text = _FILM_TEXT.get()
     if text is None:
         return features
-    scale, shift = film(text.to(features.dtype)).repeat_interleave(features.shape[0] // text.shape[0], dim=0).chunk(2, dim=1)
+    per_row = film(text.to(features.dtype)).repeat_interleave(features.shape[0] // text.shape[0], dim=0)
+    scale, shift = per_row.chunk(2, dim=1)  # one row per frame: each video's frames are consecutive
     return features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
@@ -168,7 +169,7 @@ def conditioning_channels(reference_latent: torch.Tensor, num_frames: int, inten
 
 def is_trainable_key(name: str) -> bool:
     """The parameters LivePhoto trains inside the UNet: conv_in, motion modules, content attention (and
-    the text's timestep projection, when the model has one)."""
+    the text's timestep projection or FiLM layers, when the model has them)."""
     return (name.startswith(("conv_in.", "time_embedding.cond_proj.")) or ".motion_modules." in name
             or ".processor." in name or ".text_film." in name)
 
@@ -180,6 +181,8 @@ class LivePhotoUNet(nn.Module):
         super().__init__()
         self.motion_unet = unet
         self.num_content_tokens = num_content_tokens
+        # Read once: forward asks every call, and walking the modules costs milliseconds at full size.
+        self.text_film = any(isinstance(m, ResnetBlock2D) and hasattr(m, "text_film") for m in unet.modules())
 
     @classmethod
     def from_unet2d(
@@ -199,10 +202,6 @@ class LivePhotoUNet(nn.Module):
     @property
     def text_time_embedding(self) -> bool:
         return self.motion_unet.time_embedding.cond_proj is not None
-
-    @property
-    def text_film(self) -> bool:
-        return any(isinstance(m, ResnetBlock2D) and hasattr(m, "text_film") for m in self.motion_unet.modules())
 
     # Read off one weight: diffusers' ModelMixin.dtype/.device walk every submodule on each call, which
     # the sampling loop and the pipeline ask for often (milliseconds per call at full size).
