@@ -42,6 +42,10 @@ from ..pipeline import LivePhotoPipeline
 from ..sampling import make_scheduler
 from .base import TrainingBase, load_training_base
 from .batching import HELDOUT_STREAM, ClipStream, FrozenEncoders, clip_generator, draw_timestep, tokenize_captions
+from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
+from .ema import EMA
+from .export import export_model
+from .recipe import TrainConfig
 from .resume import (
     TrainingCheckpoint,
     checkpoint_name,
@@ -53,12 +57,8 @@ from .resume import (
     save_checkpoint,
     set_rng_state,
 )
-from .recipe import TrainConfig
 from .run_log import RunLog, Window
 from .scratch import TimeLimitReached, prepare_scratch_base
-from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
-from .ema import EMA
-from .export import export_model
 from .validation import render_validation, validation_sample
 
 logger = logging.getLogger(__name__)
