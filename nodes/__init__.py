@@ -6,12 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from .estimate import EstimateIntensity
 from .loader import LoadLivePhotoModel
+from .loop import PingPong
 from .paths import register_model_folders
 from .sampler import LivePhotoSampler, PriorInversion
 from .save_for_phone import SaveForPhone
 from .text import TextReweight
 
-NODES = [LoadLivePhotoModel, TextReweight, PriorInversion, LivePhotoSampler, EstimateIntensity, SaveForPhone]
+NODES = [LoadLivePhotoModel, TextReweight, PriorInversion, LivePhotoSampler, EstimateIntensity, SaveForPhone, PingPong]
 
 
 class LivePhotoExtension(ComfyExtension):

@@ -397,7 +397,7 @@ def test_the_nodes_are_registered_with_category_and_tooltips(comfy):
     _, info = comfy.rw.http_json(comfy.url, "/object_info")
     ours = {name: entry for name, entry in info.items() if entry.get("category") == "LivePhoto"}
     assert set(ours) == {"LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
-                         "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone"}
+                         "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong"}
     for name, entry in ours.items():
         for section in ("required", "optional"):
             for input_name, (_, options) in entry["input"].get(section, {}).items():

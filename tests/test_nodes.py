@@ -48,10 +48,10 @@ def _fresh_progress(env):
 # --- registration ----------------------------------------------------------------------------------
 
 
-def test_six_nodes_in_the_livephoto_category_with_a_tooltip_on_every_input_and_output(env):
+def test_seven_nodes_in_the_livephoto_category_with_a_tooltip_on_every_input_and_output(env):
     assert set(env.stubs.nodes) == {
         "LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
-        "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone",
+        "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong",
     }
     for node in env.stubs.nodes.values():
         schema = node.define_schema()
@@ -333,6 +333,14 @@ def test_a_reweighted_conditioning_from_another_model_is_refused(env):
     reweighted = env.run("LivePhotoTextReweight", livephoto_model=other, clip=env.clip, text="red")[0]
     with pytest.raises(env.errors.InvalidInputError, match="reweighted by another LivePhoto model"):
         env.sample(env.handle, positive=reweighted)
+
+
+def test_ping_pong_plays_the_frames_forward_then_back_without_repeating_the_ends(env):
+    frames = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 8, 8, 3)
+    (looped,) = env.run("LivePhotoPingPong", frames=frames).args
+    assert looped[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 2, 1]
+    (two,) = env.run("LivePhotoPingPong", frames=frames[:2]).args
+    assert torch.equal(two, frames[:2])  # nothing to come back through
 
 
 def test_progress_advances_every_step_of_inversion_and_sampling(env):
