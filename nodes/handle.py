@@ -86,11 +86,12 @@ class NodeProgress:
     The preview goes through ComfyUI's own previewer for SD-1.5 latents, so the user's preview
     setting holds: none, latent2rgb or TAESD (with taesd_decoder in models/vae_approx)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, previews: bool = False):
         self.bar = comfy.utils.ProgressBar(total)
+        # Only sampling has a video to show; inversion must not load a TAESD decoder it never uses.
         self.previewer = latent_preview.get_previewer(
             comfy.model_management.get_torch_device(), comfy.latent_formats.SD15()
-        )
+        ) if previews else None
 
     def __call__(self, event: ProgressEvent) -> None:
         image = None

@@ -367,6 +367,6 @@ class LivePhotoSampler(io.ComfyNode):
             schedule=schedule, num_frames=frames, guidance_scale=cfg, seed=seed, content_scale=content_scale,
             prior=None if prior is None else prior.prior,
         )
-        latents = generate_latents(model, request, NodeProgress(steps))
+        latents = generate_latents(model, request, NodeProgress(steps, previews=True))
         samples = latents[0].float() / handle.latent_scale
         return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())}, float(config.fps))
