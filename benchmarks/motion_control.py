@@ -19,6 +19,9 @@ For each model and photo set, one row of:
 - text dependence: the pixel spread between one photo's four direction renders, and the
   caption-swap probe: the denoising loss with the clip's direction word swapped for its opposite,
   relative to the true caption's, at several noise levels (0: the model ignores the word);
+- first-step direction: whether the clean clip the model predicts at the first sampling step, from
+  pure noise, moves as each direction prompt asks (where a render's direction is decided; one UNet
+  call per case, so a quick read while a model trains);
 - token weights: the reweighter's mean weight on motion words and on content words.
 
 Accuracies come with 95 % Wilson intervals.
@@ -356,6 +359,50 @@ def caption_swap_gaps(pipe, workload: Workload, photo_set: str = "toy") -> dict[
     return {t: float(np.mean(v)) for t, v in gaps.items()}
 
 
+def first_step_directions(pipe, workload: Workload, guidance: float, photo_set: str = "toy") -> list[bool]:
+    """Per direction case, whether the clean clip the model predicts at the first sampling step, from
+    pure noise and with guidance, moves as the prompt asks.
+
+    That first step is where a render's direction is decided: later steps read it back from their
+    noisy input. Pure noise holds no trace of any clip, so here the words alone can set the direction
+    (a model trained on a schedule that leaks the clip never learns to). One UNet call per case: a
+    quick read of text-following while a model trains.
+    """
+    import torch
+
+    from livephoto_core.encoding import decode_latents, encode_photo, tokenize
+    from livephoto_core.sampling import build_conditioning, guided_prediction, make_scheduler
+
+    model, config = pipe.model, pipe.config
+    scheduler = make_scheduler("ddim", pipe.scheduler_config, config.prediction_type)
+    scheduler.set_timesteps(25)
+    timestep = scheduler.timesteps[:1]
+    signal = scheduler.alphas_cumprod[timestep].sqrt()
+    noise_level = (1 - scheduler.alphas_cumprod[timestep]).sqrt()
+    generator = torch.Generator().manual_seed(workload.seed)
+    hits = []
+    with torch.no_grad():
+        uncond = pipe.reweighted_text(tokenize(pipe.tokenizer, "")[0])[0]
+        for photo_cases in direction_cases(workload, config.height, config.num_frames, PHOTO_SETS[photo_set]):
+            case = Case(photo_cases[0], photo_set != "toy")
+            pixels = torch.from_numpy(case.reference()).permute(2, 0, 1)[None].float() / 255
+            reference = encode_photo(pipe.vae, pixels).to(model.dtype)
+            content = model.encode_content(pixels)
+            channels = model.conditioning_channels(reference, config.num_frames,
+                                                   torch.tensor([float(workload.direction_level)]))
+            noise = torch.randn((1, config.num_frames, *reference.shape[1:]), generator=generator).to(reference)
+            for spec in photo_cases:
+                text = pipe.reweighted_text(tokenize(pipe.tokenizer, spec.caption)[0])[0]
+                cond = build_conditioning(text, uncond if guidance > 1 else None, content, channels)
+                output = guided_prediction(model.unet, noise, timestep, cond, guidance)
+                if config.prediction_type == "v_prediction":
+                    clean = signal * noise - noise_level * output
+                else:
+                    clean = (noise - noise_level * output) / signal
+                hits.append(moved_as_asked(spec, decode_latents(pipe.vae, clean[0]).numpy()))
+    return hits
+
+
 def token_weight_means(pipe, workload: Workload) -> dict[str, float]:
     """The reweighter's mean weight on motion words and on content words, over the direction and zoom prompts."""
     import torch
@@ -394,13 +441,16 @@ def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guid
         return measure_intensity(frames, thresholds).level
 
     size, frames = pipe.config.height, pipe.config.num_frames
-    result = {"rows": {}, "vae_round_trip_psnr_db": {}, "caption_swap_gap": {}}
+    result = {"rows": {}, "vae_round_trip_psnr_db": {}, "caption_swap_gap": {}, "first_step_direction": {}}
     for photo_set in photo_sets:
         for row in rows:
             scores = evaluate(render, measure_level, workload, size, frames, INVERSION_ROWS[row], photo_set, log)
             result["rows"][f"{photo_set}, {row}"] = scores.summary()
         result["vae_round_trip_psnr_db"][photo_set] = vae_round_trip_psnr(pipe, workload, photo_set)
         result["caption_swap_gap"][photo_set] = caption_swap_gaps(pipe, workload, photo_set)
+        hits = first_step_directions(pipe, workload, guidance, photo_set)
+        result["first_step_direction"][photo_set] = {"accuracy": _mean(hits), "ci95": wilson_interval(hits),
+                                                     "count": len(hits)}
     result["token_weights"] = token_weight_means(pipe, workload)
     return result
 
@@ -417,10 +467,14 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def _accuracy(row: dict, key: str) -> str:
-    value, interval = row[f"{key}_accuracy"], row[f"{key}_ci95"]
+    return _interval(row[f"{key}_accuracy"], row[f"{key}_ci95"])
+
+
+def _interval(value: float | None, interval: tuple[float, float] | None, count: int | None = None) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.0f} % ({100 * interval[0]:.0f}-{100 * interval[1]:.0f})"
+    of = "" if count is None else f" of {count}"
+    return f"{100 * value:.0f} % ({100 * interval[0]:.0f}-{100 * interval[1]:.0f}){of}"
 
 
 def table(results: dict[str, dict]) -> str:
@@ -445,16 +499,19 @@ def table(results: dict[str, dict]) -> str:
 
 
 def probe_table(results: dict[str, dict]) -> str:
-    """The caption-swap loss gaps per timestep and the token weights, one line per model and photo set."""
+    """The text-dependence probes, one line per model and photo set: the first step's direction, the
+    caption-swap loss gaps per timestep and the token weights."""
     header = " | ".join(f"t={t}" for t in SWAP_TIMESTEPS)
-    lines = [f"| model | photos | {header} | weight on motion words | on content words |",
-             "|---|---|" + "---|" * len(SWAP_TIMESTEPS) + "---|---|"]
+    lines = [f"| model | photos | first-step direction (95 % CI) | {header} | weight on motion words "
+             "| on content words |",
+             "|---|---|---|" + "---|" * len(SWAP_TIMESTEPS) + "---|---|"]
     for name, result in results.items():
         weights = result["token_weights"]
         for photo_set, gaps in result["caption_swap_gap"].items():
+            first = result["first_step_direction"][photo_set]
             cells = " | ".join(f"{100 * gaps[t]:+.1f} %" for t in SWAP_TIMESTEPS)
-            lines.append(f"| {name} | {photo_set} | {cells} | {weights['motion_words']:.2f} | "
-                         f"{weights['content_words']:.2f} |")
+            lines.append(f"| {name} | {photo_set} | {_interval(first['accuracy'], first['ci95'], first['count'])} | "
+                         f"{cells} | {weights['motion_words']:.2f} | {weights['content_words']:.2f} |")
     return "\n".join(lines)
 
 

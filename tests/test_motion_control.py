@@ -103,7 +103,7 @@ def test_held_out_cases_are_balanced_and_conflicts_name_what_the_photo_lacks():
 
 
 def test_the_benchmark_runs_through_a_pipeline(tmp_path):
-    from benchmarks.motion_control import caption_swap_gaps, token_weight_means
+    from benchmarks.motion_control import caption_swap_gaps, first_step_directions, token_weight_means
 
     pipe = tiny_pipeline(tmp_path)
     workload = Workload(direction_photos=1, zoom_photos=1, intensity_photos=1, conflict_clips=1, swap_clips=2)
@@ -115,10 +115,13 @@ def test_the_benchmark_runs_through_a_pipeline(tmp_path):
         "intensity_spearman"] <= 1
     gaps = caption_swap_gaps(pipe, workload)
     assert set(gaps) == {999, 900, 700, 500, 300} and all(np.isfinite(list(gaps.values())))
+    first_steps = first_step_directions(pipe, workload, guidance=4.0)
+    assert len(first_steps) == 4 and all(isinstance(hit, bool) for hit in first_steps)
     weights = token_weight_means(pipe, workload)
     assert 0 <= weights["motion_words"] <= 1 and 0 <= weights["content_words"] <= 1
     result = {"rows": {"photos, with inversion": summary}, "vae_round_trip_psnr_db": {"photos": 12.0},
-              "caption_swap_gap": {"photos": gaps}, "token_weights": weights}
+              "caption_swap_gap": {"photos": gaps}, "token_weights": weights,
+              "first_step_direction": {"photos": {"accuracy": 0.5, "ci95": (0.1, 0.9), "count": 4}}}
     assert table({"tiny": result}).splitlines()[-1].startswith("| tiny | photos | ")
     assert probe_table({"tiny": result}).splitlines()[-1].startswith("| tiny | photos | ")
 
