@@ -62,7 +62,8 @@ class LivePhotoConfig:
     # only through cross-attention. See modules.unet.install_text_time_embedding.
     text_time_embedding: bool = False
     # Departure from the paper, off in its recipe: the same text vector scales and shifts the features of
-    # every ResNet after its second norm (FiLM). See modules.unet.install_text_film.
+    # every ResNet after its second norm (FiLM), by a still part and a part that grows with the frame's
+    # place in the clip. See modules.unet.install_text_film.
     text_film: bool = False
 
     # Text reweighter: transformer encoder + Linear + sigmoid (paper §3.5).

@@ -114,18 +114,21 @@ _FILM_TEXT: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar
 
 
 def install_text_film(unet: UNetMotionModel, text_dim: int) -> None:
-    """Give every ResNet of the UNet a FiLM from the text: features after its second GroupNorm become
-    h * (1 + scale) + shift, with (scale, shift) a zero-initialised Linear of the pooled text, so an
+    """Give every ResNet of the UNet a FiLM from the text that also moves with time: features of frame
+    f after its second GroupNorm become h * (1 + a + p_f * c) + (b + p_f * d), with p_f = f / (F - 1)
+    the frame embedding's position and (a, b, c, d) a zero-initialised Linear of the pooled text, so an
     untrained model is unchanged.
 
     A departure from the paper (LivePhotoConfig.text_film). The timestep embedding's shift is added
     before that GroupNorm, which removes its mean over each group of channels; a FiLM after the norm
-    reaches the features unnormalised, as FiLM-conditioned networks (Perez et al., 2018) apply it.
+    reaches the features unnormalised, as FiLM-conditioned networks (Perez et al., 2018) apply it. The
+    terms in p_f hand each frame its share of a motion (how far along "moves left" it is) directly,
+    instead of leaving the network to multiply the word by the frame channel of conv_in itself.
     """
     for module in unet.modules():
         if isinstance(module, ResnetBlock2D):
             weight = module.conv1.weight
-            film = nn.Linear(text_dim, 2 * module.norm2.num_channels, device=weight.device, dtype=weight.dtype)
+            film = nn.Linear(text_dim, 4 * module.norm2.num_channels, device=weight.device, dtype=weight.dtype)
             nn.init.zeros_(film.weight)
             nn.init.zeros_(film.bias)
             module.text_film = film
@@ -136,8 +139,13 @@ def _apply_text_film(film: nn.Linear, _norm: nn.Module, _inputs, features: torch
     text = _FILM_TEXT.get()
     if text is None:
         return features
-    per_row = film(text.to(features.dtype)).repeat_interleave(features.shape[0] // text.shape[0], dim=0)
-    scale, shift = per_row.chunk(2, dim=1)  # one row per frame: each video's frames are consecutive
+    videos = text.shape[0]
+    num_frames = features.shape[0] // videos
+    still_scale, still_shift, frame_scale, frame_shift = film(text.to(features.dtype)).chunk(4, dim=1)
+    position = frame_embedding(num_frames).to(features).view(1, num_frames, 1)
+    # one row per frame, frame-major within each video (row b * F + f), as the ResNets see them
+    scale = (still_scale[:, None] + position * frame_scale[:, None]).flatten(0, 1)
+    shift = (still_shift[:, None] + position * frame_shift[:, None]).flatten(0, 1)
     return features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
