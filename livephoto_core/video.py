@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import GifImagePlugin, Image, ImageSequence
 
-from .checks import check_fps
+from .checks import check_fps, whole_number
 from .errors import InvalidInputError
 from .fileio import atomic_write, check_input_path, check_target
 from .phone import NAMES, checked_phone_format, write_phone_photo, written_files
@@ -293,12 +293,10 @@ def read_video(
     """
     path = Path(path)
     _check_readable(path)
-    limits = [("stride", stride, 1), ("start", start, 0)]
+    stride = _at_least("stride", stride, 1)
+    start = _at_least("start", start, 0)
     if max_frames is not None:
-        limits.append(("max_frames", max_frames, 1))
-    for name, value, lowest in limits:
-        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-            raise InvalidInputError(f"read_video: {name} must be a whole number >= {lowest}; got {value}")
+        max_frames = _at_least("max_frames", max_frames, 1)
     decoders = [_decode_with_pil] if path.suffix.lower() == ".webp" else [_decode_with_pyav]
     if path.suffix.lower() == ".gif":
         decoders.append(_decode_with_pil)
@@ -322,6 +320,14 @@ def read_video(
 
 # What PyAV and Pillow raise for files they cannot decode (Pillow's UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _at_least(name: str, value, lowest: int) -> int:
+    """A whole number (Python or numpy) of at least `lowest`, for read_video's frame selection."""
+    value = whole_number(f"read_video: {name}", value)
+    if value < lowest:
+        raise InvalidInputError(f"read_video: {name} must be a whole number >= {lowest}; got {value}")
+    return value
 
 
 def _check_readable(path: Path) -> None:

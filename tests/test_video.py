@@ -444,6 +444,9 @@ def test_read_video_start_stride_and_max_frames(tmp_path):
     read = read_video(webp, max_frames=2, stride=3, start=1)
     np.testing.assert_array_equal(read.frames, clip[1::3][:2])
     assert read.fps == pytest.approx(10.0 / 3)
+    # numpy integers (an index array's elements) and whole floats select the same frames
+    read = read_video(path, max_frames=np.int64(3), stride=np.int32(2), start=1.0)
+    np.testing.assert_array_equal(read.frames, clip[1::2][:3])
 
 
 def test_read_video_returns_a_clip(tmp_path):
@@ -458,6 +461,8 @@ def test_read_video_returns_a_clip(tmp_path):
         ({"start": -1}, "start"),
         ({"max_frames": 0}, "max_frames"),
         ({"stride": 1.5}, "stride"),
+        ({"stride": True}, "stride"),
+        ({"max_frames": np.int64(0)}, "max_frames"),
         ({"start": 6}, "has 6 frames; start=6 is past the end"),
     ],
 )
