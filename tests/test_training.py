@@ -374,10 +374,13 @@ def test_the_script_reports_config_errors_in_one_line(tmp_path, capsys):
     assert script.main(["--config", str(tmp_path / "missing.json")]) == 2
 
 
-@pytest.mark.parametrize("name", ["demo", "sd15"])
+@pytest.mark.parametrize("name", ["demo", "demo_finetune", "sd15"])
 def test_shipped_recipes_are_valid_configs(name):
     config = load_train_config(os.path.join(ROOT, "configs", "train", f"{name}.json"))
-    assert config.model.from_scratch == (name == "demo")
+    assert config.model.from_scratch == name.startswith("demo")
+    if name == "demo_finetune":  # starts from the bundled model, whose files must be where it says
+        assert os.path.isfile(os.path.join(ROOT, config.model.init_from))
+        assert os.path.isdir(os.path.join(ROOT, config.scratch.images_from, "base", "unet"))
 
 
 def test_captions_are_tokenized_as_the_pipeline_tokenizes_prompts(tmp_path):
@@ -552,3 +555,33 @@ def test_the_high_noise_share_draws_late_timesteps_and_leaves_the_uniform_draw_a
     assert min(draws(1.0)) >= 700
     share = np.mean(np.array(draws(0.5)) >= 700)
     assert 0.55 < share < 0.75  # half drawn from [700, 1000), plus 30 % of the uniform half
+
+
+def test_a_base_can_start_from_a_bundled_model_s_image_side_with_a_new_text_encoder(toy_data, tmp_path):
+    from safetensors.torch import load_file
+
+    quick = {"steps": 1, "validation.levels": [], "model.train_text_encoder": False}
+    first = train(TrainConfig.from_dict(tiny_config(toy_data, tmp_path / "first", **quick))).export
+    run = tmp_path / "second"
+    config = tiny_config(toy_data, run, **quick, **{
+        "scratch.images_from": str(first), "model.init_from": str(first / "livephoto.safetensors"),
+        "text_stage.steps": 2, "text_stage.clips_per_batch": 4})
+    train(TrainConfig.from_dict(config))
+
+    def weights(folder, part):
+        (path,) = (folder / "base" / part).glob("*.safetensors")
+        return load_file(str(path))
+
+    for part in ("unet", "vae"):  # the base the LivePhoto stage started from: the first model's
+        before, after = weights(first, part), weights(run, part)
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    old_text, new_text = weights(first, "text_encoder"), weights(run, "text_encoder")
+    assert any(not torch.equal(old_text[k], new_text[k]) for k in old_text)  # pretrained anew
+    assert not (run / "vae_checkpoints").exists() and log_records(run, "text_stage_done")
+    assert log_records(run, "init_from")
+
+    with pytest.raises(InvalidInputError, match="images_from: .* has no UNet"):
+        build_scratch_base(TrainConfig.from_dict(tiny_config(toy_data, run, **{"scratch.images_from": str(tmp_path)})))
+    wider = tiny_config(toy_data, run, **{"scratch.images_from": str(first), "scratch.text_encoder.hidden_size": 64})
+    with pytest.raises(InvalidInputError, match="reads text of width 32"):
+        build_scratch_base(TrainConfig.from_dict(wider))

@@ -115,10 +115,12 @@ class ScratchBase:
     dinov2: Any
     scheduler_config: dict
     words: list[str]
+    vae_trained: bool = False  # the VAE came trained (scratch.images_from): no VAE stage
 
 
 def build_scratch_base(config: TrainConfig) -> ScratchBase:
-    """Randomly initialised tiny base models (seeded by config.seed), shaped by config.scratch."""
+    """Randomly initialised tiny base models (seeded by config.seed), shaped by config.scratch; the UNet,
+    VAE and DINOv2 of a bundled model instead when scratch.images_from names one."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, Dinov2Config, Dinov2Model
 
@@ -141,14 +143,38 @@ def build_scratch_base(config: TrainConfig) -> ScratchBase:
     scheduler_config.pop("prediction_type", None)
 
     torch.manual_seed(config.seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    if scratch.images_from is not None:
+        unet, vae, dinov2 = _bundled_image_models(Path(scratch.images_from), text_config["hidden_size"])
+        return ScratchBase(unet, vae, text_encoder, tokenizer, dinov2, scheduler_config, words, vae_trained=True)
     try:
         unet = UNet2DConditionModel(**unet_config)
         vae = AutoencoderKL(**{**SCRATCH_VAE, "sample_size": config.data.size, **scratch.vae})
     except TypeError as error:  # an unknown constructor argument
         raise InvalidInputError(f"scratch.unet / scratch.vae: {error}") from None
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     dinov2 = Dinov2Model(Dinov2Config(**dinov2_config))
     return ScratchBase(unet, vae, text_encoder, tokenizer, dinov2, scheduler_config, words)
+
+
+def _bundled_image_models(folder: Path, text_dim: int):
+    """The UNet, VAE and DINOv2 of a bundled model's folder, checked against the new text encoder's width."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import Dinov2Model
+
+    parts = {"UNet": folder / "base" / "unet", "VAE": folder / "base" / "vae", "DINOv2": folder / "dinov2"}
+    for name, path in parts.items():
+        if not (path / "config.json").is_file():
+            raise InvalidInputError(
+                f"scratch.images_from: {folder} has no {name} at {path}; give a bundled model's folder "
+                f"(base/unet, base/vae and dinov2/, as livephoto_core/demo_model has)"
+            )
+    unet = UNet2DConditionModel.from_pretrained(parts["UNet"])
+    if unet.config.cross_attention_dim != text_dim:
+        raise InvalidInputError(
+            f"scratch.images_from: the UNet in {folder} reads text of width {unet.config.cross_attention_dim}, "
+            f"but scratch.text_encoder.hidden_size is {text_dim}; set them equal"
+        )
+    return unet, AutoencoderKL.from_pretrained(parts["VAE"]), Dinov2Model.from_pretrained(parts["DINOv2"])
 
 
 def word_tokenizer(words: list[str]):

@@ -75,6 +75,11 @@ class ScratchConfig:
     # clean signal at t = 999, from which a from-scratch model reads the motion instead of the words.
     scheduler: dict = field(default_factory=dict)
     words: list[str] | None = None  # the tokenizer's words (default: the toy world's vocabulary)
+    # A bundled model's folder (base/ and dinov2/, e.g. livephoto_core/demo_model) whose UNet, VAE and
+    # DINOv2 this base starts from instead of random ones: the VAE stage is skipped, and the text
+    # encoder is still built here and pretrained by the text stage. With model.init_from set to the
+    # same model's livephoto.safetensors, a run fine-tunes that model on a new text encoder and schedule.
+    images_from: str | None = None
 
 
 @dataclass

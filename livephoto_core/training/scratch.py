@@ -29,17 +29,22 @@ class TimeLimitReached(Exception):
 
 def prepare_scratch_base(config: TrainConfig, output_dir: Path, dataset: VideoCaptionDataset, log: RunLog,
                          out_of_time: Callable[[], bool]) -> None:
-    """Build the tiny base, train its VAE (kept in <output_dir>/vae, so a run stopped later does not
-    train it again), pretrain its text encoder, and write <output_dir>/base and <output_dir>/dinov2
-    (atomically). Raises TimeLimitReached when `out_of_time()` stops the VAE stage."""
+    """Build the tiny base (or take a bundled model's image side: scratch.images_from), train its VAE
+    (kept in <output_dir>/vae, so a run stopped later does not train it again), pretrain its text
+    encoder, and write <output_dir>/base and <output_dir>/dinov2 (atomically). Raises TimeLimitReached
+    when `out_of_time()` stops the VAE stage."""
     scratch = build_scratch_base(config)
     log({"event": "scratch_base", "parameters": {
         name: sum(p.numel() for p in module.parameters())
         for name, module in (("unet", scratch.unet), ("vae", scratch.vae), ("text_encoder", scratch.text_encoder),
                              ("dinov2", scratch.dinov2))}},
-        "from scratch: training the VAE first")
+        "from scratch: the VAE, then the text encoder" if not scratch.vae_trained
+        else f"from {config.scratch.images_from}'s UNet, VAE and DINOv2: pretraining a text encoder")
     vae_dir = output_dir / "vae"
-    if vae_dir.is_dir():
+    if scratch.vae_trained:
+        log({"event": "vae_loaded", "path": config.scratch.images_from},
+            f"VAE: trained before, from {config.scratch.images_from}")
+    elif vae_dir.is_dir():
         from diffusers import AutoencoderKL
 
         scratch.vae = AutoencoderKL.from_pretrained(vae_dir)
