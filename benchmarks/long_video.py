@@ -1,0 +1,234 @@
+"""Long videos, intensity schedules and loops, measured on the bundled demo model (window 8).
+
+Held-out toy-world photos, each rendered through the pipeline as the CLI renders it, 4x the window
+(32 frames) unless said otherwise. Parts (``--part``, default all but ``cost``):
+
+- ``embedding``: what the frame-embedding channel means across windows (``windows.FRAME_EMBEDDINGS``):
+  seam flicker, frame-0 fidelity and the level measured in each window, beside a one-window render
+  of the same photo and seed;
+- ``windows``: the default windows against the uniform schedule and a smaller overlap;
+- ``schedule``: a rising intensity schedule, the level measured per window against the level asked
+  (Spearman);
+- ``loop``: SSIM(last frame, first frame) against the mean adjacent SSIM, with and without ``loop``;
+- ``cost``: time and peak memory per extra window (fewer steps: the cost is per window and step).
+
+Seam flicker: the mean SSIM of adjacent frames across a window boundary (a pair where a window of
+the static grid starts or ends) divided by that of the pairs inside windows; 1 is seamless, the goal
+is within 2 % of it.
+
+    OMP_NUM_THREADS=1 python benchmarks/long_video.py --json benchmarks/results_long_video.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import PeakMemory  # noqa: E402
+from benchmarks.motion_control import frame0_fidelity, heldout_specs  # noqa: E402
+from livephoto_core import pipeline as pipeline_module  # noqa: E402
+from livephoto_core.images import prepare_photo  # noqa: E402
+from livephoto_core.intensity import measure_intensity, parse_intensity_schedule, schedule_levels, ssim, to_grayscale  # noqa: E402
+from livephoto_core.loading.assemble import load_pipeline  # noqa: E402
+from livephoto_core.training.toyworld import render_photo  # noqa: E402
+from livephoto_core.windows import FRAME_EMBEDDINGS, ContextWindows  # noqa: E402
+
+PARTS = ("embedding", "windows", "schedule", "loop", "cost")
+RISING_SCHEDULE = "2:0,9:31"
+
+
+def adjacent_ssims(frames: np.ndarray) -> np.ndarray:
+    """SSIM of frame k and k+1 for every k, [F - 1]."""
+    gray = to_grayscale(torch.as_tensor(frames))
+    return ssim(gray[:-1], gray[1:]).numpy()
+
+
+def grid(num_frames: int, length: int, overlap: int) -> list[list[int]]:
+    """The static windows of a video (the grid the seams are measured on)."""
+    return ContextWindows(length, overlap).windows(num_frames, 0)
+
+
+def seam_ratio(frames: np.ndarray, windows: list[list[int]]) -> float:
+    """Mean adjacent SSIM across window boundaries / mean adjacent SSIM inside windows."""
+    starts = {window[0] for window in windows if window[0] > 0}
+    ends = {window[-1] for window in windows}
+    pairs = adjacent_ssims(frames)
+    boundary = np.array([k + 1 in starts or k in ends for k in range(len(pairs))])
+    return float(pairs[boundary].mean() / pairs[~boundary].mean())
+
+
+def window_levels(frames: np.ndarray, windows: list[list[int]], thresholds) -> list[int]:
+    return [measure_intensity(frames[window], thresholds).level for window in windows]
+
+
+class Bench:
+    def __init__(self, photos: int, frames: int, level: int, steps: int, seed: int):
+        self.pipe = load_pipeline()
+        config = self.pipe.config
+        self.window, self.frames, self.level, self.steps, self.seed = config.num_frames, frames, level, steps, seed
+        self.thresholds = config.intensity_thresholds
+        size = config.height
+        specs = heldout_specs(seed, ("left", "right", "up", "down"), photos, False, size, self.window)
+        self.cases = [(render_photo(spec), spec.caption) for spec in specs]
+        self.size = size
+
+    def render(self, photo, prompt, frame_embedding: str = "clamped", **settings) -> np.ndarray:
+        settings = {"num_frames": self.frames, "intensity": self.level, "num_inference_steps": self.steps,
+                    "seed": self.seed, **settings}
+        chosen = pipeline_module.context_windows
+
+        def with_embedding(*args, **kwargs):
+            return replace(chosen(*args, **kwargs), frame_embedding=frame_embedding)
+
+        # The frame embedding is a design choice, not a user setting: swapped in here to measure it.
+        with mock.patch.object(pipeline_module, "context_windows", with_embedding):
+            return self.pipe(photo, prompt, **settings).frames.numpy()
+
+    def reference(self, photo) -> np.ndarray:
+        prepared = prepare_photo(photo, (self.size, self.size)).pixels
+        return np.round(prepared.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+    def scores(self, frames: np.ndarray, photo, windows) -> dict:
+        levels = window_levels(frames, windows, self.thresholds)
+        return {
+            "seam_ratio": seam_ratio(frames, windows) if len(windows) > 1 else None,
+            "frame0_psnr": frame0_fidelity(self.reference(photo), frames)[0],
+            "window_levels": levels,
+            "worst_level_error": max(abs(level - self.level) for level in levels),
+            "mean_level_error": float(np.mean([abs(level - self.level) for level in levels])),
+            "share_within_one_level": float(np.mean([abs(level - self.level) <= 1 for level in levels])),
+            "mean_adjacent_ssim": float(adjacent_ssims(frames).mean()),
+        }
+
+    def part_embedding(self, log) -> dict:
+        rows = {name: [] for name in ("one window", *FRAME_EMBEDDINGS)}
+        windows = grid(self.frames, self.window, self.window // 2)
+        for photo, prompt in self.cases:
+            short = self.render(photo, prompt, num_frames=self.window)
+            rows["one window"].append(self.scores(short, photo, [list(range(self.window))]))
+            for name in FRAME_EMBEDDINGS:
+                rows[name].append(self.scores(self.render(photo, prompt, name), photo, windows))
+                log(f"embedding {name}: {rows[name][-1]}")
+        return summarise(rows)
+
+    def part_windows(self, log) -> dict:
+        variants = {
+            f"static, overlap {self.window // 2}": {},
+            f"uniform, overlap {self.window // 2}": {"window_schedule": "uniform"},
+            f"static, overlap {self.window // 4}": {"window_overlap": self.window // 4},
+        }
+        rows = {name: [] for name in variants}
+        for photo, prompt in self.cases:
+            for name, settings in variants.items():
+                overlap = settings.get("window_overlap", self.window // 2)
+                frames = self.render(photo, prompt, **settings)
+                rows[name].append(self.scores(frames, photo, grid(self.frames, self.window, overlap)))
+                log(f"windows {name}: {rows[name][-1]}")
+        return summarise(rows)
+
+    def part_schedule(self, log) -> dict:
+        keyframes = parse_intensity_schedule(RISING_SCHEDULE)
+        asked = np.array(schedule_levels(keyframes, self.frames))
+        windows = grid(self.frames, self.window, self.window // 2)
+        requested, measured = [], []
+        for photo, prompt in self.cases:
+            frames = self.render(photo, prompt, intensity=list(asked))
+            requested += [float(asked[window].mean()) for window in windows]
+            measured += window_levels(frames, windows, self.thresholds)
+            log(f"schedule: asked {requested[-len(windows):]} measured {measured[-len(windows):]}")
+        return {"schedule": RISING_SCHEDULE, "requested": requested, "measured": measured,
+                "spearman": float(spearmanr(requested, measured).statistic)}
+
+    def part_loop(self, log) -> dict:
+        rows = {"loop": [], "no loop": []}
+        for photo, prompt in self.cases:
+            for name, loop in (("loop", True), ("no loop", False)):
+                frames = self.render(photo, prompt, loop=loop)
+                pairs = adjacent_ssims(frames)
+                wrap = adjacent_ssims(frames[[-1, 0]])[0]
+                rows[name].append({"last_to_first_ssim": float(wrap), "mean_adjacent_ssim": float(pairs.mean()),
+                                   "seam_to_adjacent": float(wrap / pairs.mean()),
+                                   "frame0_psnr": frame0_fidelity(self.reference(photo), frames)[0]})
+                log(f"{name}: {rows[name][-1]}")
+        return summarise(rows)
+
+    def part_cost(self, log) -> dict:
+        photo, prompt = self.cases[0]
+        variants = {
+            f"{self.window} frames (1 window)": {"num_frames": self.window},
+            f"{2 * self.window} frames": {"num_frames": 2 * self.window},
+            f"{4 * self.window} frames": {"num_frames": 4 * self.window},
+            f"{4 * self.window} frames, loop": {"num_frames": 4 * self.window, "loop": True},
+            f"{4 * self.window} frames, uniform": {"num_frames": 4 * self.window, "window_schedule": "uniform"},
+            f"{4 * self.window} frames, overlap {self.window // 4}": {"num_frames": 4 * self.window,
+                                                                     "window_overlap": self.window // 4},
+        }
+        rows = {}
+        for name, settings in variants.items():
+            calls = count_window_calls(self.pipe, self.window, self.steps, settings)
+            with PeakMemory() as peak:
+                started = time.perf_counter()
+                self.render(photo, prompt, **settings)
+                seconds = time.perf_counter() - started
+            rows[name] = {"seconds": seconds, "window_calls_per_step": calls, "peak_gb": peak.peak_gb}
+            log(f"cost {name}: {rows[name]}")
+        return rows
+
+
+def count_window_calls(pipe, window: int, steps: int, settings: dict) -> float:
+    """Windows per sampling step, averaged over the steps (the uniform schedule's vary)."""
+    frames = settings["num_frames"]
+    windows = pipeline_module.context_windows(frames, pipe.model.unet.max_frames, window, None,
+                                              settings.get("window_overlap"), settings.get("window_schedule", "static"),
+                                              settings.get("loop", False))
+    return float(np.mean([len(windows.windows(frames, step)) for step in range(steps)]))
+
+
+def summarise(rows: dict[str, list[dict]]) -> dict:
+    """Each row's per-photo scores and their means."""
+    summary = {}
+    for name, scores in rows.items():
+        means = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]
+                 if isinstance(scores[0][key], float | int) and not isinstance(scores[0][key], bool)}
+        summary[name] = {"mean": means, "photos": scores}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", action="append", choices=PARTS, help="what to measure (default: all but cost)")
+    parser.add_argument("--photos", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--level", type=int, default=6, help="the intensity asked (parts embedding, windows, loop)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    bench = Bench(args.photos, args.frames, args.level, args.steps, args.seed)
+    results = {"settings": {key: value for key, value in vars(args).items() if key != "json"}}
+    for part in args.part or [p for p in PARTS if p != "cost"]:
+        started = time.perf_counter()
+        results[part] = getattr(bench, f"part_{part}")(lambda message: print(message, file=sys.stderr, flush=True))
+        results[part + "_seconds"] = time.perf_counter() - started
+        print(json.dumps({part: results[part]}, indent=1, default=str))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
