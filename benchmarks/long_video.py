@@ -7,8 +7,8 @@ Held-out toy-world photos, each rendered through the pipeline as the CLI renders
   seam flicker, frame-0 fidelity and the level measured in each window, beside a one-window render
   of the same photo and seed;
 - ``windows``: the default windows against the uniform schedule and a smaller overlap;
-- ``schedule``: a rising intensity schedule, the level measured per window against the level asked
-  (Spearman);
+- ``schedule``: a rising and a falling intensity schedule, the level measured per window against the
+  level asked (Spearman), with the chosen frame embedding and with per-window ramps;
 - ``loop``: SSIM(last frame, first frame) against the mean adjacent SSIM, with and without ``loop``;
 - ``cost``: time and peak memory per extra window (fewer steps: the cost is per window and step).
 
@@ -52,7 +52,7 @@ from livephoto_core.training.toyworld import render_photo  # noqa: E402
 from livephoto_core.windows import FRAME_EMBEDDINGS, ContextWindows  # noqa: E402
 
 PARTS = ("embedding", "windows", "schedule", "loop", "cost")
-RISING_SCHEDULE = "2:0,9:31"
+SCHEDULES = ("2:0,9:LAST", "9:0,2:LAST")  # rising, falling; LAST: the last frame
 
 
 def adjacent_ssims(frames: np.ndarray) -> np.ndarray:
@@ -149,16 +149,22 @@ class Bench:
         return summarise(rows)
 
     def part_schedule(self, log) -> dict:
-        keyframes = parse_intensity_schedule(RISING_SCHEDULE)
-        asked = np.array(schedule_levels(keyframes, self.frames))
+        """A rising and a falling schedule, so that a level that only grows along the video (drift) cannot
+        pass for one that follows the request; with the chosen frame embedding and per-window ramps."""
         windows = grid(self.frames, self.window, self.window // 2)
-        requested, measured = [], []
-        for photo, prompt in self.cases:
-            frames = self.render(photo, prompt, intensity=list(asked))
-            requested += [float(asked[window].mean()) for window in windows]
-            measured += window_levels(frames, windows, self.thresholds)
-            log(f"schedule: asked {requested[-len(windows):]} measured {measured[-len(windows):]}")
-        return schedule_summary({"schedule": RISING_SCHEDULE, "requested": requested, "measured": measured})
+        rows = {}
+        for embedding in ("clamped", "window"):
+            rows[embedding] = row = {"schedules": [], "requested": [], "measured": []}
+            for photo, prompt in self.cases:
+                for schedule in SCHEDULES:
+                    keyframes = parse_intensity_schedule(schedule.replace("LAST", str(self.frames - 1)))
+                    asked = np.array(schedule_levels(keyframes, self.frames))
+                    frames = self.render(photo, prompt, embedding, intensity=list(asked))
+                    row["schedules"] += [schedule] * len(windows)
+                    row["requested"] += [float(asked[window].mean()) for window in windows]
+                    row["measured"] += window_levels(frames, windows, self.thresholds)
+                    log(f"schedule {embedding} {schedule}: measured {row['measured'][-len(windows):]}")
+        return {embedding: schedule_summary(row) for embedding, row in rows.items()}
 
     def part_loop(self, log) -> dict:
         rows = {"loop": [], "no loop": []}
@@ -205,8 +211,14 @@ def count_window_calls(pipe, window: int, steps: int, settings: dict) -> float:
     return float(np.mean([len(windows.windows(frames, step)) for step in range(steps)]))
 
 
-def schedule_summary(result: dict) -> dict:
-    return {**result, "spearman": float(spearmanr(result["requested"], result["measured"]).statistic)}
+def schedule_summary(row: dict) -> dict:
+    """Spearman of the level asked of each window and the level measured there: over all windows, and
+    for each schedule alone."""
+    def rho(keep) -> float:
+        pairs = [(r, m) for s, r, m in zip(row["schedules"], row["requested"], row["measured"]) if keep(s)]
+        return float(spearmanr(*zip(*pairs)).statistic)
+
+    return {**row, "spearman": rho(lambda _: True), **{f"spearman {s}": rho(lambda t, s=s: t == s) for s in SCHEDULES}}
 
 
 def merge(paths: list[str]) -> dict:
@@ -221,9 +233,9 @@ def merge(paths: list[str]) -> dict:
             continue
         merged[part + "_seconds"] = sum(run[part + "_seconds"] for run in runs if part in run)
         if part == "schedule":
-            merged[part] = schedule_summary({"schedule": found[0]["schedule"],
-                                             "requested": sum((f["requested"] for f in found), []),
-                                             "measured": sum((f["measured"] for f in found), [])})
+            merged[part] = {embedding: schedule_summary({key: sum((f[embedding][key] for f in found), [])
+                                                         for key in ("schedules", "requested", "measured")})
+                            for embedding in found[0]}
         elif part == "cost":
             merged[part] = found[0]
         else:
@@ -239,7 +251,9 @@ def report(results: dict) -> str:
             continue
         result = results[part]
         if part == "schedule":
-            lines.append(f"schedule {result['schedule']}: Spearman {result['spearman']:.3f} over {len(result['measured'])} windows")
+            for embedding, row in result.items():
+                figures = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if key.startswith("spearman"))
+                lines.append(f"schedule, frame embedding {embedding} ({len(row['measured'])} windows): {figures}")
         elif part == "cost":
             lines += [f"cost {name}: {row}" for name, row in result.items()]
         else:
@@ -266,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="skip this many photos (to spread photos over runs)")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="join the results of runs instead of measuring")
     parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--level", type=int, default=6, help="the intensity asked (parts embedding, windows, loop)")
+    parser.add_argument("--level", type=int, default=6, help="the intensity asked (parts embedding, windows, loop, cost)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results here")
