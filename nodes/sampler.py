@@ -382,9 +382,9 @@ class LivePhotoSampler(io.ComfyNode):
         # Every check before any model runs.
         frames = check_frames(frames)
         intensity = node_intensity(intensity, intensity_schedule, frames, config.intensity_levels)
-        windows = windows or NodeWindows(None, None, DEFAULT_WINDOW_SCHEDULE, False)
-        windows = context_windows(frames, handle.model.unet.max_frames, config.num_frames, windows.length,
-                                  windows.overlap, windows.schedule, windows.loop)
+        asked = windows or NodeWindows(None, None, DEFAULT_WINDOW_SCHEDULE, False)  # no Context Windows: the defaults
+        windows = context_windows(frames, handle.model.unet.max_frames, config.num_frames, asked.length, asked.overlap,
+                                  asked.schedule, asked.loop)
         steps = check_steps(steps)
         cfg = check_guidance(cfg)
         seed = check_seed(seed)
