@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import PeakMemory  # noqa: E402
+from benchmarks.measure import ForwardTimer, PeakMemory  # noqa: E402
 from benchmarks.motion_control import frame0_fidelity, heldout_specs  # noqa: E402
 from livephoto_core import pipeline as pipeline_module  # noqa: E402
 from livephoto_core.images import prepare_photo  # noqa: E402
@@ -193,11 +193,13 @@ class Bench:
         rows = {}
         for name, settings in variants.items():
             calls = count_window_calls(self.pipe, self.window, self.steps, settings)
-            with PeakMemory() as peak:
+            with PeakMemory() as peak, ForwardTimer(self.pipe.model.unet) as timer:
                 started = time.perf_counter()
                 self.render(photo, prompt, **settings)
                 seconds = time.perf_counter() - started
-            rows[name] = {"seconds": seconds, "window_calls_per_step": calls, "peak_gb": peak.peak_gb}
+            window_calls = timer.call_seconds[self.steps:]  # after the prior inversion's one-frame calls
+            rows[name] = {"seconds": seconds, "window_calls_per_step": calls, "peak_gb": peak.peak_gb,
+                          "median_window_call_s": float(np.median(window_calls))}
             log(f"cost {name}: {rows[name]}")
         return rows
 
@@ -225,8 +227,7 @@ def merge(paths: list[str]) -> dict:
     """Several runs' results (other photos, same settings) as one: per-photo rows joined, means and
     Spearman recomputed."""
     runs = [json.loads(Path(path).read_text()) for path in paths]
-    merged = {"settings": {**runs[0]["settings"], "photos": sum(run["settings"]["photos"] for run in runs),
-                           "runs": [run["settings"] for run in runs]}}
+    merged = {"runs": [{"settings": run["settings"], "parts": [part for part in PARTS if part in run]} for run in runs]}
     for part in PARTS:
         found = [run[part] for run in runs if part in run]
         if not found:
@@ -236,8 +237,8 @@ def merge(paths: list[str]) -> dict:
             merged[part] = {embedding: schedule_summary({key: sum((f[embedding][key] for f in found), [])
                                                          for key in ("schedules", "requested", "measured")})
                             for embedding in found[0]}
-        elif part == "cost":
-            merged[part] = found[0]
+        elif part == "cost":  # each run's time and peak, side by side: the machine's load varies
+            merged[part] = {name: {key: [f[name][key] for f in found] for key in found[0][name]} for name in found[0]}
         else:
             merged[part] = summarise({name: sum((f[name]["photos"] for f in found), []) for name in found[0]})
     return merged
