@@ -46,7 +46,13 @@ from benchmarks.measure import ForwardTimer, PeakMemory  # noqa: E402
 from benchmarks.motion_control import frame0_fidelity, heldout_specs  # noqa: E402
 from livephoto_core import pipeline as pipeline_module  # noqa: E402
 from livephoto_core.images import prepare_photo  # noqa: E402
-from livephoto_core.intensity import measure_intensity, parse_intensity_schedule, schedule_levels, ssim, to_grayscale  # noqa: E402
+from livephoto_core.intensity import (  # noqa: E402
+    measure_intensity,
+    parse_intensity_schedule,
+    schedule_levels,
+    ssim,
+    to_grayscale,
+)
 from livephoto_core.loading.assemble import load_pipeline  # noqa: E402
 from livephoto_core.training.toyworld import render_photo  # noqa: E402
 from livephoto_core.windows import FRAME_EMBEDDINGS, ContextWindows  # noqa: E402

@@ -91,7 +91,8 @@ class ContextWindows:
             starts = [(offset + start) % num_frames for start in range(0, num_frames, self.stride)]
             return [[(start + i) % num_frames for i in range(self.length)] for start in starts]
         last = num_frames - self.length
-        starts = sorted({min(max(start, 0), last) for start in range(offset - self.stride, last + self.stride, self.stride)})
+        grid = range(offset - self.stride, last + self.stride, self.stride)  # reaches past both ends
+        starts = sorted({min(max(start, 0), last) for start in grid})
         return [list(range(start, start + self.length)) for start in starts]
 
     def frame_positions(self, num_frames: int) -> torch.Tensor:

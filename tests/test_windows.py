@@ -74,7 +74,8 @@ def test_frame_positions_are_the_one_window_embedding_held_at_1_beyond_it():
     positions = windows.frame_positions(20)
     torch.testing.assert_close(positions[:8], frame_embedding(8))
     assert positions[8:].eq(1).all()
-    assert windows.window_embedding([12, 13, 14, 15, 0, 1, 2, 3], 16).tolist() == [1, 1, 1, 1] + frame_embedding(8)[:4].tolist()
+    wrapped = windows.window_embedding([12, 13, 14, 15, 0, 1, 2, 3], 16)
+    assert wrapped.tolist() == [1, 1, 1, 1] + frame_embedding(8)[:4].tolist()
     assert replace(windows, frame_embedding="window").window_embedding([4, 5, 6, 7, 8, 9, 10, 11], 16).tolist() == \
         frame_embedding(8).tolist()
     assert replace(windows, frame_embedding="video").window_embedding([15], 16).tolist() == [1.0]
