@@ -21,6 +21,9 @@ from .defaults import (
 from .errors import InvalidInputError
 
 MIN_FRAMES = 2  # motion needs two frames
+# Beyond one window the video is sampled as overlapping windows (``windows``), whose cost grows with the
+# frames; 512 frames are a minute at 8 fps, and their latents and blend buffers stay under 1 GB at 512 px.
+MAX_FRAMES = 512
 MAX_STEPS = 1000
 MIN_SIZE, MAX_SIZE = 64, 1024
 MAX_CONTENT_SCALE = 2.0
@@ -61,13 +64,32 @@ def _bounded(name: str, value, low: float, high: float, hint: str = "") -> float
     return float(value)
 
 
-def check_frames(num_frames, max_frames: int) -> int:
+def check_frames(num_frames) -> int:
     num_frames = whole_number("frames", num_frames)
-    if not MIN_FRAMES <= num_frames <= max_frames:
-        raise InvalidInputError(
-            f"frames must be from {MIN_FRAMES} to {max_frames} (the motion modules' longest clip); got {num_frames}"
-        )
+    if not MIN_FRAMES <= num_frames <= MAX_FRAMES:
+        raise InvalidInputError(f"frames must be from {MIN_FRAMES} to {MAX_FRAMES}; got {num_frames}")
     return num_frames
+
+
+def check_window_length(length, max_window: int) -> int:
+    """A context window of `length` frames, at most `max_window` (the motion modules' longest clip)."""
+    length = whole_number("window length", length)
+    if not MIN_FRAMES <= length <= max_window:
+        raise InvalidInputError(
+            f"window length must be from {MIN_FRAMES} to {max_window} frames (the longest clip this model's motion "
+            f"modules handle); got {length}"
+        )
+    return length
+
+
+def check_window_overlap(overlap, length: int) -> int:
+    """The frames two neighbouring windows of `length` frames share."""
+    overlap = whole_number("window overlap", overlap)
+    if not 0 <= overlap < length:
+        raise InvalidInputError(
+            f"window overlap must be from 0 to {length - 1} frames (less than the window length, {length}); got {overlap}"
+        )
+    return overlap
 
 
 def check_steps(steps, name: str = "steps") -> int:

@@ -19,6 +19,8 @@ from .defaults import (
     DEFAULT_INTENSITY,
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
+    DEFAULT_WINDOW_SCHEDULE,
+    WINDOW_SCHEDULES,
 )
 
 EXIT_USAGE, EXIT_CANCELLED = 2, 130
@@ -40,11 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     animate.add_argument("image", help="the photo (PNG, JPEG, WebP, ...)")
     animate.add_argument("prompt", help='the motion, e.g. "shaking head" or "camera zooms in"')
-    animate.add_argument("--intensity", type=float,
-                         help=f"motion intensity, 1 (still) to 10 (most); default: the model's ({DEFAULT_INTENSITY} for "
-                              f"the demo model)")
+    animate.add_argument("--intensity",
+                         help=f"motion intensity, 1 (still) to 10 (most), or a schedule of LEVEL:FRAME keyframes, linear "
+                              f"in between, e.g. 2:0,8:31; default: the model's ({DEFAULT_INTENSITY} for the demo model)")
     animate.add_argument("--seed", type=int, help="random seed (default: a new one, printed and stored in the output)")
-    animate.add_argument("--frames", type=int, help="number of frames (default: what the model was trained with)")
+    animate.add_argument("--frames", type=int, help="number of frames, up to 512 (default: what the model was trained "
+                         "with); more than one window are sampled as overlapping windows")
+    animate.add_argument("--window-length", type=int, help="frames the motion modules see at once (default: what the "
+                         "model was trained with, 8 for the demo model; at most what its motion modules handle)")
+    animate.add_argument("--window-overlap", type=int, help="frames neighbouring windows share (default: half the window)")
+    animate.add_argument("--window-schedule", default=DEFAULT_WINDOW_SCHEDULE, choices=WINDOW_SCHEDULES,
+                         help=f"static: the same windows every step; uniform: windows shifted each step so no seam stays "
+                              f"put (default {DEFAULT_WINDOW_SCHEDULE})")
+    animate.add_argument("--loop", action="store_true", help="a seamless loop: the last frame flows into the first "
+                         "(needs more frames than one window)")
     animate.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     animate.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE_SCALE,
                          help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE})")
@@ -117,7 +128,8 @@ def run_animate(args) -> int:
             photo, args.prompt, intensity=intensity, num_frames=args.frames, num_inference_steps=args.steps,
             guidance_scale=args.guidance, negative_prompt=args.negative, seed=args.seed, height=height, width=width,
             content_scale=args.content_scale, prior_inversion=not args.no_inversion, scheduler=args.scheduler,
-            callback=progress,
+            window_length=args.window_length, window_overlap=args.window_overlap, window_schedule=args.window_schedule,
+            loop=args.loop, callback=progress,
         )
     for note in result.notes:
         status(note)
@@ -131,7 +143,7 @@ def run_animate(args) -> int:
     write_video(frames, output, fps=fps, metadata=metadata, overwrite=args.overwrite, still=still)
     weights = " ".join(f"{token}:{weight:.2f}" for token, weight in result.token_weights)
     print(f"wrote {' + '.join(map(str, written_files(output)))} ({len(frames)} frames at {fps:g} fps, "
-          f"seed {result.settings['seed']}, asked intensity {intensity}, "
+          f"seed {result.settings['seed']}, asked intensity {args.intensity if isinstance(intensity, tuple) else intensity}, "
           f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))")
     print(f"token weights: {weights}")
     return 0
@@ -154,11 +166,12 @@ def check_before_loading(args):
         check_text,
     )
     from .images import load_image
-    from .intensity import validate_level
+    from .intensity import intensity_from_text
     from .loading.assemble import demo_checkpoint
     from .loading.checkpoint import read_livephoto_config
     from .sampling import check_scheduler_name
     from .video import check_output
+    from .windows import context_windows
 
     output = Path(args.output) if args.output else default_output(args.image)
     check_output(output, args.overwrite)
@@ -167,11 +180,12 @@ def check_before_loading(args):
     check_device(args.device)
     check_scheduler_name(args.scheduler)
     config = read_livephoto_config(args.livephoto if args.livephoto is not None else demo_checkpoint())
-    intensity = validate_level(
-        config.default_intensity if args.intensity is None else args.intensity, config.intensity_levels
+    frames = check_frames(config.num_frames if args.frames is None else args.frames)
+    intensity = intensity_from_text(
+        str(config.default_intensity) if args.intensity is None else args.intensity, frames, config.intensity_levels
     )
-    if args.frames is not None:
-        check_frames(args.frames, config.motion_max_seq_length)
+    context_windows(frames, config.motion_max_seq_length, config.num_frames, args.window_length, args.window_overlap,
+                    args.window_schedule, args.loop)
     check_steps(args.steps)
     check_guidance(args.guidance)
     check_content_scale(args.content_scale)

@@ -17,3 +17,6 @@ DEFAULT_CONTENT_SCALE = 1.0  # the content attention's weight in training; 0 tur
 # Prior inversion (paper eq. 3): the inverted photo's weight in the first and the last frame's starting noise.
 DEFAULT_INVERSION_START = 0.033
 DEFAULT_INVERSION_END = 0.016
+# Videos longer than a window (livephoto_core.windows): where the windows lie at each step.
+WINDOW_SCHEDULES = ("static", "uniform")
+DEFAULT_WINDOW_SCHEDULE = "static"

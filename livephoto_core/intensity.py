@@ -174,6 +174,95 @@ def validate_level(level, levels: int = LEVELS) -> int:
     return value
 
 
+def parse_intensity_schedule(text: str, levels: int = LEVELS) -> tuple[tuple[int, int], ...]:
+    """``"2:0,8:31"`` -> keyframes ((level, frame), ...): level 2 at frame 0, 8 at frame 31, linear in
+    between (``schedule_levels``). Levels are whole numbers 1..`levels`; frames count from 0 and rise.
+    A plain level (``"5"``) is the one keyframe (5, 0): that level for every frame."""
+    if ":" not in str(text):
+        return ((intensity_from_text(text, 1, levels), 0),)
+    keyframes = []
+    for part in str(text).split(","):
+        level, sep, frame = part.strip().partition(":")
+        try:
+            keyframe = int(level), int(frame)
+        except ValueError:
+            keyframe = None
+        if not sep or keyframe is None:
+            raise InvalidInputError(
+                f"intensity schedule {text!r}: {part.strip()!r} is not LEVEL:FRAME; write keyframes such as "
+                f"2:0,8:31 (level 2 at frame 0 rising to level 8 at frame 31)"
+            )
+        keyframes.append(keyframe)
+    for level, frame in keyframes:
+        if not STILLEST_LEVEL <= level <= levels:
+            raise InvalidInputError(
+                f"intensity schedule {text!r}: level {level} is outside 1 (still) to {levels} (most motion)"
+            )
+        if frame < 0:
+            raise InvalidInputError(f"intensity schedule {text!r}: frame {frame} is negative; frames count from 0")
+    frames = [frame for _, frame in keyframes]
+    if any(later <= earlier for earlier, later in zip(frames, frames[1:])):
+        raise InvalidInputError(
+            f"intensity schedule {text!r}: keyframes must be in order of frame, each after the last; got frames "
+            f"{', '.join(map(str, frames))}"
+        )
+    return tuple(keyframes)
+
+
+def schedule_levels(keyframes: Sequence[tuple[int, int]], num_frames: int) -> tuple[float, ...]:
+    """Keyframes ((level, frame), ...) -> one level per frame: linear between keyframes, held before the
+    first and after the last."""
+    last_frame = keyframes[-1][1]
+    if last_frame >= num_frames:
+        raise InvalidInputError(
+            f"the intensity schedule has a keyframe at frame {last_frame}, beyond the video's last frame "
+            f"({num_frames - 1}): ask for more frames or move the keyframe"
+        )
+    levels = np.interp(np.arange(num_frames), [f for _, f in keyframes], [float(level) for level, _ in keyframes])
+    return tuple(float(level) for level in levels)
+
+
+def intensity_from_text(text: str, num_frames: int, levels: int = LEVELS) -> int | tuple[float, ...]:
+    """The intensity as the CLI and the nodes take it, a level (``"5"``) or keyframes (``"2:0,8:31"``),
+    -> one level, or one per frame."""
+    if ":" in text:
+        return schedule_levels(parse_intensity_schedule(text, levels), num_frames)
+    try:
+        level = float(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"intensity must be a level from 1 to {levels} or a schedule of LEVEL:FRAME keyframes such as 2:0,8:31; "
+            f"got {text!r}"
+        ) from None
+    return validate_level(level, levels)
+
+
+def check_frame_levels(intensity, num_frames: int, levels: int = LEVELS) -> int | tuple[float, ...]:
+    """The motion asked of a render: one level for every frame (a whole number, ``validate_level``), or a
+    sequence of one level per frame, each from 1 to `levels` (in-between values are allowed, as a
+    schedule interpolates them)."""
+    if isinstance(intensity, (str, bytes)) or not isinstance(intensity, (Sequence, np.ndarray, torch.Tensor)):
+        return validate_level(intensity, levels)
+    per_frame = [float(level) if isinstance(level, numbers.Real) and not isinstance(level, bool) else level
+                 for level in (intensity.tolist() if hasattr(intensity, "tolist") else intensity)]
+    if len(per_frame) != num_frames:
+        raise InvalidInputError(
+            f"intensity holds {len(per_frame)} levels but the video has {num_frames} frames: give one level per "
+            f"frame, or one number for all"
+        )
+    for frame, level in enumerate(per_frame):
+        if not isinstance(level, float) or not STILLEST_LEVEL <= level <= levels:
+            raise InvalidInputError(
+                f"intensity of frame {frame} must be a number from 1 (still) to {levels} (most motion); got {level!r}"
+            )
+    return tuple(per_frame)
+
+
+def first_level(intensity: int | Sequence[float]) -> float:
+    """The level of frame 0, the photo's own frame (what prior inversion runs at)."""
+    return float(intensity) if isinstance(intensity, numbers.Real) else float(intensity[0])
+
+
 def measure_intensity(frames, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> IntensityMeasurement:
     """Mean adjacent SSIM of a clip and the level it falls in."""
     mean_ssim = mean_adjacent_ssim(frames)

@@ -71,10 +71,11 @@ def ddim_invert(
 
 
 def prior_weights(
-    num_frames: int, start: float = DEFAULT_INVERSION_START, end: float = DEFAULT_INVERSION_END
+    positions: torch.Tensor, start: float = DEFAULT_INVERSION_START, end: float = DEFAULT_INVERSION_END
 ) -> torch.Tensor:
-    """a_n, linear from `start` (first frame) to `end` (last frame)."""
-    return torch.linspace(start, end, num_frames) if num_frames > 1 else torch.tensor([start])
+    """a_n for frames at `positions` [F] (their frame embedding, 0 at the photo .. 1): linear from
+    `start` at 0 to `end` at 1, so a long video's first window starts as a one-window video does."""
+    return start + (end - start) * positions
 
 
 def mix_prior(inverted: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

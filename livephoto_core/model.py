@@ -132,10 +132,13 @@ class LivePhotoModel(nn.Module):
         reweighted, weights = self.text_reweighter(chunks.to(self.dtype))
         return reweighted.reshape(batch, length, dim), weights.reshape(batch, length)
 
-    def conditioning_channels(self, reference_latent: torch.Tensor, num_frames: int, intensity: torch.Tensor):
+    def conditioning_channels(
+        self, reference_latent: torch.Tensor, num_frames: int, intensity: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ):
         """[reference latent, frame embedding, intensity map] for the UNet; see modules.unet."""
         levels = intensity if self.config.intensity_map else torch.zeros_like(intensity)  # the ablation
-        return conditioning_channels(reference_latent, num_frames, levels)
+        return conditioning_channels(reference_latent, num_frames, levels, positions)
 
     def encode_content(self, pixels: torch.Tensor) -> torch.Tensor:
         """Photo pixels [B, 3, H, W] in 0..1 -> content tokens [B, N, D]."""

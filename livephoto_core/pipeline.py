@@ -8,6 +8,7 @@ each video uses once wait off the UNet's device between uses (``offload``).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,11 +26,17 @@ from .checks import (
     check_text,
     whole_number,
 )
-from .defaults import DEFAULT_CONTENT_SCALE, DEFAULT_GUIDANCE_SCALE, DEFAULT_SCHEDULER, DEFAULT_STEPS
+from .defaults import (
+    DEFAULT_CONTENT_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+    DEFAULT_WINDOW_SCHEDULE,
+)
 from .encoding import DECODE_CHUNK_SIZE, decode_latents, encode_photo, encode_text, tokenize
 from .errors import InvalidInputError
 from .images import load_image, prepare_photo
-from .intensity import IntensityMeasurement, measure_intensity, validate_level
+from .intensity import IntensityMeasurement, check_frame_levels, measure_intensity
 from .model import LivePhotoModel
 from .offload import IdleOffload
 from .render import (
@@ -42,6 +49,7 @@ from .render import (
 )
 from .sampling import ProgressCallback
 from .vocabulary import prompt_notes
+from .windows import context_windows
 
 
 @dataclass
@@ -55,6 +63,10 @@ class LivePhotoOutput:
 
 class LivePhotoPipeline:
     """Animate a photo: ``pipe(image, "shaking head", intensity=5)`` -> LivePhotoOutput.
+
+    Longer than the model's window: ``num_frames=32`` (sampled as overlapping windows, see ``windows``);
+    ``loop=True`` makes the last frame flow into the first; ``intensity=[...]``, one level per frame,
+    changes the motion over time (``intensity.schedule_levels`` turns keyframes into such a list).
 
     ``low_memory=True`` trades a little speed for a lower peak. The parts each video uses once (text
     encoder, DINOv2, VAE) hold no memory on the UNet's device while idle (see ``offload``); the
@@ -103,7 +115,7 @@ class LivePhotoPipeline:
         self,
         image,
         prompt: str,
-        intensity: int | None = None,
+        intensity: int | Sequence[float] | None = None,
         num_frames: int | None = None,
         num_inference_steps: int = DEFAULT_STEPS,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -118,14 +130,23 @@ class LivePhotoPipeline:
         inversion_steps: int | None = None,
         scheduler: str = DEFAULT_SCHEDULER,
         decode_chunk_size: int | None = None,
+        window_length: int | None = None,
+        window_overlap: int | None = None,
+        window_schedule: str = DEFAULT_WINDOW_SCHEDULE,
+        loop: bool = False,
         callback: ProgressCallback | None = None,
     ) -> LivePhotoOutput:
-        """`intensity`, `num_frames`, `height`, `width` and the inversion endpoints default to the
-        checkpoint's config; `inversion_steps` to `num_inference_steps`; `seed` to a new one."""
+        """`intensity` (one level, or one per frame), `num_frames`, `height`, `width` and the inversion
+        endpoints default to the checkpoint's config; `inversion_steps` to `num_inference_steps`; `seed`
+        to a new one; `window_length` to the clip length the model was trained on, `window_overlap` to
+        half the window."""
         config = self.config
         # Every setting is checked before any model runs.
-        intensity = validate_level(config.default_intensity if intensity is None else intensity, config.intensity_levels)
-        num_frames = check_frames(config.num_frames if num_frames is None else num_frames, self.model.unet.max_frames)
+        num_frames = check_frames(config.num_frames if num_frames is None else num_frames)
+        intensity = check_frame_levels(config.default_intensity if intensity is None else intensity, num_frames,
+                                       config.intensity_levels)
+        windows = context_windows(num_frames, self.model.unet.max_frames, config.num_frames, window_length,
+                                  window_overlap, window_schedule, loop)
         num_inference_steps = check_steps(num_inference_steps)
         inversion_steps = check_steps(num_inference_steps if inversion_steps is None else inversion_steps,
                                       "inversion steps")
@@ -177,7 +198,7 @@ class LivePhotoPipeline:
         sampling = SamplingRequest(
             photo=conditioning, text=text, uncond_text=encoded[negative_prompt][0] if guided else None,
             schedule=schedule, num_frames=num_frames, guidance_scale=guidance_scale, seed=seed,
-            content_scale=content_scale, prior=prior, split_guidance=self.low_memory,
+            content_scale=content_scale, prior=prior, split_guidance=self.low_memory, windows=windows,
         )
         latents = generate_latents(self.model, sampling, callback)
         with self.offload.visiting(self.vae):
@@ -186,7 +207,7 @@ class LivePhotoPipeline:
         settings = {
             "prompt": prompt,
             "negative_prompt": negative_prompt,
-            "intensity": intensity,
+            "intensity": list(intensity) if isinstance(intensity, tuple) else intensity,
             "num_frames": num_frames,
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
@@ -199,6 +220,10 @@ class LivePhotoPipeline:
             "inversion_end": end,
             "inversion_steps": inversion_steps if prior_inversion else None,
             "scheduler": scheduler,
+            "window_length": windows.length,
+            "window_overlap": windows.overlap,
+            "window_schedule": windows.schedule,
+            "loop": windows.loop,
             "fps": config.fps,
             "model_hashes": self.model_hashes,
             "livephoto_version": __version__,

@@ -20,9 +20,11 @@ import torch
 
 from .defaults import DEFAULT_CONTENT_SCALE
 from .errors import InvalidInputError
+from .intensity import first_level
 from .inversion import ddim_invert, inversion_timesteps, mix_prior, prior_weights
 from .model import LivePhotoModel
 from .sampling import ProgressCallback, build_conditioning, initial_noise, make_scheduler, sample_video
+from .windows import ContextWindows
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class PhotoConditioning:
 
     reference_latent: torch.Tensor  # [1, 4, h, w]: the VAE latent times its scaling factor, as the UNet reads it
     content: torch.Tensor  # [1, N, D]: the photo's content tokens (LivePhotoModel.encode_content)
-    intensity: int  # the motion level, 1 (still) .. 10 (most motion)
+    # The motion level, 1 (still) .. 10 (most motion): one for every frame, or one per frame (a schedule).
+    intensity: int | tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,12 @@ class SamplingRequest:
     content_scale: float = DEFAULT_CONTENT_SCALE
     prior: Prior | None = None  # from invert_reference with the same photo and schedule
     split_guidance: bool = False  # guidance as two half-batch UNet calls: a lower peak, one more call a step
+    # How frames beyond one window are sampled, and loops (``windows``); None: all frames in one window.
+    windows: ContextWindows | None = None
+
+    @property
+    def context_windows(self) -> ContextWindows:
+        return self.windows if self.windows is not None else ContextWindows(length=self.num_frames, overlap=0)
 
 
 def invert_reference(
@@ -97,7 +106,9 @@ def invert_reference(
     photo, schedule = request.photo, request.schedule
     scheduler = schedule.make()
     target = first_timestep(scheduler, schedule.steps)
-    cond = build_conditioning(request.empty_text, None, photo.content, photo_channels(model, photo, 1))
+    # One frame: the photo's own, at frame 0's level and position.
+    channels = model.conditioning_channels(photo.reference_latent, 1, torch.tensor([first_level(photo.intensity)]))
+    cond = build_conditioning(request.empty_text, None, photo.content, channels)
     inverted = ddim_invert(
         model.unet,
         photo.reference_latent.unsqueeze(1),
@@ -121,6 +132,9 @@ def generate_latents(
     generator = torch.Generator("cpu").manual_seed(request.seed)
     shape = (1, request.num_frames, latent_channels, height, width)
     noise = initial_noise(shape, generator, model.device, model.dtype)
+    windows = request.context_windows
+    windows.check(request.num_frames, model.unet.max_frames)  # front ends checked theirs; this is for requests made by hand
+    positions = windows.frame_positions(request.num_frames)
     if prior is not None:
         start = first_timestep(scheduler, schedule.steps)
         if start != prior.timestep:
@@ -128,21 +142,25 @@ def generate_latents(
                 f"the prior was inverted to timestep {prior.timestep} but this sampler starts at {start}: "
                 f"give the prior inversion the sampler's scheduler and step count"
             )
-        weights = prior_weights(request.num_frames, prior.start, prior.end)
+        weights = prior_weights(positions, prior.start, prior.end)
         noise = mix_prior(prior.inverted.to(noise), noise, weights)
     latents = noise * scheduler.init_noise_sigma
     cond = build_conditioning(
-        request.text, request.uncond_text, photo.content, photo_channels(model, photo, request.num_frames),
+        request.text, request.uncond_text, photo.content, photo_channels(model, photo, positions),
         content_scale=request.content_scale, split_guidance=request.split_guidance,
     )
     return sample_video(
-        model.unet, latents, cond, scheduler, schedule.steps, request.guidance_scale, generator, callback
+        model.unet, latents, cond, scheduler, schedule.steps, request.guidance_scale, generator, callback, windows
     )
 
 
-def photo_channels(model: LivePhotoModel, photo: PhotoConditioning, num_frames: int) -> torch.Tensor:
-    """The UNet's conditioning channels for `num_frames` frames of this photo, [1, F, 6, h, w]."""
-    return model.conditioning_channels(photo.reference_latent, num_frames, torch.tensor([float(photo.intensity)]))
+def photo_channels(model: LivePhotoModel, photo: PhotoConditioning, positions: torch.Tensor) -> torch.Tensor:
+    """The UNet's conditioning channels for the frames at `positions` (their frame embedding, [F]), [1, F, 6, h, w]."""
+    num_frames = len(positions)
+    levels = photo.intensity if isinstance(photo.intensity, tuple) else (float(photo.intensity),) * num_frames
+    if len(levels) != num_frames:
+        raise InvalidInputError(f"the intensity holds {len(levels)} levels for a video of {num_frames} frames")
+    return model.conditioning_channels(photo.reference_latent, num_frames, torch.tensor([levels]), positions)
 
 
 def first_timestep(scheduler, num_inference_steps: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -26,7 +26,8 @@ from diffusers import (
 
 from .defaults import DEFAULT_CONTENT_SCALE, DEFAULT_GUIDANCE_SCALE
 from .errors import InvalidInputError
-from .modules.unet import LivePhotoUNet
+from .modules.unet import FRAME_EMBEDDING_CHANNEL, LivePhotoUNet
+from .windows import ContextWindows, blend_weights
 
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
@@ -156,6 +157,34 @@ def guided_prediction(
     return uncond + guidance_scale * (text - uncond)
 
 
+def windowed_prediction(
+    unet: LivePhotoUNet,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    cond: VideoConditioning,
+    guidance_scale: float,
+    windows: ContextWindows,
+    window_frames: list[list[int]],
+) -> torch.Tensor:
+    """The guided prediction of a video longer than a window: each window's frames on their own (the
+    photo, text and intensity as for the whole video, the window's own frame embedding), blended where
+    windows overlap."""
+    num_frames = latents.shape[1]
+    weights = blend_weights(windows.length).to(latents.device)
+    # Summed in float32: in half precision the sums of a frame's windows would round.
+    total = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
+    weight_sum = torch.zeros(num_frames, device=latents.device)
+    for frames in window_frames:
+        index = torch.tensor(frames, device=latents.device)
+        channels = cond.channels[:, index]  # a copy: indexing with a tensor
+        embedding = windows.window_embedding(frames, num_frames).to(channels)
+        channels[:, :, FRAME_EMBEDDING_CHANNEL] = embedding.view(1, -1, 1, 1)
+        prediction = guided_prediction(unet, latents[:, index], timestep, replace(cond, channels=channels), guidance_scale)
+        total.index_add_(1, index, prediction.float() * weights.view(1, -1, 1, 1, 1))
+        weight_sum.index_add_(0, index, weights)
+    return (total / weight_sum.view(1, -1, 1, 1, 1)).to(latents.dtype)
+
+
 def sample_video(
     unet: LivePhotoUNet,
     latents: torch.Tensor,
@@ -165,8 +194,11 @@ def sample_video(
     guidance_scale: float,
     generator: torch.Generator | None = None,
     callback: ProgressCallback | None = None,
+    windows: ContextWindows | None = None,
 ) -> torch.Tensor:
-    """Denoise `latents` (already scaled by the scheduler's initial sigma) over the scheduler's steps."""
+    """Denoise `latents` (already scaled by the scheduler's initial sigma) over the scheduler's steps:
+    all frames in one UNet call, or, with `windows` and more frames than one window, window by window."""
+    num_frames = latents.shape[1]
     # The scheduler keeps its timesteps on the CPU: its steps index tables and compare timesteps, which
     # with accelerator tensors would wait for the device every step. The UNet gets its own copies, moved once.
     scheduler.set_timesteps(num_inference_steps)
@@ -176,7 +208,12 @@ def sample_video(
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for step, (timestep, unet_timestep) in enumerate(zip(timesteps, unet_timesteps), start=1):
         model_input = scheduler.scale_model_input(latents, timestep)
-        prediction = guided_prediction(unet, model_input, unet_timestep, cond, guidance_scale)
+        if windows is None or windows.is_single(num_frames):
+            prediction = guided_prediction(unet, model_input, unet_timestep, cond, guidance_scale)
+        else:
+            prediction = windowed_prediction(
+                unet, model_input, unet_timestep, cond, guidance_scale, windows, windows.windows(num_frames, step - 1)
+            )
         # diffusers' step returns (prev_sample,) or (prev_sample, pred_original_sample).
         outputs = scheduler.step(prediction, timestep, latents, return_dict=False, **step_kwargs)
         latents = outputs[0]

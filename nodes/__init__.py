@@ -11,8 +11,12 @@ from .paths import register_model_folders
 from .sampler import LivePhotoSampler, PriorInversion
 from .save_for_phone import SaveForPhone
 from .text import TextReweight
+from .windows import ContextWindows
 
-NODES = [LoadLivePhotoModel, TextReweight, PriorInversion, LivePhotoSampler, EstimateIntensity, SaveForPhone, PingPong]
+NODES = [
+    LoadLivePhotoModel, TextReweight, PriorInversion, ContextWindows, LivePhotoSampler, EstimateIntensity, SaveForPhone,
+    PingPong,
+]
 
 
 class LivePhotoExtension(ComfyExtension):

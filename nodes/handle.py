@@ -25,6 +25,7 @@ from ..livephoto_core.sampling import ProgressEvent
 
 LIVEPHOTO_MODEL = "LIVEPHOTO_MODEL"
 LIVEPHOTO_PRIOR = "LIVEPHOTO_PRIOR"
+LIVEPHOTO_WINDOWS = "LIVEPHOTO_WINDOWS"
 
 
 class LivePhotoModule(torch.nn.Module):

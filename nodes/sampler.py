@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 from ..livephoto_core.checks import (
     MAX_CONTENT_SCALE,
+    MAX_FRAMES,
     MAX_GUIDANCE,
     MAX_SEED,
     MAX_SIZE,
@@ -37,10 +38,11 @@ from ..livephoto_core.defaults import (
     DEFAULT_NUM_FRAMES,
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
+    DEFAULT_WINDOW_SCHEDULE,
 )
 from ..livephoto_core.errors import InvalidInputError
 from ..livephoto_core.images import prepare_photo
-from ..livephoto_core.intensity import LEVELS, validate_level
+from ..livephoto_core.intensity import LEVELS, intensity_from_text, parse_intensity_schedule, validate_level
 from ..livephoto_core.model import LivePhotoModel
 from ..livephoto_core.render import (
     InversionRequest,
@@ -52,8 +54,10 @@ from ..livephoto_core.render import (
     invert_reference,
 )
 from ..livephoto_core.sampling import SCHEDULERS
-from .handle import LIVEPHOTO_MODEL, LIVEPHOTO_PRIOR, LivePhotoModelHandle, NodeProgress, sampling_memory
+from ..livephoto_core.windows import context_windows
+from .handle import LIVEPHOTO_MODEL, LIVEPHOTO_PRIOR, LIVEPHOTO_WINDOWS, LivePhotoModelHandle, NodeProgress, sampling_memory
 from .text import reweighted_embeddings, single_prompt
+from .windows import NodeWindows
 
 VAE_FACTOR = 8  # pixels per latent pixel
 
@@ -66,12 +70,14 @@ class NodePrior:
     model_token: str
     reference: torch.Tensor  # the scaled reference latent it was inverted from, on the intermediate device
     intensity: int
+    intensity_schedule: str  # "" or keyframes, which win over `intensity`
     scheduler: str
     steps: int
 
     def __repr__(self) -> str:
         shape = tuple(self.reference.shape)
-        return f"NodePrior(intensity {self.intensity}, {self.scheduler} {self.steps} steps, latent {shape})"
+        intensity = self.intensity_schedule or self.intensity
+        return f"NodePrior(intensity {intensity}, {self.scheduler} {self.steps} steps, latent {shape})"
 
 
 def reference_latent(latent, scale: float) -> torch.Tensor:
@@ -173,6 +179,13 @@ def intensity_message(intensity) -> bool | str:
     return True
 
 
+def node_intensity(intensity: int, intensity_schedule: str, num_frames: int, levels: int) -> int | tuple[float, ...]:
+    """The intensity widget, or the schedule string when one is written: one level, or one per frame."""
+    if intensity_schedule.strip():
+        return intensity_from_text(intensity_schedule, num_frames, levels)
+    return validate_level(intensity, levels)
+
+
 def _livephoto_input():
     return io.Custom(LIVEPHOTO_MODEL).Input("livephoto_model", tooltip="From Load LivePhoto Model.")
 
@@ -195,6 +208,15 @@ def _intensity_input(note: str = ""):
     return io.Int.Input(
         "intensity", default=DEFAULT_INTENSITY, min=1, max=LEVELS,
         tooltip="Motion intensity: 1 = nearly still, 10 = the most motion." + note,
+    )
+
+
+def _intensity_schedule_input(note: str = ""):
+    return io.String.Input(
+        "intensity_schedule", default="", optional=True,
+        tooltip="Intensity that changes over time: LEVEL:FRAME keyframes, linear in between, e.g. 2:0,8:31 (level 2 "
+        "at frame 0 rising to 8 at frame 31; held before the first and after the last). Empty: the intensity "
+        "widget for every frame." + note,
     )
 
 
@@ -235,6 +257,7 @@ class PriorInversion(io.ComfyNode):
                     tooltip=f"Weight of the inverted photo in the last frame's starting noise "
                     f"(paper: {DEFAULT_INVERSION_END}).",
                 ),
+                _intensity_schedule_input(" The inversion runs at frame 0's level; the sampler uses the schedule."),
             ],
             outputs=[
                 io.Custom(LIVEPHOTO_PRIOR).Output(
@@ -249,10 +272,12 @@ class PriorInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, clip, reference, photo, intensity: int, steps: int,
-                scheduler: str, start: float, end: float) -> io.NodeOutput:
+                scheduler: str, start: float, end: float, intensity_schedule: str = "") -> io.NodeOutput:
         handle = livephoto_model
         config = handle.model.config
         intensity = validate_level(intensity, config.intensity_levels)
+        if intensity_schedule.strip():  # checked here; the sampler expands it over its frames
+            intensity = parse_intensity_schedule(intensity_schedule, config.intensity_levels)[0][0]  # frame 0's level
         steps = check_steps(steps)
         start, end = check_prior_weights(start, end)
         schedule = Schedule(scheduler, steps, handle.scheduler_config, config.prediction_type)
@@ -270,7 +295,9 @@ class PriorInversion(io.ComfyNode):
         prior = invert_reference(model, request, NodeProgress(steps))
         output_device = comfy.model_management.intermediate_device()
         prior = replace(prior, inverted=prior.inverted.to(output_device))
-        return io.NodeOutput(NodePrior(prior, handle.token, latent.to(output_device), intensity, scheduler, steps))
+        return io.NodeOutput(NodePrior(
+            prior, handle.token, latent.to(output_device), intensity, intensity_schedule.strip(), scheduler, steps
+        ))
 
 
 class LivePhotoSampler(io.ComfyNode):
@@ -295,8 +322,9 @@ class LivePhotoSampler(io.ComfyNode):
                 _photo_input(),
                 _intensity_input(PRIOR_WINS),
                 io.Int.Input(
-                    "frames", default=DEFAULT_NUM_FRAMES, min=MIN_FRAMES, max=128,
-                    tooltip="Number of frames; at most what the checkpoint's motion modules handle (32 for AnimateDiff's).",
+                    "frames", default=DEFAULT_NUM_FRAMES, min=MIN_FRAMES, max=MAX_FRAMES,
+                    tooltip=f"Number of frames, up to {MAX_FRAMES}. More than one window (the model's clip length, or "
+                    f"what LivePhoto Context Windows sets) are sampled as overlapping windows.",
                 ),
                 _steps_input("Denoising steps." + PRIOR_WINS),
                 io.Float.Input(
@@ -317,6 +345,12 @@ class LivePhotoSampler(io.ComfyNode):
                     tooltip="From LivePhoto Prior Inversion (same model, latent, intensity, scheduler and steps); "
                     "without it every frame starts from pure noise.",
                 ),
+                io.Custom(LIVEPHOTO_WINDOWS).Input(
+                    "windows", optional=True,
+                    tooltip="From LivePhoto Context Windows: window length, overlap, schedule and loop. Without it: "
+                    "the model's clip length, half overlapping, static, no loop.",
+                ),
+                _intensity_schedule_input(PRIOR_WINS),
             ],
             outputs=[
                 io.Latent.Output(
@@ -338,14 +372,19 @@ class LivePhotoSampler(io.ComfyNode):
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, positive, negative, reference, photo, intensity: int,
                 frames: int, steps: int, cfg: float, seed: int, scheduler: str, content_scale: float,
-                prior: NodePrior | None = None) -> io.NodeOutput:
+                prior: NodePrior | None = None, windows: NodeWindows | None = None,
+                intensity_schedule: str = "") -> io.NodeOutput:
         handle = livephoto_model
         config = handle.model.config
         if prior is not None:  # one place for each setting: the prior's, which it was inverted with
-            intensity, scheduler, steps = prior.intensity, prior.scheduler, prior.steps
+            intensity, intensity_schedule = prior.intensity, prior.intensity_schedule
+            scheduler, steps = prior.scheduler, prior.steps
         # Every check before any model runs.
-        intensity = validate_level(intensity, config.intensity_levels)
-        frames = check_frames(frames, handle.model.unet.max_frames)
+        frames = check_frames(frames)
+        intensity = node_intensity(intensity, intensity_schedule, frames, config.intensity_levels)
+        asked = windows or NodeWindows(None, None, DEFAULT_WINDOW_SCHEDULE, False)  # no Context Windows: the defaults
+        windows = context_windows(frames, handle.model.unet.max_frames, config.num_frames, asked.length, asked.overlap,
+                                  asked.schedule, asked.loop)
         steps = check_steps(steps)
         cfg = check_guidance(cfg)
         seed = check_seed(seed)
@@ -359,13 +398,14 @@ class LivePhotoSampler(io.ComfyNode):
             check_prior(prior, handle, latent)
 
         guided = cfg > 1  # as LivePhotoPipeline: no unconditional branch without guidance
-        model = handle.load(sampling_memory(frames, *latent.shape[-2:], guided, handle.model.dtype))
+        window_frames = frames if windows.is_single(frames) else windows.length  # one UNet call sees one window
+        model = handle.load(sampling_memory(window_frames, *latent.shape[-2:], guided, handle.model.dtype))
         request = SamplingRequest(
             photo=photo_conditioning(model, latent, pixels, intensity),
             text=reweighted_embeddings(handle, *positive, "positive"),
             uncond_text=reweighted_embeddings(handle, *negative, "negative") if guided else None,
             schedule=schedule, num_frames=frames, guidance_scale=cfg, seed=seed, content_scale=content_scale,
-            prior=None if prior is None else prior.prior,
+            prior=None if prior is None else prior.prior, windows=windows,
         )
         latents = generate_latents(model, request, NodeProgress(steps, previews=True))
         samples = latents[0].float() / handle.latent_scale

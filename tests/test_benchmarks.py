@@ -239,3 +239,21 @@ def test_decode_chunk_size_is_checked_before_any_model_runs(tiny_pipeline):
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_long_video_seam_ratio_sees_a_jump_at_a_window_boundary_only():
+    from benchmarks.long_video import grid, seam_ratio
+
+    generator = np.random.default_rng(0)
+    first = generator.random((32, 32, 3))
+    second = np.clip(first + 0.05 * generator.standard_normal(first.shape), 0, 1)
+    drift = np.stack([first if k % 2 else second for k in range(16)])  # every adjacent pair alike
+    windows = grid(16, 8, 4)
+    assert [w[0] for w in windows] == [0, 4, 8]
+    assert seam_ratio(drift, windows) == pytest.approx(1.0, abs=1e-9)
+    jumped = drift.copy()
+    jumped[8:] = 1 - jumped[8:]  # a cut where a window starts: the pairs after it as alike as before
+    assert seam_ratio(jumped, windows) < 0.9
+    inside = drift.copy()
+    inside[6:] = 1 - inside[6:]  # the same cut inside the windows
+    assert seam_ratio(inside, windows) > 1.0

@@ -39,7 +39,7 @@ INTEGER_TYPES = [int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16
 # Each whole-number setting with a value it takes: (name, check, value).
 WHOLE_SETTINGS = [
     ("seed", check_seed, 7),
-    ("frames", lambda v: check_frames(v, 16), 4),
+    ("frames", check_frames, 4),
     ("steps", check_steps, 20),
     ("intensity", validate_level, 5),
     ("height", lambda v: check_size(v, 64)[0], 64),

@@ -91,7 +91,7 @@ def test_existing_output_is_refused_before_loading_and_kept(tiny_files, photo, t
     "extra, message",
     [
         (["--intensity", "11"], "intensity must be a whole number from 1"),
-        (["--frames", "10000"], "frames must be from 2 to 16"),
+        (["--frames", "10000"], "frames must be from 2 to 512; got 10000"),
         (["-o", "out.avi"], "the output must end in .webp, .gif, .mp4"),
         (["--base", "nowhere.safetensors"], "nowhere.safetensors"),
     ],
@@ -163,6 +163,13 @@ def test_outputs_that_cannot_be_written_are_refused_before_loading(tiny_files, p
         (["--guidance", "nan"], "guidance scale must be a finite number"),
         (["--negative", "blur\udce9"], "the negative prompt holds the byte 0xe9"),
         (["--fps", "0"], "fps must be from"),
+        (["--intensity", "0:0,5:3"], "intensity schedule '0:0,5:3': level 0 is outside 1 (still) to 10"),
+        (["--intensity", "2:5,8:3"], "keyframes must be in order of frame, each after the last"),
+        (["--intensity", "2:0,8:31"], "a keyframe at frame 31, beyond the video's last frame"),
+        (["--window-length", "17"], "window length must be from 2 to 16 frames (the longest clip this model's"),
+        (["--frames", "12", "--window-length", "4", "--window-overlap", "4"],
+         "window overlap must be from 0 to 3 frames (less than the window length, 4); got 4"),
+        (["--loop"], "a loop needs at least two windows"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_before_loading(tiny_files, photo, tmp_path, capsys, monkeypatch, extra,

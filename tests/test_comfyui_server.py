@@ -42,7 +42,7 @@ API_DIR, UI_DIR = ROOT / "tests" / "workflows", ROOT / "workflows"
 RANDOM_CHECKPOINT = "random_sd15.safetensors"
 RANDOM_LIVEPHOTO = "livephoto_random_sd15_v1.safetensors"  # bump the suffix when the recipe below changes
 RANDOM_DINOV2 = "dinov2_tiny_random_v1.safetensors"
-SMALL = dict(size=64, frames=4, steps=2)
+SMALL = dict(size=64, frames=4, steps=2, long_frames=12, schedule="3:0,8:6,3:11")
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -302,8 +302,10 @@ def node_seconds(workflow: dict, events: list[dict]) -> dict[str, float]:
 
 
 def small(workflow: dict) -> dict:
-    """The shipped workflow at test size: 64x64 photo, 4 frames, 2 steps."""
+    """The shipped workflow at test size: 64x64 photo, 4 frames, 2 steps; a long one (with Context Windows)
+    3 windows of the 4-frame model long, its intensity schedule squeezed to fit."""
     workflow = json.loads(json.dumps(workflow))
+    long = any(node["class_type"] == "LivePhotoContextWindows" for node in workflow.values())
     for node in workflow.values():
         inputs = node["inputs"]
         if node["class_type"] == "ImageScale":
@@ -311,7 +313,9 @@ def small(workflow: dict) -> dict:
         if node["class_type"] in ("LivePhotoSampler", "LivePhotoPriorInversion"):
             inputs["steps"] = SMALL["steps"]
         if node["class_type"] == "LivePhotoSampler":
-            inputs["frames"] = SMALL["frames"]
+            inputs["frames"] = SMALL["long_frames"] if long else SMALL["frames"]
+        if inputs.get("intensity_schedule"):
+            inputs["intensity_schedule"] = SMALL["schedule"]
     return workflow
 
 
@@ -397,7 +401,8 @@ def test_the_nodes_are_registered_with_category_and_tooltips(comfy):
     _, info = comfy.rw.http_json(comfy.url, "/object_info")
     ours = {name: entry for name, entry in info.items() if entry.get("category") == "LivePhoto"}
     assert set(ours) == {"LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
-                         "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong"}
+                         "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong",
+                         "LivePhotoContextWindows"}
     for name, entry in ours.items():
         for section in ("required", "optional"):
             for input_name, (_, options) in entry["input"].get(section, {}).items():
@@ -495,6 +500,14 @@ def test_intensity_sweep(comfy):
     assert frames_of(video).shape == (SMALL["frames"], SMALL["size"], 3 * SMALL["size"] + 2 * 8, 3)
     for node in ("11", "15", "19"):  # the measured intensity of each clip
         assert texts(entry, node)[0].startswith("intensity ")
+
+
+def test_long_loop(comfy):
+    entry, events = comfy.run(small(api_workflow("long_loop")), "workflow long_loop")
+    [video] = comfy.download(entry, "11")
+    frames = frames_of(video)
+    assert frames.shape == (SMALL["long_frames"], SMALL["size"], SMALL["size"], 3)
+    assert texts(entry, "12")[0].startswith("intensity ")
 
 
 def test_measure_video(comfy):

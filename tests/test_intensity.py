@@ -1,6 +1,7 @@
 """Motion intensity: SSIM against skimage, levels, thresholds, refusals."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -13,10 +14,15 @@ from livephoto_core.errors import InvalidInputError
 from livephoto_core.intensity import (
     DEFAULT_THRESHOLDS,
     IntensityMeasurement,
+    check_frame_levels,
+    first_level,
     fit_thresholds,
+    intensity_from_text,
     level_from_ssim,
     mean_adjacent_ssim,
     measure_intensity,
+    parse_intensity_schedule,
+    schedule_levels,
     ssim,
     to_grayscale,
     validate_level,
@@ -260,3 +266,50 @@ def test_half_precision_frames_are_measured_in_float32():
     reference = skimage_mean_adjacent_ssim(frames.double().numpy())
     assert mean_adjacent_ssim(frames) == pytest.approx(reference, abs=1e-5)
     assert to_grayscale(frames).dtype == torch.float32
+
+
+# --- intensity schedules ---------------------------------------------------------------------------------
+
+
+def test_a_schedule_is_linear_between_keyframes_and_held_outside_them():
+    keyframes = parse_intensity_schedule(" 2:0, 8:6 ,5:9")
+    assert keyframes == ((2, 0), (8, 6), (5, 9))
+    assert schedule_levels(keyframes, 12) == (2, 3, 4, 5, 6, 7, 8, 7, 6, 5, 5, 5)
+    assert schedule_levels(parse_intensity_schedule("4:2,6:3"), 5) == (4, 4, 4, 6, 6)
+    assert intensity_from_text("7", 5) == 7 and intensity_from_text("7.0", 5) == 7
+    assert intensity_from_text("2:0,9:7", 8) == tuple(float(level) for level in range(2, 10))
+    assert parse_intensity_schedule("5") == ((5, 0),)  # a plain level: one keyframe
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0:0,5:3", "level 0 is outside 1 (still) to 10"),
+        ("2:0,11:3", "level 11 is outside 1 (still) to 10"),
+        ("2:5,8:3", "keyframes must be in order of frame, each after the last; got frames 5, 3"),
+        ("2:3,8:3", "keyframes must be in order of frame"),
+        ("2:0,8:31", "keyframe at frame 31, beyond the video's last frame (15)"),
+        ("2:-1,8:3", "frame -1 is negative"),
+        ("2:0;8:3", "'2:0;8:3' is not LEVEL:FRAME"),
+        ("2:0,,8:3", "'' is not LEVEL:FRAME"),
+        ("fast", "intensity must be a level from 1 to 10 or a schedule of LEVEL:FRAME keyframes"),
+        ("11", "intensity must be a whole number from 1 (still) to 10"),
+    ],
+)
+def test_schedules_that_cannot_work_are_one_clear_error(text, message):
+    with pytest.raises(InvalidInputError) as caught:
+        intensity_from_text(text, 16)
+    assert message in str(caught.value)
+
+
+def test_per_frame_levels_are_checked_frame_by_frame():
+    assert check_frame_levels(5, 3) == 5
+    assert check_frame_levels([2, 2.5, 3], 3) == (2.0, 2.5, 3.0)
+    assert check_frame_levels(np.array([2, 3, 4]), 3) == (2.0, 3.0, 4.0)
+    for levels, message in [([2, 3], "intensity holds 2 levels but the video has 3 frames"),
+                            ([2, 3, 10.5], "intensity of frame 2 must be a number from 1 (still) to 10"),
+                            ([2, float("nan"), 3], "intensity of frame 1"), ([2, "3", 4], "intensity of frame 1"),
+                            ([2, True, 4], "intensity of frame 1"), ("5", "intensity must be a whole number")]:
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            check_frame_levels(levels, 3)
+    assert first_level((3.0, 4.0)) == 3.0 and first_level(6) == 6.0

@@ -48,10 +48,10 @@ def _fresh_progress(env):
 # --- registration ----------------------------------------------------------------------------------
 
 
-def test_seven_nodes_in_the_livephoto_category_with_a_tooltip_on_every_input_and_output(env):
+def test_eight_nodes_in_the_livephoto_category_with_a_tooltip_on_every_input_and_output(env):
     assert set(env.stubs.nodes) == {
         "LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
-        "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong",
+        "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong", "LivePhotoContextWindows",
     }
     for node in env.stubs.nodes.values():
         schema = node.define_schema()
@@ -236,9 +236,68 @@ def test_settings_fed_by_links_are_checked_when_the_node_runs(env):
             env.sample(**{setting: value})
 
 
-def test_more_frames_than_the_motion_modules_handle_are_refused(env):
-    with pytest.raises(env.errors.InvalidInputError, match="frames must be from 2 to 16 .*got 17"):
-        env.sample(frames=17)
+def windows(env, window_length=0, window_overlap=-1, schedule="static", loop=False):
+    return env.run("LivePhotoContextWindows", window_length=window_length, window_overlap=window_overlap,
+                   schedule=schedule, loop=loop)[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(frames=513), "frames must be from 2 to 512; got 513"),
+        (dict(frames=20, windows=dict(window_length=17)), "window length must be from 2 to 16 frames"),
+        (dict(frames=20, windows=dict(window_length=4, window_overlap=4)), "window overlap must be from 0 to 3"),
+        (dict(frames=4, windows=dict(loop=True)), "a loop needs at least two windows"),
+        (dict(frames=8, intensity_schedule="2:0,8:8"), "keyframe at frame 8, beyond the video's last frame (7)"),
+        (dict(intensity_schedule="2:3,8:1"), "keyframes must be in order of frame"),
+        (dict(intensity_schedule="0:0"), "level 0 is outside 1 (still) to 10"),
+    ],
+)
+def test_frames_windows_and_schedules_that_cannot_work_are_refused_before_sampling(env, settings, message):
+    if "windows" in settings:
+        settings = {**settings, "windows": windows(env, **settings["windows"])}
+    calls = []
+    hook = env.handle.model.unet.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(env.errors.InvalidInputError) as caught:
+            env.sample(**settings)
+    finally:
+        hook.remove()
+    assert message in str(caught.value) and calls == []
+
+
+def test_a_long_looped_scheduled_render_runs_window_by_window(env):
+    calls = []
+    hook = env.handle.model.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    try:
+        looped = env.sample(frames=10, steps=2, windows=windows(env, loop=True), intensity_schedule="2:0,9:9")
+    finally:
+        hook.remove()
+    assert looped["samples"].shape == (10, 4, 8, 8)
+    assert calls == [4] * 5 * 2  # the checkpoint's 4-frame window, half overlapping: 5 closed windows, 2 steps
+    plain = env.sample(frames=10, steps=2, intensity_schedule="2:0,9:9")["samples"]
+    assert not torch.equal(plain, looped["samples"])
+    constant = env.sample(frames=10, steps=2, intensity=5)["samples"]
+    torch.testing.assert_close(env.sample(frames=10, steps=2, intensity_schedule="5")["samples"], constant,
+                               atol=0, rtol=0)
+
+
+def test_a_prior_carries_its_intensity_schedule_to_the_sampler(env):
+    prior = env.run(
+        "LivePhotoPriorInversion", livephoto_model=env.handle, clip=env.clip, reference=env.default_reference,
+        photo=env.default_photo, intensity=7, steps=2, scheduler="ddim", start=0.033, end=0.016,
+        intensity_schedule="3:0,9:5",
+    )[0]
+    assert prior.intensity == 3  # the inversion ran at frame 0's level
+    with_schedule = env.sample(frames=6, steps=2, prior=prior)["samples"]
+    torch.testing.assert_close(env.sample(frames=6, steps=2, prior=prior, intensity_schedule="")["samples"],
+                               with_schedule, atol=0, rtol=0)  # the prior's schedule wins over the sampler's
+    constant = env.run(
+        "LivePhotoPriorInversion", livephoto_model=env.handle, clip=env.clip, reference=env.default_reference,
+        photo=env.default_photo, intensity=3, steps=2, scheduler="ddim", start=0.033, end=0.016,
+    )[0]
+    torch.testing.assert_close(constant.prior.inverted, prior.prior.inverted, atol=0, rtol=0)
+    assert not torch.equal(env.sample(frames=6, steps=2, prior=constant)["samples"], with_schedule)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from livephoto_core.inversion import (
     prior_weights,
     to_epsilon,
 )
-from livephoto_core.modules.unet import conditioning_channels
+from livephoto_core.modules.unet import conditioning_channels, frame_embedding
 from livephoto_core.sampling import (
     SCHEDULERS,
     build_conditioning,
@@ -185,7 +185,7 @@ def test_inversion_retraces_the_ddim_grid():
 
 
 def test_prior_mix_follows_equation_3():
-    weights = prior_weights(16)
+    weights = prior_weights(frame_embedding(16))
     assert weights[0].item() == pytest.approx(0.033) and weights[-1].item() == pytest.approx(0.016)
     torch.testing.assert_close(weights[5], torch.tensor(0.033 - 0.017 * 5 / 15))
     inverted, noise = torch.randn(1, 1, 4, 2, 2), torch.randn(1, 16, 4, 2, 2)

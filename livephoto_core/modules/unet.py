@@ -155,6 +155,9 @@ def pooled_text(context: torch.Tensor, num_content_tokens: int, videos: int) -> 
     return text[:: text.shape[0] // videos].mean(dim=1)  # frame-major rows: every F-th is a new video
 
 
+FRAME_EMBEDDING_CHANNEL = 4  # in the 6 conditioning channels: after the reference latent's 4
+
+
 def frame_embedding(num_frames: int) -> torch.Tensor:
     """n / (F - 1) for frame n: 0 for the first frame (trust the reference), 1 for the last (§3.3)."""
     if num_frames == 1:
@@ -162,16 +165,21 @@ def frame_embedding(num_frames: int) -> torch.Tensor:
     return torch.arange(num_frames, dtype=torch.float32) / (num_frames - 1)
 
 
-def conditioning_channels(reference_latent: torch.Tensor, num_frames: int, intensity: torch.Tensor) -> torch.Tensor:
+def conditioning_channels(
+    reference_latent: torch.Tensor, num_frames: int, intensity: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """The 6 channels after the noisy latent: [reference latent, frame embedding, intensity map].
 
-    reference_latent [B, 4, h, w] (scaled), intensity [B] raw levels 1..10 -> [B, F, 6, h, w].
+    reference_latent [B, 4, h, w] (scaled), intensity raw levels 1..10, [B] (one per video) or [B, F]
+    (one per frame), positions the frame embedding's values [F] (default ``frame_embedding``)
+    -> [B, F, 6, h, w].
     """
     batch, _, height, width = reference_latent.shape
     reference = reference_latent.unsqueeze(1).expand(batch, num_frames, -1, height, width)
-    frames = frame_embedding(num_frames).to(reference_latent).view(1, num_frames, 1, 1, 1)
+    positions = frame_embedding(num_frames) if positions is None else positions
+    frames = positions.to(reference_latent).view(1, num_frames, 1, 1, 1)
     frames = frames.expand(batch, num_frames, 1, height, width)
-    levels = intensity.to(reference_latent).view(batch, 1, 1, 1, 1).expand(batch, num_frames, 1, height, width)
+    levels = intensity.to(reference_latent).view(batch, -1, 1, 1, 1).expand(batch, num_frames, 1, height, width)
     return torch.cat([reference, frames, levels], dim=2)
 
 
