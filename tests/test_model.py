@@ -243,15 +243,16 @@ def test_a_text_path_starts_as_identity_trains_and_reads_each_video_s_own_words(
 
 
 def test_text_film_gives_each_frame_its_share_of_the_motion():
-    """Frame f of video b gets h * (1 + a + p_f c) + (b + p_f d), with p_f = f / (F - 1) and (a, b, c, d)
-    the FiLM of video b's own text: the first frame only the still part, the last all of it."""
+    """Frame f of video b gets h * (1 + a + p_f c) + (b + p_f d), with p_f its frame-embedding value and
+    (a, b, c, d) the FiLM of video b's own text: the first frame only the still part, the last all of it."""
     from livephoto_core.modules.unet import _FILM_TEXT, _apply_text_film
 
     videos, frames, channels, dim = 2, 4, 3, 5
     film = torch.nn.Linear(dim, 4 * channels)
     text = torch.randn(videos, dim)
     features = torch.randn(videos * frames, channels, 2, 2)
-    token = _FILM_TEXT.set(text)
+    positions = torch.tensor([[0.0, 1 / 3, 2 / 3, 1.0], [0.0, 0.5, 1.0, 1.0]])  # a clip; a later window's clamp
+    token = _FILM_TEXT.set((text, positions))
     try:
         out = _apply_text_film(film, None, None, features)
     finally:
@@ -259,7 +260,7 @@ def test_text_film_gives_each_frame_its_share_of_the_motion():
     a, b, c, d = film(text).detach().chunk(4, dim=1)
     for video in range(videos):
         for frame in range(frames):
-            p = frame / (frames - 1)
+            p = positions[video, frame]
             row = video * frames + frame
             expected = features[row] * (1 + a[video] + p * c[video])[:, None, None] + (b[video] + p * d[video])[:, None, None]
             torch.testing.assert_close(out[row], expected)

@@ -108,16 +108,19 @@ def install_text_time_embedding(unet: UNetMotionModel, text_dim: int) -> None:
     unet.register_to_config(time_cond_proj_dim=text_dim)
 
 
-# The text vector of the current forward call, for the FiLM hooks (a context variable: each thread's
-# call sees its own, as content_scale travels per call).
-_FILM_TEXT: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("livephoto_film_text", default=None)
+# The text vector [B, D] and frame positions [B, F] of the current forward call, for the FiLM hooks (a
+# context variable: each thread's call sees its own, as content_scale travels per call).
+_FILM_TEXT: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
+    "livephoto_film_text", default=None
+)
 
 
 def install_text_film(unet: UNetMotionModel, text_dim: int) -> None:
     """Give every ResNet of the UNet a FiLM from the text that also moves with time: features of frame
-    f after its second GroupNorm become h * (1 + a + p_f * c) + (b + p_f * d), with p_f = f / (F - 1)
-    the frame embedding's position and (a, b, c, d) a zero-initialised Linear of the pooled text, so an
-    untrained model is unchanged.
+    f after its second GroupNorm become h * (1 + a + p_f * c) + (b + p_f * d), with p_f the frame's
+    value in the frame-embedding channel (f / (F - 1) in one clip; what the context windows give it in
+    a longer video) and (a, b, c, d) a zero-initialised Linear of the pooled text, so an untrained model
+    is unchanged.
 
     A departure from the paper (LivePhotoConfig.text_film). The timestep embedding's shift is added
     before that GroupNorm, which removes its mean over each group of channels; a FiLM after the norm
@@ -136,13 +139,12 @@ def install_text_film(unet: UNetMotionModel, text_dim: int) -> None:
 
 
 def _apply_text_film(film: nn.Linear, _norm: nn.Module, _inputs, features: torch.Tensor) -> torch.Tensor:
-    text = _FILM_TEXT.get()
-    if text is None:
+    current = _FILM_TEXT.get()
+    if current is None:
         return features
-    videos = text.shape[0]
-    num_frames = features.shape[0] // videos
+    text, positions = current
     still_scale, still_shift, frame_scale, frame_shift = film(text.to(features.dtype)).chunk(4, dim=1)
-    position = frame_embedding(num_frames).to(features).view(1, num_frames, 1)
+    position = positions.to(features)[:, :, None]  # [B, F, 1]
     # one row per frame, frame-major within each video (row b * F + f), as the ResNets see them
     scale = (still_scale[:, None] + position * frame_scale[:, None]).flatten(0, 1)
     shift = (still_shift[:, None] + position * frame_shift[:, None]).flatten(0, 1)
@@ -266,7 +268,8 @@ class LivePhotoUNet(nn.Module):
         `content_scale` weighs the content attention in this call only (0 turns the photo tokens off)."""
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
         text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
-        film = _FILM_TEXT.set(text_vector if self.text_film else None)
+        positions = conditioning[:, :, FRAME_EMBEDDING_CHANNEL, 0, 0]  # [B, F]: the same in every pixel
+        film = _FILM_TEXT.set((text_vector, positions) if self.text_film else None)
         try:
             out = self.motion_unet(
                 sample.transpose(1, 2), timestep, encoder_hidden_states=context,
