@@ -143,15 +143,16 @@ def build_scratch_base(config: TrainConfig) -> ScratchBase:
     scheduler_config.pop("prediction_type", None)
 
     torch.manual_seed(config.seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     if scratch.images_from is not None:
         unet, vae, dinov2 = _bundled_image_models(Path(scratch.images_from), text_config["hidden_size"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
         return ScratchBase(unet, vae, text_encoder, tokenizer, dinov2, scheduler_config, words, vae_trained=True)
     try:
         unet = UNet2DConditionModel(**unet_config)
         vae = AutoencoderKL(**{**SCRATCH_VAE, "sample_size": config.data.size, **scratch.vae})
     except TypeError as error:  # an unknown constructor argument
         raise InvalidInputError(f"scratch.unet / scratch.vae: {error}") from None
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))  # after the UNet and VAE: the seeded draws of every run before
     dinov2 = Dinov2Model(Dinov2Config(**dinov2_config))
     return ScratchBase(unet, vae, text_encoder, tokenizer, dinov2, scheduler_config, words)
 
