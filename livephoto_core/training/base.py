@@ -152,7 +152,8 @@ def build_scratch_base(config: TrainConfig) -> ScratchBase:
         vae = AutoencoderKL(**{**SCRATCH_VAE, "sample_size": config.data.size, **scratch.vae})
     except TypeError as error:  # an unknown constructor argument
         raise InvalidInputError(f"scratch.unet / scratch.vae: {error}") from None
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))  # after the UNet and VAE: the seeded draws of every run before
+    # After the UNet and VAE: the seeded draws every earlier run made.
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     dinov2 = Dinov2Model(Dinov2Config(**dinov2_config))
     return ScratchBase(unet, vae, text_encoder, tokenizer, dinov2, scheduler_config, words)
 
