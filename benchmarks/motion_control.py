@@ -377,8 +377,6 @@ def first_step_directions(pipe, workload: Workload, guidance: float, photo_set: 
     scheduler = make_scheduler("ddim", pipe.scheduler_config, config.prediction_type)
     scheduler.set_timesteps(25)
     timestep = scheduler.timesteps[:1]
-    signal = scheduler.alphas_cumprod[timestep].sqrt()
-    noise_level = (1 - scheduler.alphas_cumprod[timestep]).sqrt()
     generator = torch.Generator().manual_seed(workload.seed)
     hits = []
     with torch.no_grad():
@@ -395,10 +393,7 @@ def first_step_directions(pipe, workload: Workload, guidance: float, photo_set: 
                 text = pipe.reweighted_text(tokenize(pipe.tokenizer, spec.caption)[0])[0]
                 cond = build_conditioning(text, uncond if guidance > 1 else None, content, channels)
                 output = guided_prediction(model.unet, noise, timestep, cond, guidance)
-                if config.prediction_type == "v_prediction":
-                    clean = signal * noise - noise_level * output
-                else:
-                    clean = (noise - noise_level * output) / signal
+                clean = scheduler.step(output, timestep[0], noise).pred_original_sample  # the scheduler's own x0
                 hits.append(moved_as_asked(spec, decode_latents(pipe.vae, clean[0]).numpy()))
     return hits
 
