@@ -5,6 +5,7 @@ import pytest
 
 from benchmarks.motion_control import (
     PHOTO_SETS,
+    SPLIT_SEEDS,
     TRANSLATIONS,
     ZOOMS,
     Case,
@@ -124,6 +125,18 @@ def test_the_benchmark_runs_through_a_pipeline(tmp_path):
               "first_step_direction": {"photos": {"accuracy": 0.5, "ci95": (0.1, 0.9), "count": 4}}}
     assert table({"tiny": result}).splitlines()[-1].startswith("| tiny | photos | ")
     assert probe_table({"tiny": result}).splitlines()[-1].startswith("| tiny | photos | ")
+
+
+def test_validation_scenes_are_not_test_scenes():
+    """Checkpoints are picked on the validation split; no photo of it may be a test photo."""
+    def photos(split: str) -> list[bytes]:
+        workload = Workload(direction_photos=8, zoom_photos=4, seed=SPLIT_SEEDS[split])
+        cases = direction_cases(workload, 64, 8, "classic") + zoom_cases(workload, 64, 8, "classic")
+        return [Case(variants[0], False).photo().tobytes() for variants in cases]
+
+    # Every metric draws from seed + 0..4: the two splits' seed ranges must not meet.
+    assert abs(SPLIT_SEEDS["test"] - SPLIT_SEEDS["validation"]) > 4
+    assert not set(photos("test")) & set(photos("validation"))
 
 
 def test_model_arguments_are_name_equals_path():
