@@ -24,6 +24,14 @@ from .defaults import (
 )
 
 EXIT_USAGE, EXIT_CANCELLED = 2, 130
+BATCH_FORMATS = ("webp", "gif", "mp4", "MP.jpg", "livephoto")
+# The flags that change a batch's videos besides each row's photo, prompt, intensity and seed: they
+# go into the videos' names, so a rerun with other settings writes new videos instead of skipping.
+BATCH_VIDEO_SETTINGS = (
+    "frames", "window_length", "window_overlap", "window_schedule", "loop", "steps", "guidance", "negative",
+    "scheduler", "content_scale", "no_inversion", "size", "fps", "ping_pong", "base", "livephoto", "motion_module",
+    "dinov2", "tokenizer", "dtype",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     animate = commands.add_parser(
         "animate",
-        help="animate a photo",
-        description="Animate IMAGE as PROMPT describes. With no model options it runs the bundled demo model "
-        "(trained on the toy world of shapes: try 'the red circle moves to the left').",
+        help="animate a photo (or several)",
+        usage="livephoto animate [options] IMAGE [IMAGE ...] PROMPT\n"
+              "       livephoto animate [options] --manifest ROWS.csv",
+        description="Animate IMAGE as PROMPT describes. Several photos, or a PROMPT of several lines (one prompt a "
+        "line), give one video per pair: one photo with each prompt, each photo with the one prompt, or photo k with "
+        "prompt k when there are as many. A manifest gives one video per row. With no model options it runs the "
+        "bundled demo model (trained on the toy world of shapes: try 'the red circle moves to the left').",
     )
-    animate.add_argument("image", help="the photo (PNG, JPEG, WebP, ...)")
-    animate.add_argument("prompt", help='the motion, e.g. "shaking head" or "camera zooms in"')
+    animate.add_argument("inputs", nargs="*", metavar="IMAGE ... PROMPT",
+                         help='the photo or photos (PNG, JPEG, WebP, ...), then the motion, e.g. "shaking head" or '
+                              '"camera zooms in"; several lines are several prompts')
+    animate.add_argument("--manifest", metavar="ROWS.csv",
+                         help="instead of IMAGE and PROMPT: a CSV file whose header names the columns photo,prompt,"
+                              "intensity,seed, one video per row (photo paths relative to the file; empty intensity "
+                              "and seed cells take --intensity and --seed). Rows already written are skipped, so a "
+                              "rerun resumes; under `accelerate launch` each process renders its share of the rows")
     animate.add_argument("--intensity",
                          help=f"motion intensity, 1 (still) to 10 (most), or a schedule of LEVEL:FRAME keyframes, linear "
                               f"in between, e.g. 2:0,8:31; default: the model's ({DEFAULT_INTENSITY} for the demo model)")
@@ -70,10 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a lower peak at about the same speed: idle parts wait off the device, smaller batches "
                               "(full-size fp32 on a CPU: 7.2 GB instead of 9.7 GB)")
     animate.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="output size (default: the model's)")
-    animate.add_argument("-o", "--output", help="output file, .webp, .gif or .mp4, or for a phone NAME.MP.jpg (Android "
-                         "Motion Photo) or NAME.livephoto (Apple Live Photo: NAME.jpg + NAME.mov); default: "
-                         "IMAGE_livephoto.webp")
-    animate.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    animate.add_argument("-o", "--output", help="output file of one video, .webp, .gif or .mp4, or for a phone "
+                         "NAME.MP.jpg (Android Motion Photo) or NAME.livephoto (Apple Live Photo: NAME.jpg + NAME.mov); "
+                         "default: IMAGE_livephoto.webp")
+    animate.add_argument("--output-dir", metavar="DIR",
+                         help="folder of the videos of a batch (several photos, prompts or a manifest), each named "
+                              "ROW-PHOTO-HASH.FORMAT from its row and settings (default: the current folder)")
+    animate.add_argument("--format", choices=BATCH_FORMATS,
+                         help="file type of the videos of a batch (default webp); one video takes -o's extension")
+    animate.add_argument("--overwrite", action="store_true", help="replace output files that exist (a batch: render "
+                         "rows already written again)")
     animate.add_argument("--fps", type=float, help="playback rate of the output (default: the model's, 8 for the demo "
                          "model); the frames are the same, only their timing changes")
     animate.add_argument("--ping-pong", action="store_true", help="play the frames forward then back, for a loop "
@@ -101,32 +125,143 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_output(image: str) -> Path:
+def default_output(image) -> Path:
     return Path(image).with_name(Path(image).stem + "_livephoto.webp")
 
 
 def run_animate(args) -> int:
+    rows = animate_rows(args)
+    if args.manifest is None and len(rows) == 1:
+        return animate_one(args, rows[0])
+    return animate_batch(args, rows)
+
+
+def animate_rows(args):
+    """The videos asked for: IMAGE ... PROMPT paired by the batch rule, or the manifest's rows."""
+    from .batch import batch_rows, read_manifest
+    from .errors import InvalidInputError
+
+    if args.manifest is not None:
+        if args.inputs:
+            raise InvalidInputError(f"give IMAGE and PROMPT or --manifest, not both (got {' '.join(args.inputs)} "
+                                    f"and --manifest {args.manifest})")
+        return read_manifest(args.manifest)
+    if len(args.inputs) < 2:
+        raise InvalidInputError("animate needs a photo and a prompt: livephoto animate IMAGE [IMAGE ...] PROMPT, or "
+                                "livephoto animate --manifest ROWS.csv")
+    *photos, prompt = args.inputs
+    return batch_rows(photos, prompt)
+
+
+def animate_one(args, row) -> int:
+    """One photo, one prompt: the video goes to -o (default IMAGE_livephoto.webp); an existing one is refused."""
+    from .errors import InvalidInputError
+    from .images import load_image
+    from .video import check_output
+
+    if args.output_dir is not None or args.format is not None:
+        raise InvalidInputError("--output-dir and --format are for a batch of videos; name the one video with -o")
+    output = Path(args.output) if args.output else default_output(row.photo)
+    check_output(output, args.overwrite)
+    config, frames = check_before_loading(args)
+    intensity = row_intensity(args.intensity, config, frames)
+    photo = load_image(row.photo)
+    pipe = load_model(args, args.device)
+    render_and_write(pipe, args, row, intensity, args.intensity, args.seed, output, photo, "")
+    return 0
+
+
+def animate_batch(args, rows) -> int:
+    """A video per row, in --output-dir, named from the row (``batch.row_output_name``): rows whose video is
+    already there are skipped (a rerun resumes); under several processes each renders its share."""
+    from .batch import row_output_name
+    from .errors import InvalidInputError
+    from .images import load_image
+    from .phone import written_files
+    from .video import check_output
+
+    if args.output is not None:
+        raise InvalidInputError(f"-o names one video and this batch makes {len(rows)}; give --output-dir (and "
+                                f"--format) instead")
+    config, frames = check_before_loading(args)
+    folder = Path(args.output_dir or ".")
+    suffix = "." + (args.format or "webp")
+    settings = {name: getattr(args, name) for name in BATCH_VIDEO_SETTINGS}
+    videos = []
+    for row in rows:
+        asked = row.intensity or args.intensity
+        try:
+            intensity = row_intensity(asked, config, frames)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{row.where}: {error}") from None
+        seed = args.seed if row.seed is None else row.seed
+        videos.append((row, intensity, asked, seed, folder / row_output_name(row, asked, seed, settings, suffix)))
+
+    share, process = process_share(videos)
+    prefix = "" if process is None else f"[process {process.process_index + 1} of {process.num_processes}] "
+    to_render = []
+    for video in share:
+        row, output = video[0], video[-1]
+        if not args.overwrite and all(path.exists() for path in written_files(output)):
+            print(f"{prefix}skipped {row.where}: {output} is already written")
+        else:
+            check_output(output, args.overwrite)
+            to_render.append(video)
+    if to_render:
+        device = args.device
+        if process is not None and device == "cuda":  # one GPU per process
+            device = f"cuda:{process.local_process_index}"
+        pipe = load_model(args, device)
+        for row, intensity, asked, seed, output in to_render:
+            render_and_write(pipe, args, row, intensity, asked, seed, output, load_image(row.photo),
+                             f"{prefix}{row.where} ({row.photo.name}, {row.prompt!r}): ")
+    return 0
+
+
+def process_share(videos: list) -> tuple[list, object]:
+    """This process's videos, and accelerate's PartialState, under `accelerate launch` with several processes
+    (accelerate's split: consecutive rows, the first processes one more where they do not divide evenly);
+    all of them and None otherwise. accelerate is imported only then: it is an optional dependency."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return videos, None
+    import torch
+    from accelerate import PartialState
+
+    # Without CUDA (accelerate launch --multi_gpu, or torchrun, on a CPU machine) accelerate counts the
+    # processes only when told they run on the CPU, as the training engine tells it.
+    process = PartialState(cpu=not torch.cuda.is_available())
+    with process.split_between_processes(videos) as share:
+        return list(share), process
+
+
+def load_model(args, device: str):
     import torch
 
     from .loading.assemble import load_pipeline
-    from .phone import phone_format, written_files
-    from .video import ping_pong, write_video
 
-    output, intensity, photo = check_before_loading(args)
     quiet_library_progress()
     status(f"loading {'the demo model' if args.livephoto is None else args.livephoto} ...")
     pipe = load_pipeline(
         args.livephoto, args.base, args.motion_module, args.dinov2, args.tokenizer,
-        device=args.device, dtype=getattr(torch, args.dtype), low_memory=args.low_memory,
+        device=device, dtype=getattr(torch, args.dtype), low_memory=args.low_memory,
     )
     if args.livephoto is None:
         status("the demo model knows only its toy world: coloured shapes that move left/right/up/down, "
                "rotate, or a camera that zooms in/out")
+    return pipe
+
+
+def render_and_write(pipe, args, row, intensity, asked, seed, output: Path, photo, prefix: str) -> None:
+    """Render one row and write its video; `asked`: the intensity as written, `prefix` starts the lines
+    printed (which video of a batch this is)."""
+    from .phone import phone_format, written_files
+    from .video import ping_pong, write_video
+
     height, width = args.size or (None, None)
     with ProgressBar() as progress:
         result = pipe(
-            photo, args.prompt, intensity=intensity, num_frames=args.frames, num_inference_steps=args.steps,
-            guidance_scale=args.guidance, negative_prompt=args.negative, seed=args.seed, height=height, width=width,
+            photo, row.prompt, intensity=intensity, num_frames=args.frames, num_inference_steps=args.steps,
+            guidance_scale=args.guidance, negative_prompt=args.negative, seed=seed, height=height, width=width,
             content_scale=args.content_scale, prior_inversion=not args.no_inversion, scheduler=args.scheduler,
             window_length=args.window_length, window_overlap=args.window_overlap, window_schedule=args.window_schedule,
             loop=args.loop, callback=progress,
@@ -136,24 +271,30 @@ def run_animate(args) -> int:
     metadata = {**result.settings, "measured_intensity": result.intensity.level,
                 "measured_mean_ssim": result.intensity.mean_ssim,
                 "token_weights": [[token, round(weight, 4)] for token, weight in result.token_weights]}
-    still = args.image if phone_format(output) else None  # the photo itself, at its own resolution
+    still = row.photo if phone_format(output) else None  # the photo itself, at its own resolution
     fps = result.settings["fps"] if args.fps is None else args.fps
     frames = ping_pong(result.frames) if args.ping_pong else result.frames
     metadata.update(playback_fps=fps, ping_pong=args.ping_pong)
     write_video(frames, output, fps=fps, metadata=metadata, overwrite=args.overwrite, still=still)
     weights = " ".join(f"{token}:{weight:.2f}" for token, weight in result.token_weights)
-    print(f"wrote {' + '.join(map(str, written_files(output)))} ({len(frames)} frames at {fps:g} fps, "
-          f"seed {result.settings['seed']}, asked intensity {args.intensity if isinstance(intensity, tuple) else intensity}, "
+    print(f"{prefix}wrote {' + '.join(map(str, written_files(output)))} ({len(frames)} frames at {fps:g} fps, "
+          f"seed {result.settings['seed']}, asked intensity {asked if isinstance(intensity, tuple) else intensity}, "
           f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))")
-    print(f"token weights: {weights}")
-    return 0
+    print(f"{prefix}token weights: {weights}")
+
+
+def row_intensity(asked: str | None, config, frames: int):
+    """The intensity as written (a level or a schedule; None: the model's default) -> a level or one per frame."""
+    from .intensity import intensity_from_text
+
+    return intensity_from_text(str(config.default_intensity) if asked is None else asked, frames,
+                               config.intensity_levels)
 
 
 def check_before_loading(args):
-    """The output, the photo and the settings that need no model weights (frames: the checkpoint's header),
-    checked before the loading, which takes a while for real models. The pipeline checks the settings
-    again; the prompt's length needs the model's tokenizer and is checked once it is loaded.
-    -> (output, intensity, photo)."""
+    """The settings that need no model weights (frames: the checkpoint's header), checked before the
+    loading, which takes a while for real models. The pipeline checks the settings again; the prompt's
+    length needs the model's tokenizer and is checked once it is loaded. -> (the checkpoint's config, frames)."""
     from .checks import (
         check_content_scale,
         check_device,
@@ -165,25 +306,17 @@ def check_before_loading(args):
         check_steps,
         check_text,
     )
-    from .images import load_image
-    from .intensity import intensity_from_text
     from .loading.assemble import demo_checkpoint
     from .loading.checkpoint import read_livephoto_config
     from .sampling import check_scheduler_name
-    from .video import check_output
     from .windows import context_windows
 
-    output = Path(args.output) if args.output else default_output(args.image)
-    check_output(output, args.overwrite)
-    check_text(args.prompt, "prompt")
     check_text(args.negative, "negative prompt")
     check_device(args.device)
     check_scheduler_name(args.scheduler)
     config = read_livephoto_config(args.livephoto if args.livephoto is not None else demo_checkpoint())
     frames = check_frames(config.num_frames if args.frames is None else args.frames)
-    intensity = intensity_from_text(
-        str(config.default_intensity) if args.intensity is None else args.intensity, frames, config.intensity_levels
-    )
+    row_intensity(args.intensity, config, frames)
     context_windows(frames, config.motion_max_seq_length, config.num_frames, args.window_length, args.window_overlap,
                     args.window_schedule, args.loop)
     check_steps(args.steps)
@@ -195,7 +328,7 @@ def check_before_loading(args):
         check_size(*args.size)
     if args.fps is not None:
         check_fps(args.fps)
-    return output, intensity, load_image(args.image)
+    return config, frames
 
 
 def run_intensity(args) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import __version__
+from .batch import pair_photos_and_prompts
 from .checks import (
     MAX_SEED,
     check_content_scale,
@@ -235,3 +236,15 @@ class LivePhotoPipeline:
             settings=settings,
             notes=([photo.note] if photo.resized else []) + prompt_notes(config.base_model, self.tokenizer, prompt),
         )
+
+    def batch(self, images: Sequence, prompts: Sequence[str], **settings) -> list[LivePhotoOutput]:
+        """One video per (photo, prompt) pair, in order, by the rule the CLI and the nodes follow
+        (``batch.pair_photos_and_prompts``): one photo with each prompt, each photo with the one prompt,
+        or photo k with prompt k. `settings` are a call's keyword arguments, the same for every video; a
+        `seed` given makes every video from the same starting noise (None: a new seed each)."""
+        for name, values in (("images", images), ("prompts", prompts)):
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                raise InvalidInputError(f"{name} must be a list; got {type(values).__name__} (a single photo and "
+                                        f"prompt go to the pipeline's call)")
+        pairs = pair_photos_and_prompts(len(images), len(prompts))
+        return [self(images[photo], prompts[prompt], **settings) for photo, prompt in pairs]

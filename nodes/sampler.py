@@ -3,6 +3,11 @@
 ComfyUI data in, core calls, ComfyUI data out: the reference LATENT holds raw VAE latents (scaled
 going in, unscaled coming out, as ComfyUI's own samplers do), the photo IMAGE gives the DINOv2
 content tokens, and frames travel in the batch axis of the output LATENT, [F, 4, h, w].
+
+Batches: a batch (or list) of N photos and a list of prompts (LivePhoto Text Reweight gives one per
+line) make one video each, paired by livephoto_core.batch's rule. As frames already fill a LATENT's
+batch axis, the videos leave the sampler as a list, ComfyUI's idiom for "one after the other": VAE
+Decode and Save Animated WEBP run once per video. Prior Inversion gives one prior per photo, a list.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from dataclasses import dataclass, replace
 
 import comfy.model_management
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
+from ..livephoto_core.batch import how_many, pair_photos_and_prompts
 from ..livephoto_core.checks import (
     MAX_CONTENT_SCALE,
     MAX_FRAMES,
@@ -56,7 +62,7 @@ from ..livephoto_core.render import (
 from ..livephoto_core.sampling import SCHEDULERS
 from ..livephoto_core.windows import context_windows
 from .handle import LIVEPHOTO_MODEL, LIVEPHOTO_PRIOR, LIVEPHOTO_WINDOWS, LivePhotoModelHandle, NodeProgress, sampling_memory
-from .text import reweighted_embeddings, single_prompt
+from .text import PROMPT_TEXT, reweighted_embeddings, single_prompt
 from .windows import NodeWindows
 
 VAE_FACTOR = 8  # pixels per latent pixel
@@ -64,11 +70,11 @@ VAE_FACTOR = 8  # pixels per latent pixel
 
 @dataclass(frozen=True, repr=False)
 class NodePrior:
-    """What flows along a LIVEPHOTO_PRIOR link: the core's Prior and what it was made from."""
+    """One item of a LIVEPHOTO_PRIOR list: one photo's inverted latent (the core's Prior) and what it was made from."""
 
     prior: Prior
     model_token: str
-    reference: torch.Tensor  # the scaled reference latent it was inverted from, on the intermediate device
+    reference: torch.Tensor  # the scaled reference latent [1, 4, h, w] it was inverted from, on the intermediate device
     intensity: int
     intensity_schedule: str  # "" or keyframes, which win over `intensity`
     scheduler: str
@@ -80,26 +86,26 @@ class NodePrior:
         return f"NodePrior(intensity {intensity}, {self.scheduler} {self.steps} steps, latent {shape})"
 
 
-def reference_latent(latent, scale: float) -> torch.Tensor:
-    """A LATENT from VAEEncode (raw latents [1, 4, h, w]) -> the scaled latent the UNet reads."""
+def latent_samples(latent) -> torch.Tensor:
+    """A LATENT from VAEEncode -> its raw latents [B, 4, h, w], one SD-1.5 image latent per photo."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor):
         raise InvalidInputError("the reference input is not a LATENT; connect VAEEncode of the photo")
     if samples.ndim != 4:
         raise InvalidInputError(
             f"the reference latent has shape {tuple(samples.shape)}; LivePhoto needs one SD-1.5 image latent "
-            f"[1, 4, h, w]: connect VAEEncode of the photo"
-        )
-    if samples.shape[0] != 1:
-        raise InvalidInputError(
-            f"the reference latent holds a batch of {samples.shape[0]}; LivePhoto animates one photo: encode a "
-            f"single image (or pick one with Latent From Batch)"
+            f"[1, 4, h, w] per photo: connect VAEEncode of the photo"
         )
     if samples.shape[1] != 4:
         raise InvalidInputError(
             f"the reference latent has {samples.shape[1]} channels; LivePhoto needs an SD-1.5 VAE latent (4): "
             f"encode the photo with the VAE of the SD-1.5 checkpoint"
         )
+    return samples
+
+
+def reference_latent(samples: torch.Tensor, scale: float) -> torch.Tensor:
+    """One photo's raw latent [1, 4, h, w] -> the scaled latent the UNet reads."""
     height, width = (side * VAE_FACTOR for side in samples.shape[-2:])
     if not (MIN_SIZE <= height <= MAX_SIZE and MIN_SIZE <= width <= MAX_SIZE):
         raise InvalidInputError(
@@ -109,16 +115,16 @@ def reference_latent(latent, scale: float) -> torch.Tensor:
     return samples.float() * scale
 
 
-def photo_pixels(image, height: int, width: int) -> torch.Tensor:
-    """The photo IMAGE [1, H, W, 3] at the reference latent's size -> pixels [1, 3, H, W], as the core prepares them."""
+def image_batch(image) -> torch.Tensor:
+    """An IMAGE [B, H, W, C], one photo per batch item."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise InvalidInputError(f"the photo input is not an IMAGE [1, H, W, 3] (got {shape}); connect Load Image")
-    if image.shape[0] != 1:
-        raise InvalidInputError(
-            f"the photo input is a batch of {image.shape[0]} images; LivePhoto animates one photo: pick one with "
-            f"ImageFromBatch and encode only that one"
-        )
+        raise InvalidInputError(f"the photo input is not an IMAGE [B, H, W, 3] (got {shape}); connect Load Image")
+    return image
+
+
+def photo_pixels(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """One photo [1, H, W, 3] at its reference latent's size -> pixels [1, 3, H, W], as the core prepares them."""
     photo_height, photo_width = image.shape[1:3]
     if not (MIN_SIZE <= photo_height <= MAX_SIZE and MIN_SIZE <= photo_width <= MAX_SIZE):
         raise InvalidInputError(
@@ -138,6 +144,28 @@ def photo_pixels(image, height: int, width: int) -> torch.Tensor:
     return prepare_photo(image[0, ..., :3], (height, width)).pixels.unsqueeze(0)
 
 
+def photo_batch(references: list, photos: list, scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Reference LATENTs and photo IMAGEs (each a batch; a list of them from a list output) -> each photo's
+    (scaled reference latent [1, 4, h, w], pixels [1, 3, H, W]), in order: the k-th latent is the k-th photo's."""
+    latents = [sample for latent in references for sample in latent_samples(latent).split(1)]
+    images = [image for batch in photos for image in image_batch(batch).split(1)]
+    if len(latents) != len(images):
+        raise InvalidInputError(
+            f"the photo input holds {how_many(len(images), 'image')} but the reference {how_many(len(latents), 'latent')}; "
+            f"connect VAEEncode of these same photos as the reference"
+        )
+    checked = []
+    for index, (samples, image) in enumerate(zip(latents, images)):
+        try:
+            latent = reference_latent(samples, scale)
+            checked.append((latent, photo_pixels(image, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)))
+        except InvalidInputError as error:
+            if len(images) == 1:
+                raise
+            raise InvalidInputError(f"photo {index + 1} of {len(images)}: {error}") from None
+    return checked
+
+
 def photo_conditioning(
     model: LivePhotoModel, latent: torch.Tensor, pixels: torch.Tensor, intensity: int
 ) -> PhotoConditioning:
@@ -149,18 +177,43 @@ def photo_conditioning(
     )
 
 
-def check_prior(prior: NodePrior, handle: LivePhotoModelHandle, reference: torch.Tensor) -> None:
-    """A prior belongs to one model and one reference latent; its intensity, scheduler and steps are
-    the sampler's own when it is connected (set once, on Prior Inversion)."""
-    if prior.model_token != handle.token:
+def check_priors(priors: list[NodePrior], handle: LivePhotoModelHandle, photos: list) -> None:
+    """A prior per photo, each from the sampler's model and its photo's reference latent."""
+    if len(priors) != len(photos):
         raise InvalidInputError(
-            "the prior was inverted with another LivePhoto model; give Prior Inversion the sampler's LIVEPHOTO_MODEL"
+            f"the prior holds {how_many(len(priors), 'inverted photo')} but the sampler has "
+            f"{how_many(len(photos), 'photo')}; connect the same photos and VAEEncode LATENT to Prior Inversion and "
+            f"the sampler"
         )
-    if prior.reference.shape != reference.shape or not torch.equal(prior.reference, reference.to(prior.reference)):
+    for prior, (reference, _) in zip(priors, photos):
+        if prior.model_token != handle.token:
+            raise InvalidInputError(
+                "the prior was inverted with another LivePhoto model; give Prior Inversion the sampler's "
+                "LIVEPHOTO_MODEL"
+            )
+        if prior.reference.shape != reference.shape or not torch.equal(prior.reference, reference.to(prior.reference)):
+            raise InvalidInputError(
+                "the prior was inverted from another reference latent; connect the same VAEEncode LATENT to Prior "
+                "Inversion and the sampler"
+            )
+
+
+def one_value(values: list, name: str):
+    """A sampler setting's one value. The sampler takes its inputs as lists (is_input_list) to see every photo
+    and prompt at once; each setting holds for every video."""
+    if len(values) != 1:
         raise InvalidInputError(
-            "the prior was inverted from another reference latent; connect the same VAEEncode LATENT to Prior "
-            "Inversion and the sampler"
+            f"the sampler's {name} input holds a list of {len(values)}; it takes one {name} for all its videos: "
+            f"connect a single value (or one sampler per value)"
         )
+    return values[0]
+
+
+def video_label(video: int, photo: int, prompt: int, options: dict) -> str:
+    """Which photo and prompt a video is, numbered from 1 in the order they came in; the prompt's words where
+    LivePhoto Text Reweight made it (a plain CLIPTextEncode conditioning carries none)."""
+    words = options.get(PROMPT_TEXT)
+    return f"video {video + 1}: photo {photo + 1}, prompt {prompt + 1}" + ("" if words is None else f' "{words}"')
 
 
 def intensity_message(intensity) -> bool | str:
@@ -191,12 +244,16 @@ def _livephoto_input():
 
 
 def _reference_input():
-    return io.Latent.Input("reference", tooltip="The photo encoded by VAEEncode (one image); its size is the video's size.")
+    return io.Latent.Input(
+        "reference", tooltip="The photo encoded by VAEEncode; its size is the video's size. A batch of photos: each "
+        "photo's latent, in the same order."
+    )
 
 
 def _photo_input():
     return io.Image.Input(
-        "photo", tooltip="The photo itself (the image given to VAEEncode), for LivePhoto's DINOv2 content tokens."
+        "photo", tooltip="The photo itself (the image given to VAEEncode), for LivePhoto's DINOv2 content tokens. A "
+        "batch of N photos (e.g. from a folder loader) makes N videos."
     )
 
 
@@ -261,7 +318,8 @@ class PriorInversion(io.ComfyNode):
             ],
             outputs=[
                 io.Custom(LIVEPHOTO_PRIOR).Output(
-                    display_name="prior", tooltip="The inverted photo, for the LivePhoto Sampler's prior input."
+                    display_name="prior", is_output_list=True,
+                    tooltip="The inverted photo (one per photo of a batch), for the LivePhoto Sampler's prior input.",
                 ),
             ],
         )
@@ -281,23 +339,25 @@ class PriorInversion(io.ComfyNode):
         steps = check_steps(steps)
         start, end = check_prior_weights(start, end)
         schedule = Schedule(scheduler, steps, handle.scheduler_config, config.prediction_type)
-        latent = reference_latent(reference, handle.latent_scale)
-        pixels = photo_pixels(photo, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)
+        photos = photo_batch([reference], [photo], handle.latent_scale)
         empty = single_prompt(clip.encode_from_tokens_scheduled(clip.tokenize("")), config.cross_attention_dim,
                               "empty-prompt")
 
-        model = handle.load(sampling_memory(1, *latent.shape[-2:], False, handle.model.dtype))
-        request = InversionRequest(
-            photo=photo_conditioning(model, latent, pixels, intensity),
-            empty_text=reweighted_embeddings(handle, *empty, "empty-prompt"),
-            schedule=schedule, steps=steps, start=start, end=end,
-        )
-        prior = invert_reference(model, request, NodeProgress(steps))
         output_device = comfy.model_management.intermediate_device()
-        prior = replace(prior, inverted=prior.inverted.to(output_device))
-        return io.NodeOutput(NodePrior(
-            prior, handle.token, latent.to(output_device), intensity, intensity_schedule.strip(), scheduler, steps
-        ))
+        priors = []
+        for latent, pixels in photos:
+            model = handle.load(sampling_memory(1, *latent.shape[-2:], False, handle.model.dtype))
+            request = InversionRequest(
+                photo=photo_conditioning(model, latent, pixels, intensity),
+                empty_text=reweighted_embeddings(handle, *empty, "empty-prompt"),
+                schedule=schedule, steps=steps, start=start, end=end,
+            )
+            prior = invert_reference(model, request, NodeProgress(steps))
+            priors.append(NodePrior(
+                replace(prior, inverted=prior.inverted.to(output_device)), handle.token, latent.to(output_device),
+                intensity, intensity_schedule.strip(), scheduler, steps,
+            ))
+        return io.NodeOutput(priors)
 
 
 class LivePhotoSampler(io.ComfyNode):
@@ -308,12 +368,16 @@ class LivePhotoSampler(io.ComfyNode):
             display_name="LivePhoto Sampler",
             category="LivePhoto",
             description="Animates the photo: denoises all frames together, conditioned on the reference latent, the "
-            "photo's content tokens, the reweighted text and the motion intensity. Decode the LATENT with VAEDecode.",
+            "photo's content tokens, the reweighted text and the motion intensity. Decode the LATENT with VAEDecode. "
+            "Batches: N photos and one prompt, one photo and N prompts, or N of each (photo k with prompt k) make N "
+            "videos, a LATENT list; the videos output says which is which.",
+            is_input_list=True,  # every photo and prompt at once, to pair them; the settings hold for every video
             inputs=[
                 _livephoto_input(),
                 io.Conditioning.Input(
                     "positive",
-                    tooltip="The motion prompt, from LivePhoto Text Reweight (or CLIPTextEncode: reweighted here).",
+                    tooltip="The motion prompt, from LivePhoto Text Reweight (or CLIPTextEncode: reweighted here). "
+                    "Several prompts (Text Reweight: one a line) make a video each.",
                 ),
                 io.Conditioning.Input(
                     "negative", tooltip="The negative prompt (usually empty), from CLIPTextEncode or Text Reweight."
@@ -333,7 +397,8 @@ class LivePhotoSampler(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
-                    tooltip="Seed of the starting noise; the same seed and settings give the same frames.",
+                    tooltip="Seed of the starting noise; the same seed and settings give the same frames. Every "
+                    "video of a batch starts from this seed, as it would alone.",
                 ),
                 _scheduler_input("The denoising schedule." + PRIOR_WINS),
                 io.Float.Input(
@@ -342,8 +407,9 @@ class LivePhotoSampler(io.ComfyNode):
                 ),
                 io.Custom(LIVEPHOTO_PRIOR).Input(
                     "prior", optional=True,
-                    tooltip="From LivePhoto Prior Inversion (same model, latent, intensity, scheduler and steps); "
-                    "without it every frame starts from pure noise.",
+                    tooltip="From LivePhoto Prior Inversion of the same photos and model; each video takes "
+                    "intensity, scheduler and steps from its photo's prior. Without it every frame starts from pure "
+                    "noise.",
                 ),
                 io.Custom(LIVEPHOTO_WINDOWS).Input(
                     "windows", optional=True,
@@ -354,59 +420,74 @@ class LivePhotoSampler(io.ComfyNode):
             ],
             outputs=[
                 io.Latent.Output(
-                    display_name="latent",
-                    tooltip="The frames as raw latents [frames, 4, h, w]; VAEDecode turns them into an IMAGE batch.",
+                    display_name="latent", is_output_list=True,
+                    tooltip="The frames as raw latents [frames, 4, h, w]; VAEDecode turns them into an IMAGE batch. "
+                    "One per video: nodes after it run once per video, in the order of the videos output.",
                 ),
                 io.Float.Output(
                     display_name="fps",
                     tooltip="The playback rate the checkpoint was trained at: connect it to the fps of Save Animated "
                     "WEBP or Create Video (or set your own there).",
                 ),
+                io.String.Output(
+                    display_name="videos", is_output_list=True,
+                    tooltip="Which photo and prompt each video is ('video 2: photo 1, prompt 2 \"...\"'), one line "
+                    "per latent, in order; Save Animated WEBP numbers its files in this order.",
+                ),
             ],
         )
 
     @classmethod
-    def validate_inputs(cls, intensity: int) -> bool | str:
-        return intensity_message(intensity)
+    def validate_inputs(cls, intensity: list) -> bool | str:
+        return next((message for message in map(intensity_message, intensity) if message is not True), True)
 
     @classmethod
-    def execute(cls, livephoto_model: LivePhotoModelHandle, positive, negative, reference, photo, intensity: int,
-                frames: int, steps: int, cfg: float, seed: int, scheduler: str, content_scale: float,
-                prior: NodePrior | None = None, windows: NodeWindows | None = None,
-                intensity_schedule: str = "") -> io.NodeOutput:
-        handle = livephoto_model
+    def execute(cls, livephoto_model: list, positive: list, negative: list, reference: list, photo: list,
+                intensity: list, frames: list, steps: list, cfg: list, seed: list, scheduler: list,
+                content_scale: list, prior: list | None = None, windows: list | None = None,
+                intensity_schedule: list | None = None) -> io.NodeOutput:
+        # Every input is a list (is_input_list): the photos and prompts to pair, and settings of one value each.
+        handle = one_value(livephoto_model, "livephoto_model")
         config = handle.model.config
-        if prior is not None:  # one place for each setting: the prior's, which it was inverted with
-            intensity, intensity_schedule = prior.intensity, prior.intensity_schedule
-            scheduler, steps = prior.scheduler, prior.steps
         # Every check before any model runs.
-        frames = check_frames(frames)
-        intensity = node_intensity(intensity, intensity_schedule, frames, config.intensity_levels)
-        asked = windows or NodeWindows(None, None, DEFAULT_WINDOW_SCHEDULE, False)  # no Context Windows: the defaults
+        frames = check_frames(one_value(frames, "frames"))
+        asked = one_value(windows, "windows") if windows else NodeWindows(None, None, DEFAULT_WINDOW_SCHEDULE, False)
         windows = context_windows(frames, handle.model.unet.max_frames, config.num_frames, asked.length, asked.overlap,
                                   asked.schedule, asked.loop)
-        steps = check_steps(steps)
-        cfg = check_guidance(cfg)
-        seed = check_seed(seed)
-        content_scale = check_content_scale(content_scale)
-        schedule = Schedule(scheduler, steps, handle.scheduler_config, config.prediction_type)
-        latent = reference_latent(reference, handle.latent_scale)
-        pixels = photo_pixels(photo, latent.shape[-2] * VAE_FACTOR, latent.shape[-1] * VAE_FACTOR)
-        positive = single_prompt(positive, config.cross_attention_dim, "positive")
-        negative = single_prompt(negative, config.cross_attention_dim, "negative")
-        if prior is not None:
-            check_prior(prior, handle, latent)
+        cfg = check_guidance(one_value(cfg, "cfg"))
+        seed = check_seed(one_value(seed, "seed"))
+        content_scale = check_content_scale(one_value(content_scale, "content_scale"))
+        photos = photo_batch(reference, photo, handle.latent_scale)
+        prompts = [single_prompt(conditioning, config.cross_attention_dim, "positive") for conditioning in positive]
+        negative = single_prompt(one_value(negative, "negative"), config.cross_attention_dim, "negative")
+        pairs = pair_photos_and_prompts(len(photos), len(prompts))
+        if prior is None:  # the widgets, for every photo
+            widgets = (one_value(intensity, "intensity"), one_value(intensity_schedule, "intensity_schedule")
+                       if intensity_schedule else "", one_value(scheduler, "scheduler"), one_value(steps, "steps"))
+            settings = [widgets] * len(photos)
+        else:  # one place for each setting: each photo's prior's, which it was inverted with
+            check_priors(prior, handle, photos)
+            settings = [(p.intensity, p.intensity_schedule, p.scheduler, p.steps) for p in prior]
+        intensities = [node_intensity(level, schedule, frames, config.intensity_levels) for level, schedule, _, _ in settings]
+        schedules = [Schedule(name, check_steps(count), handle.scheduler_config, config.prediction_type)
+                     for _, _, name, count in settings]
 
         guided = cfg > 1  # as LivePhotoPipeline: no unconditional branch without guidance
         window_frames = frames if windows.is_single(frames) else windows.length  # one UNet call sees one window
-        model = handle.load(sampling_memory(window_frames, *latent.shape[-2:], guided, handle.model.dtype))
-        request = SamplingRequest(
-            photo=photo_conditioning(model, latent, pixels, intensity),
-            text=reweighted_embeddings(handle, *positive, "positive"),
-            uncond_text=reweighted_embeddings(handle, *negative, "negative") if guided else None,
-            schedule=schedule, num_frames=frames, guidance_scale=cfg, seed=seed, content_scale=content_scale,
-            prior=None if prior is None else prior.prior, windows=windows,
-        )
-        latents = generate_latents(model, request, NodeProgress(steps, previews=True))
-        samples = latents[0].float() / handle.latent_scale
-        return io.NodeOutput({"samples": samples.to(comfy.model_management.intermediate_device())}, float(config.fps))
+        output_device = comfy.model_management.intermediate_device()
+        latents, labels = [], []
+        for video, (photo_index, prompt_index) in enumerate(pairs):
+            latent, pixels = photos[photo_index]
+            schedule = schedules[photo_index]
+            model = handle.load(sampling_memory(window_frames, *latent.shape[-2:], guided, handle.model.dtype))
+            request = SamplingRequest(
+                photo=photo_conditioning(model, latent, pixels, intensities[photo_index]),
+                text=reweighted_embeddings(handle, *prompts[prompt_index], "positive"),
+                uncond_text=reweighted_embeddings(handle, *negative, "negative") if guided else None,
+                schedule=schedule, num_frames=frames, guidance_scale=cfg, seed=seed, content_scale=content_scale,
+                prior=None if prior is None else prior[photo_index].prior, windows=windows,
+            )
+            samples = generate_latents(model, request, NodeProgress(schedule.steps, previews=True))
+            latents.append({"samples": (samples[0].float() / handle.latent_scale).to(output_device)})
+            labels.append(video_label(video, photo_index, prompt_index, prompts[prompt_index][1]))
+        return io.NodeOutput(latents, float(config.fps), labels, ui=ui.PreviewText("\n".join(labels)))

@@ -5,6 +5,9 @@ LIVEPHOTO_MODEL made them. A plain CLIPTextEncode conditioning is re-weighted by
 the same call, so both give the same frames. Prompts longer than CLIP's 75 tokens (ComfyUI encodes
 them as several 77-token chunks) are refused, as the CLI and the Python API refuse them: the
 re-weighter was trained on single 77-token prompts and motion descriptions are short.
+
+TextReweight reads one prompt a line (livephoto_core.batch.prompt_lines) and gives a list, one
+conditioning per prompt: the sampler makes a video of each.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io, ui
 
-from ..livephoto_core.checks import MAX_PROMPT_TOKENS, check_prompt_tokens, check_text
+from ..livephoto_core.batch import prompt_lines
+from ..livephoto_core.checks import MAX_PROMPT_TOKENS, check_prompt_tokens
 from ..livephoto_core.defaults import CLIP_CONTEXT
 from ..livephoto_core.errors import InvalidInputError
 from .chart import token_weight_chart
@@ -21,6 +25,7 @@ from .handle import LIVEPHOTO_MODEL, LivePhotoModelHandle
 
 REWEIGHTED_BY = "livephoto_reweighted_by"  # options key: the token of the LIVEPHOTO_MODEL that reweighted it
 TOKEN_WEIGHTS = "livephoto_token_weights"  # options key: the weights [1, 77], for inspection
+PROMPT_TEXT = "livephoto_prompt"  # options key: the prompt's words, for the sampler's videos output
 # Conditioning options that change what a sampler does and that LivePhoto's sampler cannot honour.
 UNSUPPORTED_OPTIONS = {
     "control": "a ControlNet",
@@ -113,40 +118,47 @@ class TextReweight(io.ComfyNode):
                     multiline=True,
                     dynamic_prompts=True,
                     default="",
-                    tooltip=f"The motion, e.g. 'shaking head' or 'camera zooms in'; at most {MAX_PROMPT_TOKENS} tokens.",
+                    tooltip=f"The motion, e.g. 'shaking head' or 'camera zooms in'; at most {MAX_PROMPT_TOKENS} tokens. "
+                    f"One prompt a line: several lines make one video each.",
                 ),
             ],
             outputs=[
                 io.Conditioning.Output(
-                    display_name="conditioning",
-                    tooltip="The reweighted text, for the LivePhoto Sampler's positive (or negative) input.",
+                    display_name="conditioning", is_output_list=True,
+                    tooltip="The reweighted text, for the LivePhoto Sampler's positive (or negative) input; one per "
+                    "line of the text.",
                 ),
                 io.Image.Output(
-                    display_name="weights_chart",
-                    tooltip="A bar chart of each token's weight (0 to 1) with the tokens on the axis.",
+                    display_name="weights_chart", is_output_list=True,
+                    tooltip="A bar chart of each token's weight (0 to 1) with the tokens on the axis; one per line.",
                 ),
             ],
         )
 
     @classmethod
     def execute(cls, livephoto_model: LivePhotoModelHandle, clip, text: str) -> io.NodeOutput:
-        # Word ids mark the prompt's own tokens; ComfyUI's encoders read only each entry's token and weight.
-        tokenized = clip.tokenize(check_text(text, "text"), return_word_ids=True)
-        tokens = prompt_tokens(tokenized)
-        check_prompt_tokens(len(tokens))
-        encoded = clip.encode_from_tokens_scheduled(tokenized)
-        embeddings, options = single_prompt(encoded, livephoto_model.model.config.cross_attention_dim, "text")
-        model = livephoto_model.load()
-        reweighted, weights = model.reweight_text(embeddings.to(device=model.device, dtype=model.dtype))
-        output_device = comfy.model_management.intermediate_device()
-        weights = weights.float().to(output_device)
-        conditioning = [[
-            reweighted.to(device=output_device, dtype=embeddings.dtype),
-            {**options, REWEIGHTED_BY: livephoto_model.token, TOKEN_WEIGHTS: weights},
-        ]]
-        labels = [token_label(clip, token[0]) for token in tokens]
-        token_weights = weights[0, 1 : 1 + len(tokens)].tolist()  # position 0 is the start token
-        summary = " ".join(f"{label}:{weight:.2f}" for label, weight in zip(labels, token_weights)) or "(empty prompt)"
-        return io.NodeOutput(
-            conditioning, token_weight_chart(labels, token_weights).to(output_device), ui=ui.PreviewText(summary)
-        )
+        reweighted = [reweight_prompt(livephoto_model, clip, prompt) for prompt in prompt_lines(text, "text")]
+        conditionings, charts, summaries = (list(outputs) for outputs in zip(*reweighted))
+        return io.NodeOutput(conditionings, charts, ui=ui.PreviewText("\n".join(summaries)))
+
+
+def reweight_prompt(handle: LivePhotoModelHandle, clip, prompt: str) -> tuple[list, torch.Tensor, str]:
+    """One prompt -> its reweighted CONDITIONING, its weights chart and a line of token:weight pairs."""
+    # Word ids mark the prompt's own tokens; ComfyUI's encoders read only each entry's token and weight.
+    tokenized = clip.tokenize(prompt, return_word_ids=True)
+    tokens = prompt_tokens(tokenized)
+    check_prompt_tokens(len(tokens))
+    encoded = clip.encode_from_tokens_scheduled(tokenized)
+    embeddings, options = single_prompt(encoded, handle.model.config.cross_attention_dim, "text")
+    model = handle.load()
+    reweighted, weights = model.reweight_text(embeddings.to(device=model.device, dtype=model.dtype))
+    output_device = comfy.model_management.intermediate_device()
+    weights = weights.float().to(output_device)
+    conditioning = [[
+        reweighted.to(device=output_device, dtype=embeddings.dtype),
+        {**options, REWEIGHTED_BY: handle.token, TOKEN_WEIGHTS: weights, PROMPT_TEXT: prompt},
+    ]]
+    labels = [token_label(clip, token[0]) for token in tokens]
+    token_weights = weights[0, 1 : 1 + len(tokens)].tolist()  # position 0 is the start token
+    summary = " ".join(f"{label}:{weight:.2f}" for label, weight in zip(labels, token_weights)) or "(empty prompt)"
+    return conditioning, token_weight_chart(labels, token_weights).to(output_device), summary

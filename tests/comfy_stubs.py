@@ -65,6 +65,7 @@ class Schema:
     description: str = ""
     is_output_node: bool = False
     not_idempotent: bool = False
+    is_input_list: bool = False
 
     def validate(self):
         """As ComfyUI's Schema.validate: input ids and output ids unique."""
@@ -615,6 +616,14 @@ class NodeEnv:
         return self.stubs.nodes[node_id]
 
     def run(self, node_id, **inputs):
+        """Run a node on single values as ComfyUI does: a node that takes lists (is_input_list) gets each as a
+        list of one. A list output (is_output_list) comes back as the list."""
+        if self.node(node_id).GET_SCHEMA().is_input_list:
+            inputs = {name: [value] for name, value in inputs.items()}
+        return self.run_lists(node_id, **inputs)
+
+    def run_lists(self, node_id, **inputs):
+        """Run a node on inputs as ComfyUI hands them over (lists, for a node that takes lists)."""
         with torch.inference_mode():
             return self.node(node_id).execute(**inputs)
 
@@ -642,5 +651,16 @@ class NodeEnv:
         )
 
     def sample(self, handle=None, **overrides):
-        """The sampler's latent output."""
-        return self.run("LivePhotoSampler", **{**self.sample_inputs(handle), **overrides})[0]
+        """The sampler's latent output for one photo and one prompt (its list of one video)."""
+        [latent] = self.run("LivePhotoSampler", **{**self.sample_inputs(handle), **overrides})[0]
+        return latent
+
+    def prior(self, handle=None, **overrides) -> list:
+        """Prior Inversion's output: a prior per photo (of the default photo unless `photo` and `reference` are given)."""
+        inputs = dict(livephoto_model=handle or self.handle, clip=self.clip, reference=self.default_reference,
+                      photo=self.default_photo, intensity=5, steps=2, scheduler="ddim", start=0.033, end=0.016)
+        return self.run("LivePhotoPriorInversion", **{**inputs, **overrides})[0]
+
+    def reweight(self, text: str, handle=None) -> list:
+        """Text Reweight's conditioning output: one per line of `text`."""
+        return self.run("LivePhotoTextReweight", livephoto_model=handle or self.handle, clip=self.clip, text=text)[0]

@@ -239,3 +239,123 @@ def test_inspect_refuses_broken_files_in_one_line(tmp_path, capsys):
         assert main(["inspect", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and name in err[0], err
+
+
+# --- batches: several photos, prompt lines, a manifest --------------------------------------------------
+
+
+def batch(folder, *args):
+    return main(["animate", *args, "--frames", "3", "--steps", "2", *model_args(folder)])
+
+
+@pytest.fixture
+def other_photo(tmp_path):
+    path = tmp_path / "other.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_several_photos_or_prompt_lines_make_a_video_each_named_from_its_row(tiny_files, photo, other_photo,
+                                                                              tmp_path, capsys):
+    out = tmp_path / "videos"
+    out.mkdir()
+    assert batch(tiny_files, str(photo), str(other_photo), "the red circle moves left", "--seed", "4",
+                 "--output-dir", str(out)) == 0
+    videos = sorted(out.glob("*.webp"))
+    assert [video.name.split("-")[:2] for video in videos] == [["0001", "photo"], ["0002", "other"]]
+    assert [read_metadata(video)["seed"] for video in videos] == [4, 4]
+    printed = capsys.readouterr().out
+    assert f"video 2 (other.png, 'the red circle moves left'): wrote {videos[1]}" in printed
+
+    lines = "the red circle moves left\n\nthe red circle moves right\n"
+    assert batch(tiny_files, str(photo), lines, "--output-dir", str(out), "--format", "gif") == 0
+    gifs = sorted(out.glob("*.gif"))
+    assert [read_metadata(gif)["prompt"] for gif in gifs] == ["the red circle moves left", "the red circle moves right"]
+    assert [gif.name.split("-")[:2] for gif in gifs] == [["0001", "photo"], ["0002", "photo"]]
+
+
+def write_manifest(tmp_path, text: str) -> Path:
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text(text)
+    return manifest
+
+
+MANIFEST = "photo,prompt,intensity,seed\nphoto.png,the red circle moves left,3,7\nphoto.png,the red circle moves right,,\n"
+
+
+def test_a_manifest_rerun_skips_the_rows_written_and_renders_the_rest(tiny_files, photo, tmp_path, capsys,
+                                                                      monkeypatch):
+    manifest = write_manifest(tmp_path, MANIFEST)
+    out = tmp_path / "videos"
+    out.mkdir()
+    assert batch(tiny_files, "--manifest", str(manifest), "--output-dir", str(out), "--intensity", "6") == 0
+    first, second = sorted(out.glob("*.webp"))
+    assert read_metadata(first)["intensity"] == 3 and read_metadata(first)["seed"] == 7
+    assert read_metadata(second)["intensity"] == 6  # the empty cell takes --intensity
+    kept = first.read_bytes()
+    capsys.readouterr()
+
+    # A run that stopped after row 1: row 2's video is not there (an atomic write leaves nothing half-written).
+    second.unlink()
+    Path(f"{second}.json").unlink()
+    assert batch(tiny_files, "--manifest", str(manifest), "--output-dir", str(out), "--intensity", "6") == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"skipped {manifest} row 1 (line 2): {first} is already written"
+    assert printed[1].startswith(f"{manifest} row 2 (line 3) (photo.png, 'the red circle moves right'): wrote {second}")
+    assert first.read_bytes() == kept and second.is_file()
+
+    # Everything written: nothing to load. Other settings make other videos, under other names.
+    loads = loading_is_recorded(monkeypatch)
+    assert batch(tiny_files, "--manifest", str(manifest), "--output-dir", str(out), "--intensity", "6") == 0
+    assert loads == [] and len(capsys.readouterr().out.splitlines()) == 2
+    assert batch(tiny_files, "--manifest", str(manifest), "--output-dir", str(out), "--intensity", "6",
+                 "--guidance", "2") == 1  # the recorder's load fails: another guidance renders the rows again
+    assert len(loads) == 1
+
+
+@pytest.mark.parametrize(
+    "manifest, extra, message",
+    [
+        ("photo,prompt\nmissing.png,the red circle moves left\n", [],
+         "rows.csv row 1 (line 2): {d}/missing.png does not exist; check the path"),
+        ("photo,prompt,intensity\nphoto.png,left,3\nphoto.png,left,11\n", [],
+         "rows.csv row 2 (line 3): intensity must be a whole number from 1"),
+        ("photo,prompt,seed\nphoto.png,left,x\n", [], "rows.csv row 1 (line 2): seed must be a whole number; got 'x'"),
+        ("photo,prompt\nphoto.png,\n", [], "rows.csv row 1 (line 2) has no prompt; every row needs a photo and a prompt"),
+        ("photo,prompt,intesity\nphoto.png,left,3\n", [],
+         "the header is photo,prompt,intesity; a manifest's first line names its columns, photo,prompt,intensity,seed"),
+        ("photo,prompt\n", [], "rows.csv has a header but no rows"),
+        ("photo,prompt\nphoto.png,left,3\n", [], "rows.csv row 1 (line 2) has more cells than the header names"),
+        (MANIFEST, ["-o", "out.webp"], "-o names one video and this batch makes 2; give --output-dir"),
+        (MANIFEST, ["--output-dir", "nowhere"], "folder nowhere does not exist; create it first"),
+    ],
+)
+def test_a_bad_manifest_is_refused_naming_the_row_before_loading(tiny_files, photo, tmp_path, capsys, monkeypatch,
+                                                                  manifest, extra, message):
+    monkeypatch.chdir(tmp_path)
+    loads = loading_is_recorded(monkeypatch)
+    path = write_manifest(tmp_path, manifest)
+    assert batch(tiny_files, "--manifest", str(path), *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(d=tmp_path) in err[0], err
+    assert loads == []
+
+
+@pytest.mark.parametrize(
+    "inputs, extra, message",
+    [
+        (["{photo}", "{photo}", "one\ntwo\nthree"], [], "2 photos and 3 prompts do not pair up: give one photo"),
+        (["{photo}"], [], "animate needs a photo and a prompt: livephoto animate IMAGE [IMAGE ...] PROMPT"),
+        (["{photo}", "left"], ["--manifest", "rows.csv"], "give IMAGE and PROMPT or --manifest, not both"),
+        (["{photo}", "left"], ["--output-dir", "."], "--output-dir and --format are for a batch of videos"),
+        (["{photo}", "{photo}", "left"], ["-o", "out.webp"], "-o names one video and this batch makes 2"),
+    ],
+)
+def test_photos_and_prompts_that_make_no_batch_are_refused_before_loading(tiny_files, photo, tmp_path, capsys,
+                                                                          monkeypatch, inputs, extra, message):
+    monkeypatch.chdir(tmp_path)
+    loads = loading_is_recorded(monkeypatch)
+    assert batch(tiny_files, *[arg.format(photo=photo) for arg in inputs], *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert loads == []

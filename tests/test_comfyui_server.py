@@ -494,6 +494,28 @@ def test_the_sampler_sends_live_previews_when_the_user_asks_for_them(comfy):
     assert width == height  # one square frame (ComfyUI scales previews up to its preview size)
 
 
+def test_a_batch_of_two_photos_and_two_prompt_lines_gives_two_videos_saying_which_is_which(comfy):
+    """The animate graph fed a batch of 2 photos (Image Batch of the photo and its negative) and 2 prompt
+    lines: photo k with prompt k, a prior per photo, and VAE Decode and Save Animated WEBP run once per
+    video, so 2 files come out, numbered in the order of the sampler's videos output."""
+    workflow = small(api_workflow("animate"))
+    workflow["20"] = {"class_type": "ImageInvert", "inputs": {"image": ["4", 0]}}
+    workflow["21"] = {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["20", 0]}}
+    for node, name in (("5", "pixels"), ("8", "photo"), ("9", "photo")):
+        workflow[node]["inputs"][name] = ["21", 0]
+    workflow["6"]["inputs"]["text"] = "shaking head\nnodding"
+    workflow["9"]["inputs"]["seed"] = 201  # not a cached result
+    workflow["11"]["inputs"]["filename_prefix"] = "LivePhoto/batch"
+    entry, _ = comfy.run(workflow, "workflow animate, a batch of 2 photos x 2 prompt lines")
+    videos = comfy.download(entry, "11")
+    assert len(videos) == 2 and videos[0].name < videos[1].name
+    for video in videos:
+        assert frames_of(video).shape == (SMALL["frames"], SMALL["size"], SMALL["size"], 3)
+    assert texts(entry, "9") == ['video 1: photo 1, prompt 1 "shaking head"\nvideo 2: photo 2, prompt 2 "nodding"']
+    assert len(texts(entry, "12")) == 2  # Estimate Motion Intensity ran once per video
+    assert len(comfy.download(entry, "13")) == 2  # a weights chart per prompt line
+
+
 def test_intensity_sweep(comfy):
     entry, _ = comfy.run(small(api_workflow("intensity_sweep")), "workflow intensity_sweep")
     [video] = comfy.download(entry, "22")

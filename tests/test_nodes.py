@@ -217,10 +217,12 @@ def test_a_clip_vision_that_is_not_dinov2_or_no_dinov2_at_all_is_refused(env):
 
 @pytest.mark.parametrize("intensity", [0, 11])
 def test_intensity_outside_1_to_10_is_refused_at_validation_naming_the_range(env, intensity):
-    for node in ("LivePhotoSampler", "LivePhotoPriorInversion"):
-        message = env.node(node).validate_inputs(intensity=intensity)
+    # ComfyUI validates as it runs: the sampler (is_input_list) gets the widget as a list of one, and a
+    # link as (None,): judged when it runs.
+    for node, value, linked in [("LivePhotoSampler", [intensity], (None,)), ("LivePhotoPriorInversion", intensity, None)]:
+        message = env.node(node).validate_inputs(intensity=value)
         assert f"got {intensity}" in message and "from 1 (still) to 10" in message
-        assert env.node(node).validate_inputs(intensity=None) is True  # fed by a link: judged when it runs
+        assert env.node(node).validate_inputs(intensity=linked) is True
     with pytest.raises(env.errors.InvalidInputError, match="from 1 \\(still\\) to 10"):
         env.sample(intensity=intensity)
 
@@ -283,19 +285,12 @@ def test_a_long_looped_scheduled_render_runs_window_by_window(env):
 
 
 def test_a_prior_carries_its_intensity_schedule_to_the_sampler(env):
-    prior = env.run(
-        "LivePhotoPriorInversion", livephoto_model=env.handle, clip=env.clip, reference=env.default_reference,
-        photo=env.default_photo, intensity=7, steps=2, scheduler="ddim", start=0.033, end=0.016,
-        intensity_schedule="3:0,9:5",
-    )[0]
+    [prior] = env.prior(intensity=7, intensity_schedule="3:0,9:5")
     assert prior.intensity == 3  # the inversion ran at frame 0's level
     with_schedule = env.sample(frames=6, steps=2, prior=prior)["samples"]
     torch.testing.assert_close(env.sample(frames=6, steps=2, prior=prior, intensity_schedule="")["samples"],
                                with_schedule, atol=0, rtol=0)  # the prior's schedule wins over the sampler's
-    constant = env.run(
-        "LivePhotoPriorInversion", livephoto_model=env.handle, clip=env.clip, reference=env.default_reference,
-        photo=env.default_photo, intensity=3, steps=2, scheduler="ddim", start=0.033, end=0.016,
-    )[0]
+    [constant] = env.prior(intensity=3)
     torch.testing.assert_close(constant.prior.inverted, prior.prior.inverted, atol=0, rtol=0)
     assert not torch.equal(env.sample(frames=6, steps=2, prior=constant)["samples"], with_schedule)
 
@@ -304,9 +299,9 @@ def test_a_prior_carries_its_intensity_schedule_to_the_sampler(env):
     ("change", "message"),
     [
         (lambda env, inputs: inputs.update(reference={"samples": inputs["reference"]["samples"].repeat(2, 1, 1, 1)}),
-         "batch of 2; LivePhoto animates one photo: encode a single image"),
+         "the photo input holds 1 image but the reference 2 latents; connect VAEEncode of these same photos"),
         (lambda env, inputs: inputs.update(photo=inputs["photo"].repeat(3, 1, 1, 1)),
-         "batch of 3 images; .* ImageFromBatch"),
+         "the photo input holds 3 images but the reference 1 latent"),
         (lambda env, inputs: inputs.update(photo=env.photo(68)),
          "68x68 pixels; LivePhoto needs sides that are multiples of 8: scale it to 64x64 with ImageScale"),
         (lambda env, inputs: inputs.update(photo=env.photo(72)),
@@ -351,10 +346,7 @@ def test_conditioning_the_sampler_cannot_honour_is_refused(env):
 def test_a_connected_prior_sets_intensity_steps_and_scheduler_and_must_match_model_and_latent(env):
     handle, photo = env.handle, env.default_photo
     reference = env.default_reference
-    prior = env.run(
-        "LivePhotoPriorInversion", livephoto_model=handle, clip=env.clip, reference=reference, photo=photo,
-        intensity=7, steps=2, scheduler="euler", start=0.033, end=0.016,
-    )[0]
+    [prior] = env.prior(handle, intensity=7, scheduler="euler")
     # One place for each setting: the prior's intensity, steps and scheduler win over the sampler's widgets.
     with_prior = dict(photo=photo, reference=reference, prior=prior)
     expected = env.sample(handle, **with_prior, intensity=7, steps=2, scheduler="euler")["samples"]
@@ -369,12 +361,114 @@ def test_a_connected_prior_sets_intensity_steps_and_scheduler_and_must_match_mod
         env.sample(env.load(dtype="fp32", model=env.stand_in()), photo=photo, reference=reference, prior=prior)
 
 
+# --- batches: photos and prompts, one video each -----------------------------------------------------
+
+
+def two_photos(env):
+    photos = torch.cat([env.photo(seed=0), env.photo(seed=1)])
+    return photos, env.encode(photos)
+
+
+def test_a_batch_of_photos_gives_a_video_each_as_each_photo_alone_would(env):
+    photos, latents = two_photos(env)
+    output = env.run("LivePhotoSampler", **{**env.sample_inputs(), "photo": photos, "reference": latents})
+    videos, _, labels = output.args
+    assert labels == ["video 1: photo 1, prompt 1", "video 2: photo 2, prompt 1"]
+    assert output.ui.value == "\n".join(labels)
+    for video, photo, latent in zip(videos, photos.split(1), latents["samples"].split(1)):
+        alone = env.sample(photo=photo, reference={"samples": latent})["samples"]
+        torch.testing.assert_close(video["samples"], alone, atol=0, rtol=0)  # the same seed, as alone
+    assert not torch.allclose(videos[0]["samples"], videos[1]["samples"])
+
+
+def test_prompt_lines_give_a_video_each_named_by_their_words(env):
+    reweighted = env.run("LivePhotoTextReweight", livephoto_model=env.handle, clip=env.clip,
+                         text="the red circle moves left\n\n  the blue square moves up  \n")
+    lines, charts = reweighted.args
+    assert len(lines) == len(charts) == 2  # the blank line is skipped
+    summaries = [[pair.split(":")[0] for pair in line.split()] for line in reweighted.ui.value.splitlines()]
+    assert summaries == [["the", "red", "circle", "moves", "left"], ["the", "blue", "square", "moves", "up"]]
+    inputs = {name: [value] for name, value in env.sample_inputs().items()}
+    videos, _, labels = env.run_lists("LivePhotoSampler", **{**inputs, "positive": lines}).args
+    assert labels == ['video 1: photo 1, prompt 1 "the red circle moves left"',
+                      'video 2: photo 1, prompt 2 "the blue square moves up"']
+    for video, line in zip(videos, lines):
+        torch.testing.assert_close(video["samples"], env.sample(positive=line)["samples"], atol=0, rtol=0)
+
+
+def test_as_many_photos_as_prompts_pair_photo_k_with_prompt_k(env):
+    photos, latents = two_photos(env)
+    lines = env.reweight("the red circle moves left\nthe blue square moves up")
+    inputs = {name: [value] for name, value in env.sample_inputs().items()}
+    videos, _, labels = env.run_lists("LivePhotoSampler", **{**inputs, "positive": lines, "photo": [photos],
+                                                             "reference": [latents]}).args
+    assert [label.split('"')[0] for label in labels] == ["video 1: photo 1, prompt 1 ", "video 2: photo 2, prompt 2 "]
+    second = env.sample(photo=photos[1:], reference={"samples": latents["samples"][1:]}, positive=lines[1])["samples"]
+    torch.testing.assert_close(videos[1]["samples"], second, atol=0, rtol=0)
+
+
+def test_photos_from_a_list_output_are_taken_in_order_as_one_batch(env):
+    photos, latents = two_photos(env)
+    inputs = {name: [value] for name, value in env.sample_inputs().items()}
+    as_list = env.run_lists("LivePhotoSampler", **{**inputs, "photo": list(photos.split(1)),
+                                                   "reference": [{"samples": s} for s in latents["samples"].split(1)]})[0]
+    as_batch = env.run("LivePhotoSampler", **{**env.sample_inputs(), "photo": photos, "reference": latents})[0]
+    for listed, batched in zip(as_list, as_batch, strict=True):
+        torch.testing.assert_close(listed["samples"], batched["samples"], atol=0, rtol=0)
+
+
+def test_photos_and_prompts_that_do_not_pair_up_are_refused_before_sampling(env):
+    photos, latents = two_photos(env)
+    lines = env.reweight("red\nblue\ngreen")
+    inputs = {name: [value] for name, value in env.sample_inputs().items()}
+    calls = []
+    hook = env.handle.model.unet.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(env.errors.InvalidInputError, match="2 photos and 3 prompts do not pair up: give one photo"):
+            env.run_lists("LivePhotoSampler", **{**inputs, "positive": lines, "photo": [photos], "reference": [latents]})
+        with pytest.raises(env.errors.InvalidInputError, match="the sampler's negative input holds a list of 3; it takes one negative for all"):
+            env.run_lists("LivePhotoSampler", **{**inputs, "negative": lines})
+        with pytest.raises(env.errors.InvalidInputError, match="the sampler's seed input holds a list of 2"):
+            env.run_lists("LivePhotoSampler", **{**inputs, "seed": [1, 2]})
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_a_batch_of_photos_gets_a_prior_each_that_must_match_its_photo(env):
+    photos, latents = two_photos(env)
+    priors = env.prior(photo=photos, reference=latents)
+    assert len(priors) == 2 and not torch.equal(priors[0].prior.inverted, priors[1].prior.inverted)
+    inputs = {name: [value] for name, value in env.sample_inputs().items()}
+    videos = env.run_lists("LivePhotoSampler", **{**inputs, "photo": [photos], "reference": [latents],
+                                                  "prior": priors})[0]
+    second_latent = {"samples": latents["samples"][1:]}
+    [alone] = env.prior(photo=photos[1:], reference=second_latent)
+    second = env.sample(photo=photos[1:], reference=second_latent, prior=alone)["samples"]
+    torch.testing.assert_close(videos[1]["samples"], second, atol=0, rtol=0)
+    with pytest.raises(env.errors.InvalidInputError, match="the prior holds 1 inverted photo but the sampler has 2 "
+                                                            "photos; connect the same photos"):
+        env.run_lists("LivePhotoSampler", **{**inputs, "photo": [photos], "reference": [latents], "prior": [alone]})
+    with pytest.raises(env.errors.InvalidInputError, match="inverted from another reference latent"):
+        env.run_lists("LivePhotoSampler", **{**inputs, "photo": [photos], "reference": [latents],
+                                             "prior": priors[::-1]})
+
+
+def test_a_bad_photo_in_a_batch_is_named_by_its_place(env):
+    small = env.photo(size=32)
+    inputs = {name: [value] for name, value in env.sample_inputs().items()}
+    with pytest.raises(env.errors.InvalidInputError, match="^photo 2 of 2: the reference latent is for a 32x32 image"):
+        env.run_lists("LivePhotoSampler", **{**inputs, "photo": [env.default_photo, small],
+                                             "reference": [env.default_reference, env.encode(small)]})
+
+
 # --- sampler: output, progress, cancel ---------------------------------------------------------------
 
 
 def test_the_sampler_gives_raw_latents_with_frames_in_the_batch_axis_and_the_playback_rate(env):
-    latent, fps = env.run("LivePhotoSampler", **{**env.sample_inputs(), "frames": 4})
+    [latent], fps, videos = env.run("LivePhotoSampler", **{**env.sample_inputs(), "frames": 4}).args
     assert fps == float(env.handle.model.config.fps) and isinstance(fps, float)
+    assert videos == ["video 1: photo 1, prompt 1"]  # a plain CLIPTextEncode prompt carries no words
     assert set(latent) == {"samples"}
     assert latent["samples"].shape == (4, 4, 8, 8) and latent["samples"].dtype == torch.float32
     frames = env.vae.decode(latent["samples"])
@@ -383,13 +477,13 @@ def test_the_sampler_gives_raw_latents_with_frames_in_the_batch_axis_and_the_pla
 
 def test_plain_clip_text_encode_conditioning_gives_the_same_frames_as_text_reweight(env):
     handle = env.handle
-    reweighted = env.run("LivePhotoTextReweight", livephoto_model=handle, clip=env.clip, text="the red circle moves left")[0]
+    [reweighted] = env.reweight("the red circle moves left", handle)
     torch.testing.assert_close(env.sample(handle, positive=reweighted)["samples"], env.sample(handle)["samples"])
 
 
 def test_a_reweighted_conditioning_from_another_model_is_refused(env):
     other = env.load(dtype="fp32", model=env.stand_in())
-    reweighted = env.run("LivePhotoTextReweight", livephoto_model=other, clip=env.clip, text="red")[0]
+    [reweighted] = env.reweight("red", other)
     with pytest.raises(env.errors.InvalidInputError, match="reweighted by another LivePhoto model"):
         env.sample(env.handle, positive=reweighted)
 
@@ -467,7 +561,7 @@ def test_text_reweight_scales_each_token_and_keeps_the_clip_options(env):
     handle = env.handle
     prompt = "the red circle moves left"
     output = env.run("LivePhotoTextReweight", livephoto_model=handle, clip=env.clip, text=prompt)
-    [[reweighted, options]], chart = output[0], output[1]
+    [[[reweighted, options]]], [chart] = output[0], output[1]
     [[plain, plain_options]] = env.text(prompt)
     weights = options["livephoto_token_weights"]
     assert weights.shape == (1, 77) and bool(((weights > 0) & (weights < 1)).all())

@@ -73,10 +73,13 @@ def node_graph_frames(setup, cfg: float, scheduler: str, prior_inversion: bool, 
         windows = nodes["LivePhotoContextWindows"].execute(
             window_length=0, window_overlap=-1, schedule=video["window_schedule"], loop=video["loop"],
         )[0]
-        output = nodes["LivePhotoSampler"].execute(
-            livephoto_model=handle, positive=positive, negative=negative, reference=latent, photo=image,
-            intensity=INTENSITY, frames=video["frames"], steps=STEPS, cfg=cfg, seed=SEED, scheduler=scheduler,
-            content_scale=1.0, prior=prior, windows=windows, intensity_schedule=video["intensity"],
+        # The sampler takes lists (is_input_list), as ComfyUI hands them over: a widget's value or a plain
+        # output as a list of one, a list output (Text Reweight's, Prior Inversion's) as it is.
+        [output] = nodes["LivePhotoSampler"].execute(
+            livephoto_model=[handle], positive=positive, negative=[negative], reference=[latent], photo=[image],
+            intensity=[INTENSITY], frames=[video["frames"]], steps=[STEPS], cfg=[cfg], seed=[SEED],
+            scheduler=[scheduler], content_scale=[1.0], prior=prior, windows=[windows],
+            intensity_schedule=[video["intensity"]],
         )[0]
         return vae.decode(output["samples"])
 

@@ -191,3 +191,20 @@ def test_grayscale_and_rgba_photos_are_converted(pipeline, photo):
     gray = run(pipeline, photo.convert("L"), num_inference_steps=1)
     rgba = run(pipeline, photo.convert("RGBA"), num_inference_steps=1)
     assert gray.frames.shape == rgba.frames.shape == (4, 64, 64, 3)
+
+
+def test_batch_pairs_photos_and_prompts_by_the_rule_of_the_cli_and_the_nodes(pipeline, photo):
+    other = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    settings = dict(num_frames=2, num_inference_steps=1, seed=3)
+    each_photo = pipeline.batch([photo, other], [PROMPT], **settings)
+    assert [result.settings["prompt"] for result in each_photo] == [PROMPT, PROMPT]
+    torch.testing.assert_close(each_photo[1].frames, pipeline(other, PROMPT, **settings).frames, atol=0, rtol=0)
+    each_prompt = pipeline.batch([photo], [PROMPT, "the blue square moves up"], **settings)
+    assert [result.settings["prompt"] for result in each_prompt] == [PROMPT, "the blue square moves up"]
+    pairwise = pipeline.batch([photo, other], [PROMPT, "the blue square moves up"], **settings)
+    torch.testing.assert_close(pairwise[1].frames, pipeline(other, "the blue square moves up", **settings).frames,
+                               atol=0, rtol=0)
+    with pytest.raises(InvalidInputError, match="2 photos and 3 prompts do not pair up: give one photo"):
+        pipeline.batch([photo, other], ["a", "b", "c"], **settings)
+    with pytest.raises(InvalidInputError, match="prompts must be a list; got str"):
+        pipeline.batch([photo], PROMPT)

@@ -332,7 +332,7 @@ def load_node(world: World, **widgets) -> Seen:
 def sample_node(world: World, **inputs) -> Seen:
     """LivePhoto Sampler as ComfyUI runs it: validate_inputs (intensity) when queued, then execute."""
     env = world.node.env
-    verdict = env.node("LivePhotoSampler").validate_inputs(intensity=inputs.get("intensity", 5))
+    verdict = env.node("LivePhotoSampler").validate_inputs(intensity=[inputs.get("intensity", 5)])  # a list node
     if verdict is not True:
         return Seen(True, verdict)
     return node_call(world, lambda: env.sample(**inputs))
@@ -543,8 +543,8 @@ CASES: list[Case] = [
          ("animated.gif holds 3 frames", "one still photo", "save the frame")),
     Case("photo", "a batch of 2", "API", lambda w: run_pipeline(w, photo_tensor(w, 64, 64, batch=2)),
          ("batch of 2",), covered_by="tests/test_pipeline.py::test_a_batch_of_photos_is_refused"),
-    Case("photo", "a batch of 3", "node", lambda w: sample_node(w, photo=photo_tensor(w, 64, 64, batch=3)),
-         ("batch of 3 images", "ImageFromBatch"),
+    Case("photo", "a batch of 3, one latent", "node", lambda w: sample_node(w, photo=photo_tensor(w, 64, 64, batch=3)),
+         ("the photo input holds 3 images but the reference 1 latent", "connect VAEEncode of these same photos"),
          covered_by="tests/test_nodes.py::test_bad_photos_and_latents_are_refused_naming_the_fix"),
     Case("photo", "a text file named .png", "CLI", lambda w: animate(w, "notes.png"),
          ("notes.png is not an image file",)),
