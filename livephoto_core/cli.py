@@ -150,6 +150,9 @@ def animate_rows(args):
         raise InvalidInputError("animate needs a photo and a prompt: livephoto animate IMAGE [IMAGE ...] PROMPT, or "
                                 "livephoto animate --manifest ROWS.csv")
     *photos, prompt = args.inputs
+    if "\n" not in prompt and Path(prompt).is_file():  # `animate a.png b.png`: no prompt, not the prompt "b.png"
+        raise InvalidInputError(f"the last argument is the prompt, and {prompt} is a file: give the prompt after the "
+                                f"photos, livephoto animate IMAGE [IMAGE ...] PROMPT")
     return batch_rows(photos, prompt)
 
 

@@ -346,6 +346,7 @@ def test_a_bad_manifest_is_refused_naming_the_row_before_loading(tiny_files, pho
     [
         (["{photo}", "{photo}", "one\ntwo\nthree"], [], "2 photos and 3 prompts do not pair up: give one photo"),
         (["{photo}"], [], "animate needs a photo and a prompt: livephoto animate IMAGE [IMAGE ...] PROMPT"),
+        (["{photo}", "{photo}"], [], "the last argument is the prompt, and "),
         (["{photo}", "left"], ["--manifest", "rows.csv"], "give IMAGE and PROMPT or --manifest, not both"),
         (["{photo}", "left"], ["--output-dir", "."], "--output-dir and --format are for a batch of videos"),
         (["{photo}", "{photo}", "left"], ["-o", "out.webp"], "-o names one video and this batch makes 2"),
