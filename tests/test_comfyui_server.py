@@ -763,3 +763,38 @@ def test_the_frontend_opens_each_template_through_the_template_route(models_dir,
         assert loaded["nodes_in_graph"] == len(json.loads(path.read_text())["nodes"]), path.name
         assert Path(loaded["screenshot"]).stat().st_size > 10_000, path.name
     print(f"\n[screenshots] {tmp_path}", flush=True)
+
+
+def test_a_workflow_saved_by_the_frontend_opens_again_and_runs_to_a_video(comfy, tmp_path):
+    """Issue 12: workflows saved by the current version keep loading. ComfyUI's frontend (headless Chromium,
+    on the test's server) opens the animate template through the template route and saves it as its Save
+    does (tests/browser_templates.py, LIVEPHOTO_SAVED); the saved file is opened again and the prompt the
+    Queue button sends for it is queued here: it is the API twin, node for node, and it renders a video."""
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    # As browser_check does for a server it starts itself: a fresh user would get the template browser
+    # opened over the graph on the first visit.
+    status, _ = comfy.rw.http_json(comfy.url, "/settings/Comfy.TutorialCompleted", True)
+    assert status == 200
+    saved_dir = tmp_path / "saved"
+    saved_dir.mkdir()
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "browser_templates.py"), str(UI_DIR / "animate.json"),
+         "--url", comfy.url, "--out", str(tmp_path / "browser"), "--window", "2000x1000"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(HARNESS), "LIVEPHOTO_SAVED": str(saved_dir)},
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    shipped = json.loads((UI_DIR / "animate.json").read_text())
+    saved = json.loads((saved_dir / "animate.json").read_text())
+    assert saved != shipped  # the frontend's own serialisation (its graph id, its view, the sockets it adds)
+    assert sorted((n["id"], n["type"]) for n in saved["nodes"]) == sorted((n["id"], n["type"]) for n in shipped["nodes"])
+    assert sorted(saved["links"]) == sorted(shipped["links"])
+    prompt = json.loads((saved_dir / "animate_api.json").read_text())
+    assert prompt == api_workflow("animate")
+    workflow = small(prompt)
+    workflow["9"]["inputs"]["seed"] = 301  # not a cached result
+    entry, _ = comfy.run(workflow, "animate, saved by the frontend and opened again")
+    [video] = comfy.download(entry, "11")
+    assert frames_of(video).shape == (SMALL["frames"], SMALL["size"], SMALL["size"], 3)
+    print(f"\n[saved workflow] {saved_dir / 'animate.json'}", flush=True)
