@@ -581,6 +581,29 @@ def test_animate_smooth_doubles_the_frames_and_the_frame_rate(comfy):
     assert webp_durations(smooth_file) == [int(1000 / (2 * trained_fps))] * (2 * count - 1)
 
 
+def test_animate_smooth_interpolates_each_video_of_a_batch_on_its_own(comfy):
+    """Two photos (the photo and its negative, as in the batch test above): two files of 2F-1 frames, each
+    with its own video's frames at the even places. Interpolating the two as one batch would give one file
+    of 4F-3 frames, with frames made across the seam."""
+    workflow = lossless(small(api_workflow("animate_smooth")), "LivePhoto/smooth_batch")
+    workflow["20"] = {"class_type": "ImageInvert", "inputs": {"image": ["4", 0]}}
+    workflow["21"] = {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["20", 0]}}
+    for node, name in (("5", "pixels"), ("8", "photo"), ("9", "photo")):
+        workflow[node]["inputs"][name] = ["21", 0]
+    workflow["9"]["inputs"]["seed"] = 202  # not a cached result
+    workflow["100"] = {"class_type": "SaveAnimatedWEBP", "inputs": {
+        "images": ["10", 0], "filename_prefix": "LivePhoto/smooth_batch_source", "fps": ["9", 1], "lossless": True,
+        "quality": 90, "method": "default"}}
+    entry, _ = comfy.run(workflow, "workflow animate_smooth, a batch of 2 photos (lossless)")
+    smooth = [frames_of(path) for path in comfy.download(entry, "11")]
+    sources = [frames_of(path) for path in comfy.download(entry, "100")]
+    assert len(smooth) == len(sources) == 2
+    for video, source in zip(smooth, sources):
+        assert video.shape == (2 * SMALL["frames"] - 1, SMALL["size"], SMALL["size"], 3)
+        assert np.array_equal(video[::2], source)
+    assert not np.array_equal(sources[0], sources[1])
+
+
 def test_intensity_sweep(comfy):
     entry, _ = comfy.run(small(api_workflow("intensity_sweep")), "workflow intensity_sweep")
     [video] = comfy.download(entry, "22")
