@@ -8,8 +8,11 @@ expect. Same command line as browser_check.py; run with the harness folder on PY
 
 Environment: LIVEPHOTO_MODELS_DIR (a models folder for the server, so that the frontend finds the
 files the workflows name and flags nothing), LIVEPHOTO_INPUTS (files for its input folder, separated
-by os.pathsep) and LIVEPHOTO_THUMBNAILS (a folder: each screenshot is also written there as
-NAME.jpg, the template browser's thumbnail; `workflows` refreshes the pack's own).
+by os.pathsep), LIVEPHOTO_THUMBNAILS (a folder: each screenshot is also written there as
+NAME.jpg, the template browser's thumbnail; `workflows` refreshes the pack's own) and LIVEPHOTO_SAVED
+(a folder: each opened template is saved there as the frontend's Save writes it, NAME.json, then that
+file is opened again and what the frontend's Queue button would send for it is written as
+NAME_api.json).
 """
 
 import json
@@ -33,7 +36,18 @@ FETCH_TEMPLATE = """const data = await (async () => {
   return response.json();
 })();"""
 
+# The frontend's Save writes JSON.stringify(changeTracker.activeState), a copy of app.graph.serialize()
+# (ChangeTracker.captureCanvasState); Queue sends app.graphToPrompt().output. The saved copy is opened
+# again the way a user opens a saved file, so NAME_api.json is what the saved workflow queues.
+SAVE_AND_REOPEN = """(async () => {
+  const saved = JSON.parse(JSON.stringify(app.graph.serialize()));
+  await app.loadGraphData(JSON.parse(JSON.stringify(saved)), true, true, %s);
+  const prompt = await app.graphToPrompt();
+  return { saved, prompt: prompt.output };
+})()"""
+
 _load_file = browser_check.load_script
+_check_one = browser_check.check_one
 
 
 def load_from_template_route(workflow, name, types):
@@ -42,6 +56,18 @@ def load_from_template_route(workflow, name, types):
     if embedded not in script:
         raise SystemExit("browser_check.load_script changed: update tests/browser_templates.py")
     return script.replace(embedded, FETCH_TEMPLATE % json.dumps(Path(name).stem))
+
+
+def check_and_save(page, path, workflow, out_dir, taken):
+    """browser_check's check of one template; then, with LIVEPHOTO_SAVED set, its save and reopening."""
+    report = _check_one(page, path, workflow, out_dir, taken)
+    folder = os.environ.get("LIVEPHOTO_SAVED")
+    if folder and report["ok"]:
+        name = Path(path).stem
+        result = page.evaluate(SAVE_AND_REOPEN % json.dumps(f"{name} (saved).json"), timeout=120)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(result["saved"], indent=1))
+        (Path(folder) / f"{name}_api.json").write_text(json.dumps(result["prompt"], indent=1))
+    return report
 
 
 class ServerWithModels(run_workflow.Server):
@@ -62,6 +88,7 @@ def write_thumbnails(report_path: Path, folder: Path) -> None:
 
 
 browser_check.load_script = load_from_template_route
+browser_check.check_one = check_and_save
 run_workflow.Server = ServerWithModels
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ default ../shared/comfyui beside the repository). Skipped where either is absent
 
 What it builds once and keeps under $COMFYUI_HOME/models: a random SD-1.5 checkpoint (the harness'
 make_random_sd15_checkpoint.py), a LivePhoto checkpoint made for it (LivePhotoModel.from_base on
-its full-size UNet, with a tiny random DINOv2) and that DINOv2. The workflows name the files users
-have (v1-5-pruned-emaonly.safetensors, ...); a temporary models folder maps those names to the
-random files with symlinks. Every API workflow of tests/workflows runs at 64x64, 4 frames, 2 steps.
+its full-size UNet, with a tiny random DINOv2), that DINOv2, and a random FILM frame-interpolation
+model (ComfyUI's own FILMNet class). The workflows name the files users have
+(v1-5-pruned-emaonly.safetensors, film_net_fp16.safetensors, ...); a temporary models folder maps
+those names to the random files with symlinks. Every API workflow of tests/workflows runs at 64x64, 4 frames, 2 steps.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ API_DIR, UI_DIR = ROOT / "tests" / "workflows", ROOT / "workflows"
 RANDOM_CHECKPOINT = "random_sd15.safetensors"
 RANDOM_LIVEPHOTO = "livephoto_random_sd15_v1.safetensors"  # bump the suffix when the recipe below changes
 RANDOM_DINOV2 = "dinov2_tiny_random_v1.safetensors"
+RANDOM_FILM = "film_random_v1.safetensors"
 SMALL = dict(size=64, frames=4, steps=2, long_frames=12, schedule="3:0,8:6,3:11")
 
 pytestmark = [
@@ -120,6 +122,30 @@ def random_lora(path: Path, rank: int = 4) -> None:
     save_file(state, str(path))
 
 
+# A FILM frame-interpolation model with random weights, built in ComfyUI's venv from ComfyUI's own class
+# (comfy_extras/frame_interpolation_models/film_net.py) so that its loader recognises the file as FILM.
+# Its layers are made with ComfyUI's uninitialised ops, so every weight is drawn here; small weights
+# keep the flows finite. fp16, as the film_net_fp16.safetensors users download.
+RANDOM_FILM_SCRIPT = r'''
+import sys
+sys.path.insert(0, ".")  # the ComfyUI work tree
+path = sys.argv[1]
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import torch
+from safetensors.torch import save_file
+from comfy_extras.frame_interpolation_models.film_net import FILMNet
+
+torch.manual_seed(0)
+model = FILMNet()
+with torch.no_grad():
+    for parameter in model.parameters():
+        parameter.normal_(0, 0.02)
+save_file({key: value.half().contiguous() for key, value in model.state_dict().items()}, path)
+'''
+
+
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     """Cached random files under $COMFYUI_HOME/models, linked under the names the workflows use."""
@@ -135,11 +161,17 @@ def models_dir(tmp_path_factory):
         started = time.monotonic()
         build_random_livephoto(checkpoint, livephoto, dinov2)
         report("build the random LivePhoto checkpoint", time.monotonic() - started)
+    film = cache / "frame_interpolation" / RANDOM_FILM
+    if not film.is_file():
+        film.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(HOME / "venv" / "bin" / "python"), "-c", RANDOM_FILM_SCRIPT, str(film)],
+                       cwd=HOME / "ComfyUI", check=True)
     models = tmp_path_factory.mktemp("comfyui") / "models"
     links = {
         "checkpoints/v1-5-pruned-emaonly.safetensors": checkpoint,
         "livephoto/livephoto_sd15.safetensors": livephoto,
         "livephoto/dinov2-large.safetensors": dinov2,
+        "frame_interpolation/film_net_fp16.safetensors": film,
     }
     for name, target in links.items():
         (models / name).parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +466,7 @@ def test_the_template_browser_serves_each_workflow_and_its_thumbnail(comfy):
             assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128
 
 
-@pytest.mark.parametrize("name", ["animate", "intensity_sweep", "measure_video", "text_weights"])
+@pytest.mark.parametrize("name", ["animate", "animate_smooth", "intensity_sweep", "measure_video", "text_weights"])
 def test_each_ui_workflow_converts_to_its_api_twin_with_comfy_cli(comfy, name, tmp_path):
     converter = os.environ.get("COMFY_CLI_PYTHON", str(ROOT.parent / ".comfycli" / "bin" / "python"))
     if not Path(converter).is_file():
@@ -514,6 +546,62 @@ def test_a_batch_of_two_photos_and_two_prompt_lines_gives_two_videos_saying_whic
     assert texts(entry, "9") == ['video 1: photo 1, prompt 1 "shaking head"\nvideo 2: photo 2, prompt 2 "nodding"']
     assert len(texts(entry, "12")) == 2  # Estimate Motion Intensity ran once per video
     assert len(comfy.download(entry, "13")) == 2  # a weights chart per prompt line
+
+
+def webp_durations(path: Path) -> list[int]:
+    """Each frame's display time in ms, as the file stores it (ComfyUI writes int(1000 / fps))."""
+    durations = []
+    with Image.open(path) as image:
+        for frame in ImageSequence.Iterator(image):
+            frame.load()  # Pillow reads a WebP frame's duration when it decodes the frame
+            durations.append(frame.info["duration"])
+    return durations
+
+
+def test_animate_smooth_doubles_the_frames_and_the_frame_rate(comfy):
+    """animate_smooth: the animate graph, then ComfyUI's FrameInterpolate (multiplier 2, a random FILM model)
+    before Save Animated WEBP, whose fps is the sampler's fps times the multiplier. Beside it the test saves
+    the frames before interpolation (with the sampler's fps), both lossless: F frames become (F-1)*2+1, the
+    originals at the even places, bit for bit, and each frame shows half as long."""
+    workflow = lossless(small(api_workflow("animate_smooth")), "LivePhoto/smooth")
+    workflow["100"] = {"class_type": "SaveAnimatedWEBP", "inputs": {
+        "images": ["10", 0], "filename_prefix": "LivePhoto/smooth_source", "fps": ["9", 1], "lossless": True,
+        "quality": 90, "method": "default"}}
+    entry, _ = comfy.run(workflow, "workflow animate_smooth (lossless)")
+    [smooth_file], [source_file] = comfy.download(entry, "11"), comfy.download(entry, "100")
+    smooth, source = frames_of(smooth_file), frames_of(source_file)
+    count = SMALL["frames"]
+    assert source.shape == (count, SMALL["size"], SMALL["size"], 3)
+    assert smooth.shape == (2 * count - 1, SMALL["size"], SMALL["size"], 3)
+    assert np.array_equal(smooth[::2], source)
+    for index in range(1, 2 * count - 1, 2):  # new frames, not copies of a neighbour
+        assert not np.array_equal(smooth[index], smooth[index - 1]) and not np.array_equal(smooth[index], smooth[index + 1])
+    trained_fps = 8  # LivePhotoConfig.fps, the sampler's fps output for the random checkpoint
+    assert webp_durations(source_file) == [int(1000 / trained_fps)] * count
+    assert webp_durations(smooth_file) == [int(1000 / (2 * trained_fps))] * (2 * count - 1)
+
+
+def test_animate_smooth_interpolates_each_video_of_a_batch_on_its_own(comfy):
+    """Two photos (the photo and its negative, as in the batch test above): two files of 2F-1 frames, each
+    with its own video's frames at the even places. Interpolating the two as one batch would give one file
+    of 4F-3 frames, with frames made across the seam."""
+    workflow = lossless(small(api_workflow("animate_smooth")), "LivePhoto/smooth_batch")
+    workflow["20"] = {"class_type": "ImageInvert", "inputs": {"image": ["4", 0]}}
+    workflow["21"] = {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["20", 0]}}
+    for node, name in (("5", "pixels"), ("8", "photo"), ("9", "photo")):
+        workflow[node]["inputs"][name] = ["21", 0]
+    workflow["9"]["inputs"]["seed"] = 202  # not a cached result
+    workflow["100"] = {"class_type": "SaveAnimatedWEBP", "inputs": {
+        "images": ["10", 0], "filename_prefix": "LivePhoto/smooth_batch_source", "fps": ["9", 1], "lossless": True,
+        "quality": 90, "method": "default"}}
+    entry, _ = comfy.run(workflow, "workflow animate_smooth, a batch of 2 photos (lossless)")
+    smooth = [frames_of(path) for path in comfy.download(entry, "11")]
+    sources = [frames_of(path) for path in comfy.download(entry, "100")]
+    assert len(smooth) == len(sources) == 2
+    for video, source in zip(smooth, sources):
+        assert video.shape == (2 * SMALL["frames"] - 1, SMALL["size"], SMALL["size"], 3)
+        assert np.array_equal(video[::2], source)
+    assert not np.array_equal(sources[0], sources[1])
 
 
 def test_intensity_sweep(comfy):
@@ -698,3 +786,38 @@ def test_the_frontend_opens_each_template_through_the_template_route(models_dir,
         assert loaded["nodes_in_graph"] == len(json.loads(path.read_text())["nodes"]), path.name
         assert Path(loaded["screenshot"]).stat().st_size > 10_000, path.name
     print(f"\n[screenshots] {tmp_path}", flush=True)
+
+
+def test_a_workflow_saved_by_the_frontend_opens_again_and_runs_to_a_video(comfy, tmp_path):
+    """Issue 12: workflows saved by the current version keep loading. ComfyUI's frontend (headless Chromium,
+    on the test's server) opens the animate template through the template route and saves it as its Save
+    does (tests/browser_templates.py, LIVEPHOTO_SAVED); the saved file is opened again and the prompt the
+    Queue button sends for it is queued here: it is the API twin, node for node, and it renders a video."""
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium (apt-get install -y chromium)")
+    # As browser_check does for a server it starts itself: a fresh user would get the template browser
+    # opened over the graph on the first visit.
+    status, _ = comfy.rw.http_json(comfy.url, "/settings/Comfy.TutorialCompleted", True)
+    assert status == 200
+    saved_dir = tmp_path / "saved"
+    saved_dir.mkdir()
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "browser_templates.py"), str(UI_DIR / "animate.json"),
+         "--url", comfy.url, "--out", str(tmp_path / "browser"), "--window", "2000x1000"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(HARNESS), "LIVEPHOTO_SAVED": str(saved_dir)},
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    shipped = json.loads((UI_DIR / "animate.json").read_text())
+    saved = json.loads((saved_dir / "animate.json").read_text())
+    assert saved != shipped  # the frontend's own serialisation (its graph id, its view, the sockets it adds)
+    assert sorted((n["id"], n["type"]) for n in saved["nodes"]) == sorted((n["id"], n["type"]) for n in shipped["nodes"])
+    assert sorted(saved["links"]) == sorted(shipped["links"])
+    prompt = json.loads((saved_dir / "animate_api.json").read_text())
+    assert prompt == api_workflow("animate")
+    workflow = small(prompt)
+    workflow["9"]["inputs"]["seed"] = 301  # not a cached result
+    entry, _ = comfy.run(workflow, "animate, saved by the frontend and opened again")
+    [video] = comfy.download(entry, "11")
+    assert frames_of(video).shape == (SMALL["frames"], SMALL["size"], SMALL["size"], 3)
+    print(f"\n[saved workflow] {saved_dir / 'animate.json'}", flush=True)

@@ -21,6 +21,9 @@ UI_DIR, API_DIR = ROOT / "workflows", ROOT / "tests" / "workflows"
 UI_ONLY_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # the frontend never sends these
 UI_ONLY_WIDGETS = {"upload"}  # LoadImage's / LoadVideo's upload button
 CONTROL_AFTER_GENERATE = {"fixed", "increment", "decrement", "randomize"}
+# ComfyUI's own widgets with a "control after generate" value in the UI file (the stand-ins have no
+# core nodes to read it from): PrimitiveInt's value (comfy_extras/nodes_primitive.py).
+CORE_CONTROLLED = {("PrimitiveInt", "value")}
 NAMES = sorted(path.stem for path in UI_DIR.glob("*.json"))
 
 
@@ -56,7 +59,7 @@ def schemas(tmp_path_factory):
 
 
 def test_every_ui_workflow_has_an_api_twin_and_back():
-    assert NAMES == ["animate", "intensity_sweep", "long_loop", "measure_video", "text_weights"]
+    assert NAMES == ["animate", "animate_smooth", "intensity_sweep", "long_loop", "measure_video", "text_weights"]
     assert sorted(path.name.removesuffix("_api.json") for path in API_DIR.glob("*_api.json")) == NAMES
 
 
@@ -64,7 +67,7 @@ def test_every_ui_workflow_has_an_api_twin_and_back():
 def test_ui_and_api_workflows_describe_the_same_graph(name, schemas):
     ui = json.loads((UI_DIR / f"{name}.json").read_text())
     api = json.loads((API_DIR / f"{name}_api.json").read_text())
-    controlled = {
+    controlled = CORE_CONTROLLED | {
         (node_id, socket.id) for node_id, schema in schemas.items() for socket in schema.inputs
         if socket.options.get("control_after_generate")
     }
