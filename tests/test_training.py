@@ -374,13 +374,19 @@ def test_the_script_reports_config_errors_in_one_line(tmp_path, capsys):
     assert script.main(["--config", str(tmp_path / "missing.json")]) == 2
 
 
+# The command that unpacks the first demo model (the fine-tune's start) from the commit that shipped it.
+FIRST_DEMO_MODEL_ARCHIVE = "git archive 438c65b livephoto_core/demo_model"
+
+
 @pytest.mark.parametrize("name", ["demo", "demo_finetune", "sd15"])
 def test_shipped_recipes_are_valid_configs(name):
     config = load_train_config(os.path.join(ROOT, "configs", "train", f"{name}.json"))
     assert config.model.from_scratch == name.startswith("demo")
-    if name == "demo_finetune":  # starts from the bundled model, whose files must be where it says
-        assert os.path.isfile(os.path.join(ROOT, config.model.init_from))
-        assert os.path.isdir(os.path.join(ROOT, config.scratch.images_from, "base", "unet"))
+    if name == "demo_finetune":  # starts from the first demo model, which docs/demo-model.md says how to unpack
+        first = config.scratch.images_from
+        assert config.model.init_from == f"{first}/livephoto.safetensors"
+        guide = open(os.path.join(ROOT, "docs", "demo-model.md")).read()
+        assert f"{FIRST_DEMO_MODEL_ARCHIVE} | tar -x -C {first} --strip-components=2" in guide
 
 
 def test_captions_are_tokenized_as_the_pipeline_tokenizes_prompts(tmp_path):
