@@ -150,10 +150,17 @@ def animate_rows(args):
         raise InvalidInputError("animate needs a photo and a prompt: livephoto animate IMAGE [IMAGE ...] PROMPT, or "
                                 "livephoto animate --manifest ROWS.csv")
     *photos, prompt = args.inputs
-    if "\n" not in prompt and Path(prompt).is_file():  # `animate a.png b.png`: no prompt, not the prompt "b.png"
+    if names_a_file(prompt):  # `animate a.png b.png`: no prompt, not the prompt "b.png"
         raise InvalidInputError(f"the last argument is the prompt, and {prompt} is a file: give the prompt after the "
                                 f"photos, livephoto animate IMAGE [IMAGE ...] PROMPT")
     return batch_rows(photos, prompt)
+
+
+def names_a_file(text: str) -> bool:
+    try:
+        return "\n" not in text and Path(text).is_file()
+    except OSError:  # too long for a file name (is_file lets ENAMETOOLONG through): a prompt
+        return False
 
 
 def animate_one(args, row) -> int:
