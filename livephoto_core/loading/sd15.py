@@ -276,7 +276,7 @@ def text_encoder_from_ldm(
         raise ModelFileError(
             f"{source} has a text encoder LivePhoto cannot map ({type(error).__name__}: {error})"
         ) from None
-    # transformers >= 5.6 (we require 5.24) dropped CLIPTextModel's text_model wrapper. position_ids is a
+    # transformers >= 5.6 (we require 5.18) dropped CLIPTextModel's text_model wrapper. position_ids is a
     # fixed buffer (0..76) that old checkpoints saved and the model rebuilds. Files saved by ComfyUI also
     # carry CLIP's text_projection (and logit_scale), which SD-1.5 never reads: it uses the hidden states.
     converted = {
