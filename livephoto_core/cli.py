@@ -25,13 +25,13 @@ from .defaults import (
 
 EXIT_USAGE, EXIT_CANCELLED = 2, 130
 BATCH_FORMATS = ("webp", "gif", "mp4", "MP.jpg", "livephoto")
-# The flags that change a batch's videos besides each row's photo, prompt, intensity and seed: they
-# go into the videos' names, so a rerun with other settings writes new videos instead of skipping.
-BATCH_VIDEO_SETTINGS = (
-    "frames", "window_length", "window_overlap", "window_schedule", "loop", "steps", "guidance", "negative",
-    "scheduler", "content_scale", "no_inversion", "size", "fps", "ping_pong", "base", "livephoto", "motion_module",
-    "dinov2", "tokenizer", "dtype",
-)
+# The arguments that leave a batch's videos as they are, or reach their names another way (each row's
+# photo, prompt, intensity and seed; the format's suffix). Every other flag goes into the videos' names,
+# so a rerun with other settings writes new videos instead of skipping, and a flag added later does too.
+NOT_IN_VIDEO_NAMES = frozenset({
+    "command", "run", "inputs", "manifest", "output", "output_dir", "format", "overwrite", "device", "low_memory",
+    "intensity", "seed",
+})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +196,7 @@ def animate_batch(args, rows) -> int:
     config, frames = check_before_loading(args)
     folder = Path(args.output_dir or ".")
     suffix = "." + (args.format or "webp")
-    settings = {name: getattr(args, name) for name in BATCH_VIDEO_SETTINGS}
+    settings = {name: value for name, value in vars(args).items() if name not in NOT_IN_VIDEO_NAMES}
     videos = []
     for row in rows:
         asked = row.intensity or args.intensity
