@@ -36,9 +36,9 @@ def _groups_divide_widths(config: dict[str, Any]):
 
 def _heads_divide_width(config: dict[str, Any]):
     """Attention splits the width evenly between its heads; transformers fails building it otherwise."""
-    if "num_attention_heads" in config and "hidden_size" in config and config["hidden_size"] % config[
-            "num_attention_heads"]:
-        yield f"{config['num_attention_heads']} attention heads do not divide the width {config['hidden_size']}"
+    heads, width = config.get("num_attention_heads"), config.get("hidden_size")
+    if heads and width and width % heads:
+        yield f"{heads} attention heads do not divide the width {width}"
 
 
 def _patch_fits_image(config: dict[str, Any]):

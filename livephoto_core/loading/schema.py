@@ -193,7 +193,8 @@ class List(Spec):
 
     @property
     def expected(self) -> str:
-        return f"a list of {self.min_length} to {self.max_length} items, each {self.item.expected}"
+        count = self.min_length if self.min_length == self.max_length else f"{self.min_length} to {self.max_length}"
+        return f"a list of {count} items, each {self.item.expected}"
 
     def check(self, value):
         if not isinstance(value, list) or not self.min_length <= len(value) <= self.max_length:
