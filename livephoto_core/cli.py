@@ -7,7 +7,6 @@ Every user error is one line on stderr and exit status 2; Ctrl-C exits 130 and w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -371,6 +370,7 @@ def run_inspect(args) -> int:
     from .config import FORMAT_VERSION, METADATA_KEY
     from .loading.detect import detect_path, with_article
     from .loading.files import WEIGHT_SUFFIXES, read_safetensors_metadata
+    from .loading.schema import parse_json
 
     path = Path(args.file)
     if path.is_file() and path.stat().st_size and path.suffix.lower() not in WEIGHT_SUFFIXES:
@@ -380,7 +380,7 @@ def run_inspect(args) -> int:
     named = f"unknown ({found.description})" if found.kind == "unknown" else with_article(found.description)
     print(f"{args.file}: {named}")
     if found.kind == "livephoto" and found.details["format_version"] is not None:
-        details = json.loads(read_safetensors_metadata(path)[METADATA_KEY])
+        details = parse_json(read_safetensors_metadata(path)[METADATA_KEY], f"{args.file}: the LivePhoto config")
         if found.details["format_version"] != FORMAT_VERSION:
             print(f"  (this livephoto reads format {FORMAT_VERSION}: re-export it with a matching livephoto version)")
     else:

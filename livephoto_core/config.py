@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 
+from .checks import MAX_FPS, MAX_FRAMES, MAX_SIZE, MIN_FPS, MIN_FRAMES, MIN_SIZE
 from .defaults import DEFAULT_INTENSITY, DEFAULT_INVERSION_END, DEFAULT_INVERSION_START, DEFAULT_NUM_FRAMES
 from .errors import ModelFileError
 from .intensity import DEFAULT_THRESHOLDS, LEVELS
+from .loading.schema import Bool, Field, Int, List, Number, Object, Schema, Str, parse_json
 
 FORMAT_VERSION = 1
 METADATA_KEY = "livephoto_config"
@@ -22,6 +23,53 @@ METADATA_KEY = "livephoto_config"
 CHANNEL_ORDER = ("noisy_latent:4", "reference_latent:4", "frame_embedding:1", "intensity_map:1")
 CONDITIONING_CHANNELS = 6  # everything after the 4 noisy-latent channels
 
+_REEXPORT = "re-export the checkpoint"
+_WIDTH = Int(1, 16384)  # any layer width: SD-1.5's widest is 1280, DINOv2-g's 1536
+# Every field of the config, with the range it can work in: read from a checkpoint or built by training, a
+# config is checked against it (LivePhotoConfig.validate), so a zero patch size or fps, or a list where a
+# number belongs, is refused when the file is read and never reaches a model or a render.
+SCHEMA = Schema(
+    "the LivePhoto config",
+    {
+        "format_version": Field(Int(FORMAT_VERSION, FORMAT_VERSION), required=True),
+        "base_model": Str(("sd15", "bundled")),
+        "channel_order": List(Str(max_length=64), len(CHANNEL_ORDER), len(CHANNEL_ORDER)),
+        "num_frames": Int(MIN_FRAMES, MAX_FRAMES),
+        # The default size of a render, so within what a render accepts (a multiple of 8: validate).
+        "height": Int(MIN_SIZE, MAX_SIZE),
+        "width": Int(MIN_SIZE, MAX_SIZE),
+        "fps": Int(int(MIN_FPS), int(MAX_FPS)),  # the clips' playback rate, which the video writers store
+        "prediction_type": Str(("epsilon", "v_prediction")),
+        "cross_attention_dim": _WIDTH,
+        "intensity_levels": Int(2, 100),
+        "default_intensity": Int(1, 100),
+        "intensity_thresholds": List(Number(-1, 1), 1, 99),  # mean SSIMs, which lie in [-1, 1]
+        "inversion_start": Number(0, 1),
+        "inversion_end": Number(0, 1),
+        "dinov2_hidden_size": _WIDTH,
+        "dinov2_image_size": Int(1, 4096),
+        "dinov2_patch_size": Int(1, 4096),
+        "dinov2_variant": Str(max_length=200),
+        "text_reweighting": Bool(),
+        "intensity_map": Bool(),
+        "text_time_embedding": Bool(),
+        "text_film": Bool(),
+        "reweighter_layers": Int(1, 64),
+        "reweighter_heads": Int(1, 1024),
+        "reweighter_ff_mult": Int(1, 64),
+        "reweighter_init_bias": Number(-100, 100),
+        "motion_max_seq_length": Int(MIN_FRAMES, 4096),
+        "motion_use_mid_block": Bool(),
+        "motion_num_attention_heads": Int(1, 1024),
+        "motion_norm_num_groups": Int(1, 1024),
+        "motion_weights": Str(("checkpoint", "external")),
+        "motion_module_hash": Str(max_length=64),
+        "unet_block_out_channels": List(_WIDTH, 1, 8),
+        "extra": Object(),
+    },
+    fix=_REEXPORT,
+    extra="refuse",
+)
 
 
 @dataclass
@@ -99,25 +147,34 @@ class LivePhotoConfig:
         return (self.dinov2_image_size // self.dinov2_patch_size) ** 2 + 1
 
     def validate(self) -> None:
+        """Every field against SCHEMA, then the rules between fields."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        SCHEMA.check({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}, "config")
         problems = []
         if len(self.intensity_thresholds) != self.intensity_levels - 1:
             problems.append(f"{self.intensity_levels} levels need {self.intensity_levels - 1} thresholds")
         if not 1 <= self.default_intensity <= self.intensity_levels:
             problems.append(f"default intensity {self.default_intensity} is not a level from 1 to {self.intensity_levels}")
-        if any(not math.isfinite(t) for t in self.intensity_thresholds) or any(
-            b <= a for a, b in zip(self.intensity_thresholds, self.intensity_thresholds[1:])
-        ):
-            problems.append("intensity thresholds must be finite and strictly increasing")
+        if any(b <= a for a, b in zip(self.intensity_thresholds, self.intensity_thresholds[1:])):
+            problems.append("intensity thresholds must be strictly increasing")
         if self.channel_order != CHANNEL_ORDER:
             problems.append(f"channel order {self.channel_order} is not {CHANNEL_ORDER}")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            problems.append(f"unknown prediction type {self.prediction_type!r}")
         if self.num_frames > self.motion_max_seq_length:
             problems.append(f"{self.num_frames} frames exceed the motion modules' {self.motion_max_seq_length}")
-        if self.motion_weights not in ("checkpoint", "external"):
-            problems.append(f"motion_weights must be 'checkpoint' or 'external', not {self.motion_weights!r}")
+        if self.height % 8 or self.width % 8:
+            problems.append(f"size {self.width}x{self.height} is not a multiple of 8 (the VAE's factor)")
+        if self.dinov2_patch_size > self.dinov2_image_size:
+            problems.append(f"DINOv2 patch size {self.dinov2_patch_size} exceeds its image size {self.dinov2_image_size}")
+        # Attention splits a width evenly between its heads, and a GroupNorm its channels between groups.
+        if self.cross_attention_dim % self.reweighter_heads:
+            problems.append(f"{self.reweighter_heads} reweighter heads do not divide width {self.cross_attention_dim}")
+        for channels in self.unet_block_out_channels:
+            for parts, name in ((self.motion_num_attention_heads, "motion heads"), (self.motion_norm_num_groups,
+                                                                                    "motion norm groups")):
+                if channels % parts:
+                    problems.append(f"{parts} {name} do not divide the UNet width {channels}")
         if problems:
-            raise ModelFileError("invalid LivePhoto config: " + "; ".join(problems))
+            raise ModelFileError("invalid LivePhoto config: " + "; ".join(dict.fromkeys(problems)) + f"; {_REEXPORT}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -127,29 +184,18 @@ class LivePhotoConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> "LivePhotoConfig":
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ModelFileError(f"{source}: the LivePhoto config is not valid JSON ({error})") from None
-        if not isinstance(values, dict):
-            raise ModelFileError(f"{source}: the LivePhoto config is not a JSON object")
-        version = values.get("format_version")
-        if version != FORMAT_VERSION:
+        values = parse_json(text, f"{source}: the LivePhoto config", _REEXPORT)
+        version = values.get("format_version") if isinstance(values, dict) else None
+        if isinstance(values, dict) and version != FORMAT_VERSION:
             raise ModelFileError(
                 f"{source} is a LivePhoto checkpoint of format version {version}; this livephoto reads "
                 f"version {FORMAT_VERSION}: re-export it with a matching livephoto version"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ModelFileError(f"{source}: unknown LivePhoto config fields {unknown}; is it from a newer livephoto?")
+        checked = SCHEMA.check(values, source)
         try:
-            return cls(**values)
-        except ModelFileError:
-            raise
-        except (TypeError, ValueError, OverflowError) as error:  # a field of the wrong type, e.g. null for a list
-            raise ModelFileError(f"{source}: the LivePhoto config has a field of the wrong type ({error}); "
-                                 f"re-export the checkpoint") from None
+            return cls(**checked)
+        except ModelFileError as error:  # a rule between fields: name the file too
+            raise ModelFileError(f"{source}: {error}") from None
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str] | None, source: str = "checkpoint") -> "LivePhotoConfig":

@@ -24,6 +24,7 @@ from PIL import GifImagePlugin, Image, ImageSequence
 from .checks import check_fps, whole_number
 from .errors import InvalidInputError
 from .fileio import atomic_write, check_input_path, check_target
+from .loading.schema import parse_json
 from .phone import NAMES, checked_phone_format, write_phone_photo, written_files
 
 SUPPORTED_EXTENSIONS = (".webp", ".gif", ".mp4")
@@ -386,10 +387,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     path = Path(path)
     sidecar = metadata_sidecar_path(path)
     if sidecar.is_file():
-        try:
-            metadata = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InvalidInputError(f"{sidecar} is not valid JSON: {error}") from None
+        metadata = parse_json(sidecar.read_bytes(), str(sidecar), "write it again or remove it", InvalidInputError)
         if not isinstance(metadata, dict):
             raise InvalidInputError(f"{sidecar} does not hold a JSON object")
         return metadata
@@ -399,8 +397,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except _DECODE_ERRORS as error:
         raise InvalidInputError(f"{path} is not a video that can be read: {_reason(error)}") from None
     try:
-        metadata = json.loads(embedded) if embedded else {}
-    except json.JSONDecodeError:
+        metadata = parse_json(embedded, str(path), "", InvalidInputError) if embedded else {}
+    except InvalidInputError:
         return {}  # a comment some other program wrote
     return metadata if isinstance(metadata, dict) else {}
 

@@ -13,6 +13,7 @@ from livephoto_core.testing.tiny import TinySD15, randomize_, tiny_sd15_models
 
 from livephoto_core.errors import ModelFileError
 from livephoto_core.loading.files import load_state_dict
+from livephoto_core.loading.folder_configs import SCHEDULER
 from livephoto_core.loading.sd15 import (
     infer_text_encoder_config,
     infer_unet_config,
@@ -241,7 +242,9 @@ def test_diffusers_folder(tmp_path):
 
     loaded = load_sd15(folder)
     _assert_same_outputs(loaded, source, atol=0)
-    assert loaded.scheduler_config == scheduler
+    # The declared noise-schedule fields only: the class name and PNDM's own switch are not handed on.
+    assert loaded.scheduler_config == {key: value for key, value in scheduler.items() if key in SCHEDULER.fields}
+    assert "_class_name" not in loaded.scheduler_config and loaded.scheduler_config["beta_end"] == 0.012
     assert loaded.tokenizer("a cat").input_ids[1:3] == [loaded.tokenizer.get_vocab()[w] for w in ("a</w>", "cat</w>")]
     assert len(loaded.content_hash) == 64
 

@@ -5,7 +5,6 @@ inspect`` and the early checks of every loader cost milliseconds even for multi-
 ``require_kind`` turns a wrong kind into a message that names what was found and what to do.
 """
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +15,8 @@ from typing import Any
 from ..errors import ModelFileError
 from ..fileio import check_input_path
 from .files import SAFETENSORS_SUFFIXES, check_weight_file, load_state_dict, read_safetensors_header
+from .folder_configs import DINOV2, FOLDER_KIND, MODEL_INDEX, MOTION_ADAPTER, SCHEDULER, UNET, VAE, read_config
+from .schema import expect_shape, parse_json, read_json_object
 
 KINDS = (
     "sd15",
@@ -92,9 +93,12 @@ def detect_path(path: str | os.PathLike) -> FileKind:
     path = check_weight_file(path)
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         shapes, metadata = read_safetensors_header(path)
+    else:
+        shapes, metadata = load_state_dict(path)
+    try:
         return detect_kind(shapes, metadata)
-    state_dict, metadata = load_state_dict(path)
-    return detect_kind(state_dict, metadata)
+    except ModelFileError as error:  # a tensor of the wrong shape (expect_shape), which names no file
+        raise ModelFileError(f"{path.name}: {error}") from None
 
 
 # --- single files ----------------------------------------------------------------------------------
@@ -102,8 +106,11 @@ def detect_path(path: str | os.PathLike) -> FileKind:
 
 def _livephoto(config_json: str) -> FileKind:
     try:
-        version = json.loads(config_json).get("format_version")
-    except (json.JSONDecodeError, AttributeError):
+        config = parse_json(config_json, "the LivePhoto config")
+    except ModelFileError:
+        config = None
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool):
         return FileKind("livephoto", "LivePhoto checkpoint with an unreadable config", {"format_version": None})
     return FileKind("livephoto", f"LivePhoto checkpoint (format {version})", {"format_version": version})
 
@@ -161,8 +168,8 @@ def motion_module_structure(shapes: Shapes, inner: str) -> dict[str, Any]:
     ``inner`` is ``"temporal_transformer."`` for the original AnimateDiff layout, ``""`` for diffusers'.
     """
     widths = []
-    while (norm := shapes.get(f"down_blocks.{len(widths)}.motion_modules.0.{inner}norm.weight")) is not None:
-        widths.append(norm[0])
+    while (norm := f"down_blocks.{len(widths)}.motion_modules.0.{inner}norm.weight") in shapes:
+        widths.append(expect_shape(shapes, norm, 1)[0])
     layers = len({k.split(".")[3] for k in shapes if k.startswith("down_blocks.0.motion_modules.")})
 
     def depth(block: str) -> int:  # transformer layers in the block's first motion module
@@ -170,13 +177,13 @@ def motion_module_structure(shapes: Shapes, inner: str) -> dict[str, Any]:
         return len({k[len(start) :].split(".")[0] for k in shapes if k.startswith(start)})
 
     pe_name = "attention_blocks.0.pos_encoder.pe" if inner else "pos_embed.pe"
-    pe = shapes.get(f"down_blocks.0.motion_modules.0.{inner}transformer_blocks.0.{pe_name}")
+    pe = f"down_blocks.0.motion_modules.0.{inner}transformer_blocks.0.{pe_name}"
     return {
         "block_out_channels": widths,
         "layers_per_block": layers,
         "transformer_layers_per_block": depth("down_blocks.0"),
         "mid_transformer_layers_per_block": depth("mid_block"),
-        "max_seq_length": pe[1] if pe else None,
+        "max_seq_length": expect_shape(shapes, pe, 3)[1] if pe in shapes else None,
         "has_mid_block": any(k.startswith("mid_block.motion_modules.") for k in shapes),
     }
 
@@ -207,30 +214,30 @@ def dinov2_structure(shapes: Shapes) -> dict[str, Any] | None:
         if f"{prefix}embeddings.cls_token" in shapes and f"{prefix}encoder.layer.0.layer_scale1.lambda1" in shapes:
             layer = f"{prefix}encoder.layer."
             layout = "transformers" if f"{layer}0.attention.q_proj.weight" in shapes else "classic"
-            patch = shapes[f"{prefix}embeddings.patch_embeddings.projection.weight"]
-            positions = shapes[f"{prefix}embeddings.position_embeddings"]
-            registers = shapes.get(f"{prefix}embeddings.register_tokens")
+            patch, positions = f"{prefix}embeddings.patch_embeddings.projection.weight", f"{prefix}embeddings.position_embeddings"
+            registers = f"{prefix}embeddings.register_tokens"
             swiglu = f"{layer}0.mlp.weights_in.weight" in shapes or f"{layer}0.mlp.gate_proj.weight" in shapes
             break
         if f"{prefix}cls_token" in shapes and f"{prefix}blocks.0.ls1.gamma" in shapes:
             layer, layout = f"{prefix}blocks.", "facebookresearch"
-            patch = shapes[f"{prefix}patch_embed.proj.weight"]
-            positions = shapes[f"{prefix}pos_embed"]
-            registers = shapes.get(f"{prefix}register_tokens")
+            patch, positions, registers = f"{prefix}patch_embed.proj.weight", f"{prefix}pos_embed", f"{prefix}register_tokens"
             swiglu = f"{layer}0.mlp.w12.weight" in shapes
             break
     else:
         return None
+    if patch not in shapes or positions not in shapes:
+        raise ModelFileError(f"a DINOv2 file holds {patch!r} and {positions!r}; this one lacks them, so it is incomplete")
+    hidden, channels, _, patch_size = expect_shape(shapes, patch, 4)  # a Conv2d: [out, in, kh, kw]
     return {
         "layout": layout,
         "prefix": prefix,
-        "hidden_size": patch[0],
-        "num_channels": patch[1],
-        "patch_size": patch[-1],
+        "hidden_size": hidden,
+        "num_channels": channels,
+        "patch_size": patch_size,
         "num_hidden_layers": len({k[len(layer) :].split(".")[0] for k in shapes if k.startswith(layer)}),
-        "num_positions": positions[1],
+        "num_positions": expect_shape(shapes, positions, 3)[1],  # [1, positions, hidden]
         "use_swiglu_ffn": swiglu,
-        "num_register_tokens": registers[1] if registers else 0,
+        "num_register_tokens": expect_shape(shapes, registers, 3)[1] if registers in shapes else 0,
     }
 
 
@@ -262,7 +269,7 @@ def _stable_diffusion(shapes: Shapes, metadata) -> FileKind | None:
             if present
         ]
         return classify_unet(
-            in_channels=shapes[f"{prefix}input_blocks.0.0.weight"][1],
+            in_channels=expect_shape(shapes, f"{prefix}input_blocks.0.0.weight", 4)[1],
             context_dim=_context_dim(shapes, prefix),
             sdxl_keys=f"{prefix}label_emb.0.0.weight" in shapes
             or any(k.startswith("conditioner.embedders.") for k in shapes),
@@ -276,7 +283,7 @@ def _stable_diffusion(shapes: Shapes, metadata) -> FileKind | None:
     if "conv_in.weight" in shapes and "time_embedding.linear_1.weight" in shapes and not controlnet:
         proj_in = next((s for k, s in shapes.items() if k.endswith(".proj_in.weight")), None)
         return classify_unet(
-            in_channels=shapes["conv_in.weight"][1],
+            in_channels=expect_shape(shapes, "conv_in.weight", 4)[1],
             context_dim=_context_dim(shapes, ""),
             sdxl_keys="add_embedding.linear_1.weight" in shapes,
             sd2_keys=proj_in is not None and len(proj_in) == 2,
@@ -288,7 +295,9 @@ def _stable_diffusion(shapes: Shapes, metadata) -> FileKind | None:
 
 
 def _context_dim(shapes: Shapes, prefix: str) -> int | None:
-    return next((s[1] for k, s in shapes.items() if k.startswith(prefix) and k.endswith("attn2.to_k.weight")), None)
+    """The input width of the first cross-attention key projection (a Linear: [out, in])."""
+    key = next((k for k in shapes if k.startswith(prefix) and k.endswith("attn2.to_k.weight")), None)
+    return expect_shape(shapes, key, 2)[1] if key is not None else None
 
 
 def classify_unet(
@@ -329,7 +338,8 @@ def _vae(shapes: Shapes, metadata) -> FileKind | None:
     for prefix in (*LDM_VAE_PREFIXES, ""):
         if f"{prefix}encoder.conv_in.weight" in shapes and f"{prefix}decoder.conv_in.weight" in shapes:
             layout = "diffusers" if f"{prefix}encoder.down_blocks.0.resnets.0.conv1.weight" in shapes else "ldm"
-            latent = shapes.get(f"{prefix}post_quant_conv.weight", (None,))[0]
+            post_quant = f"{prefix}post_quant_conv.weight"
+            latent = expect_shape(shapes, post_quant, 4)[0] if post_quant in shapes else None
             return FileKind(
                 "vae", f"VAE-only file ({_LAYOUT_NAMES[layout]})", {"layout": layout, "latent_channels": latent}
             )
@@ -339,36 +349,25 @@ def _vae(shapes: Shapes, metadata) -> FileKind | None:
 # --- folders ---------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as file:
-            data = json.load(file)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFileError(
-            f"{path} is not a readable JSON file ({type(error).__name__}); download it again"
-        ) from None
-    if not isinstance(data, dict):
-        raise ModelFileError(f"{path} does not hold a JSON object; download it again")
-    return data
-
-
 def _detect_folder(path: Path) -> FileKind:
     if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
         return _diffusers_pipeline(path)
     if (path / "config.json").is_file():
-        config = _read_json(path / "config.json")
-        model_type, class_name = config.get("model_type"), config.get("_class_name")
+        source = str(path / "config.json")
+        config = read_json_object(path / "config.json")
+        named = FOLDER_KIND.check(config, source)
+        model_type, class_name = named["model_type"], named["_class_name"]
         if model_type in ("dinov2", "dinov2_with_registers"):
-            return _dinov2_config(config)
+            return _dinov2_config(DINOV2.check(config, source))
         if class_name == "MotionAdapter":
-            return _motion_adapter_config(config)
+            return _motion_adapter_config(MOTION_ADAPTER.check(config, source))
         if class_name == "UNet2DConditionModel":
-            return _classify_unet_config(config, None, ["unet"], "UNet")
+            return _classify_unet_config(UNET.check(config, source), None, ["unet"], "UNet")
         if class_name == "AutoencoderKL":
             return FileKind(
                 "vae",
                 "VAE-only folder (diffusers layout)",
-                {"layout": "diffusers", "latent_channels": config.get("latent_channels")},
+                {"layout": "diffusers", "latent_channels": VAE.check(config, source)["latent_channels"]},
             )
         return FileKind("unknown", f"{class_name or model_type or 'unnamed'} model folder", {})
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
@@ -378,29 +377,30 @@ def _detect_folder(path: Path) -> FileKind:
 
 def _diffusers_pipeline(path: Path) -> FileKind:
     if not (path / "unet" / "config.json").is_file():
-        index = _read_json(path / "model_index.json")
-        return FileKind("unknown", f"diffusers {index.get('_class_name', 'pipeline')} folder without unet/", {})
+        index = read_config(path / "model_index.json", MODEL_INDEX)
+        return FileKind("unknown", f"diffusers {index['_class_name']} folder without unet/", {})
     scheduler_file = path / "scheduler" / "scheduler_config.json"
-    scheduler = _read_json(scheduler_file) if scheduler_file.is_file() else {}
+    scheduler = read_config(scheduler_file, SCHEDULER) if scheduler_file.is_file() else {}
     # A pipeline folder is a whole model even if parts are missing; the loader names what is.
     components = [
         "unet",
         *(name for name in ("vae", "text_encoder", "tokenizer", "scheduler") if (path / name).is_dir()),
     ]
-    unet_config = _read_json(path / "unet" / "config.json")
+    unet_config = read_config(path / "unet" / "config.json", UNET)
     return _classify_unet_config(unet_config, scheduler.get("prediction_type"), components, "checkpoint")
 
 
 def _classify_unet_config(
     config: dict[str, Any], prediction_type: str | None, components: list[str], noun: str
 ) -> FileKind:
-    context = config.get("cross_attention_dim")
+    """``config``: checked by folder_configs.UNET."""
+    context = config["cross_attention_dim"]
     context = context[0] if isinstance(context, list) else context
     return classify_unet(
-        in_channels=config.get("in_channels", 4),
+        in_channels=config["in_channels"],
         context_dim=context,
-        sdxl_keys=config.get("addition_embed_type") == "text_time",
-        sd2_keys=bool(config.get("use_linear_projection")),
+        sdxl_keys=config["addition_embed_type"] == "text_time",
+        sd2_keys=config["use_linear_projection"],
         v_prediction=prediction_type == "v_prediction",
         details={"layout": "diffusers", "components": components},
         noun=noun,
@@ -408,16 +408,17 @@ def _classify_unet_config(
 
 
 def _dinov2_config(config: dict[str, Any]) -> FileKind:
-    hidden, patch = config.get("hidden_size", 768), config.get("patch_size", 14)
-    registers = config.get("num_register_tokens", 0) if config["model_type"] == "dinov2_with_registers" else 0
+    """``config``: checked by folder_configs.DINOV2."""
+    hidden, patch = config["hidden_size"], config["patch_size"]
+    registers = config["num_register_tokens"] if config["model_type"] == "dinov2_with_registers" else 0
     details = {
         "layout": "transformers folder",
         "prefix": "",
         "hidden_size": hidden,
         "patch_size": patch,
-        "num_channels": config.get("num_channels", 3),
-        "num_hidden_layers": config.get("num_hidden_layers", 12),
-        "use_swiglu_ffn": config.get("use_swiglu_ffn", False),
+        "num_channels": config["num_channels"],
+        "num_hidden_layers": config["num_hidden_layers"],
+        "use_swiglu_ffn": config["use_swiglu_ffn"],
         "num_register_tokens": registers,
     }
     size = _DINOV2_SIZES.get(hidden) if patch == 14 else None
@@ -428,12 +429,13 @@ def _dinov2_config(config: dict[str, Any]) -> FileKind:
 
 
 def _motion_adapter_config(config: dict[str, Any]) -> FileKind:
-    widths = list(config.get("block_out_channels", (320, 640, 1280, 1280)))
+    """``config``: checked by folder_configs.MOTION_ADAPTER."""
+    widths = config["block_out_channels"]
     details = {
         "layout": "diffusers folder",
         "block_out_channels": widths,
-        "max_seq_length": config.get("motion_max_seq_length", 32),
-        "has_mid_block": config.get("use_motion_mid_block", True),
+        "max_seq_length": config["motion_max_seq_length"],
+        "has_mid_block": config["use_motion_mid_block"],
     }
     if tuple(widths) == (320, 640, 1280):
         details.update(version="sdxl_beta", sdxl=True)

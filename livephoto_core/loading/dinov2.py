@@ -19,6 +19,8 @@ import torch
 from ..errors import ModelFileError
 from .detect import CLI_INPUTS, detect_kind, detect_path, require_kind
 from .files import build_model, content_hash, load_pretrained, load_state_dict
+from .folder_configs import DINOV2
+from .schema import expect_shape
 
 DINOV2_HEAD_WIDTH = 64
 
@@ -66,7 +68,7 @@ def load_dinov2(
     path = Path(path)
     found = detect_path(path)
     require_kind(found, "dinov2", path, inputs["dinov2"], inputs)
-    if path.is_dir():
+    if path.is_dir():  # its config.json was checked against folder_configs.DINOV2 by detect_path
         model = load_pretrained(Dinov2Model, path, f"DINOv2 folder {path.name}", dtype=dtype)
     else:
         model = dinov2_from_state_dict(load_state_dict(path)[0], dtype, f"DINOv2 file {path.name}")
@@ -82,7 +84,10 @@ def dinov2_from_state_dict(state_dict: dict[str, torch.Tensor], dtype: torch.dty
     if found.kind != "dinov2":
         raise ModelFileError(f"{source} holds {found.description}, not DINOv2; give the DINOv2 image encoder")
     weights = dinov2_to_transformers(state_dict, found.details)
-    config = infer_dinov2_config(weights, found.details)
+    try:
+        config = infer_dinov2_config(weights, found.details)
+    except ModelFileError as error:  # a tensor of the wrong shape, or sizes no DINOv2 has: name the file
+        raise ModelFileError(f"{source}: {error}") from None
     model = build_model(lambda: Dinov2Model(config), weights, dtype, source)
     return model.eval().requires_grad_(False)
 
@@ -131,8 +136,12 @@ def infer_dinov2_config(weights: dict[str, torch.Tensor], details: dict[str, Any
         raise ModelFileError(
             f"a DINOv2 with {details['num_positions']} position embeddings is not a square grid plus CLS"
         )
+    shapes = {key: tuple(value.shape) for key, value in weights.items()}
+    mlp = "encoder.layer.0.mlp.gate_proj.weight" if details["use_swiglu_ffn"] else "encoder.layer.0.mlp.fc1.weight"
+    if mlp not in shapes:
+        raise ModelFileError(f"a DINOv2 has {mlp!r}; this one lacks it, so the file is incomplete")
     if details["use_swiglu_ffn"]:
-        swiglu_width = weights["encoder.layer.0.mlp.gate_proj.weight"].shape[0]
+        swiglu_width = expect_shape(shapes, mlp, 2)[0]
         # transformers sizes SwiGLU as (int(hidden * ratio * 2/3) + 7) // 8 * 8; giant uses ratio 4.
         candidates = (4, swiglu_width * 1.5 / hidden)
         mlp_ratio = next((r for r in candidates if (int(int(hidden * r) * 2 / 3) + 7) // 8 * 8 == swiglu_width), None)
@@ -141,9 +150,9 @@ def infer_dinov2_config(weights: dict[str, torch.Tensor], details: dict[str, Any
                 f"a DINOv2 SwiGLU width of {swiglu_width} for hidden size {hidden} is not one transformers can build"
             )
     else:
-        mlp_ratio = weights["encoder.layer.0.mlp.fc1.weight"].shape[0] / hidden
+        mlp_ratio = expect_shape(shapes, mlp, 2)[0] / hidden
         mlp_ratio = int(mlp_ratio) if mlp_ratio.is_integer() else mlp_ratio
-    return Dinov2Config(
+    config = dict(
         hidden_size=hidden,
         num_hidden_layers=details["num_hidden_layers"],
         num_attention_heads=max(1, hidden // DINOV2_HEAD_WIDTH),
@@ -154,3 +163,5 @@ def infer_dinov2_config(weights: dict[str, torch.Tensor], details: dict[str, Any
         image_size=grid * patch,
         qkv_bias="encoder.layer.0.attention.q_proj.bias" in weights,
     )
+    DINOV2.check({"model_type": "dinov2", **config}, "the config its shapes give")
+    return Dinov2Config(**config)

@@ -8,7 +8,6 @@ Every failure a user can cause (a missing, truncated, corrupt or unsafe file) be
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickletools
 import struct
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModelFileError
 from ..fileio import check_input_path
+from .schema import parse_json
 
 if TYPE_CHECKING:  # torch is imported where tensors are read, so header-only inspection stays fast
     import torch
@@ -76,7 +76,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[in
 
     The header is validated against the file's size the way the safetensors library does (tensors
     contiguous, sizes matching their dtype and shape, data ending exactly at the end of the file), so
-    a truncated download is caught here rather than as a raw error halfway through loading.
+    a truncated download is caught here rather than as a raw error halfway through loading. Its size is
+    limited (``_MAX_SAFETENSORS_HEADER``) and so is the nesting of its JSON (``schema.MAX_JSON_DEPTH``).
     """
     path = check_weight_file(path)
     file_size = path.stat().st_size
@@ -85,13 +86,13 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[in
         if len(prefix) < 8:
             raise _corrupt(path, f"only {file_size} bytes")
         (header_size,) = struct.unpack("<Q", prefix)
-        if header_size > min(file_size - 8, _MAX_SAFETENSORS_HEADER):
+        if header_size > file_size - 8:
             raise _corrupt(path, f"header claims {header_size} bytes but the file has {file_size}")
+        if header_size > _MAX_SAFETENSORS_HEADER:
+            raise _corrupt(path, f"header claims {header_size} bytes, more than the {_MAX_SAFETENSORS_HEADER // 2**20} "
+                                 f"MiB LivePhoto reads")
         raw_header = file.read(header_size)
-    try:
-        header = json.loads(raw_header)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _corrupt(path, "the header is not valid JSON") from None
+    header = parse_json(raw_header, f"the header of {path.name}", "the file is truncated or corrupt: download it again")
     if not isinstance(header, dict):
         raise _corrupt(path, "the header is not a JSON object")
 
@@ -103,7 +104,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, tuple[in
     for name, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if not isinstance(dtype, str) or not all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)):
+            numbers = (*shape, begin, end)
+            if not isinstance(dtype, str) or not all(type(n) is int and n >= 0 for n in numbers):  # not bool
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             raise _corrupt(path, f"the header entry of {name!r} is malformed") from None

@@ -17,6 +17,7 @@ import torch
 from ..errors import ModelFileError
 from .detect import CLI_INPUTS, detect_path, require_kind
 from .files import build_model, content_hash, load_pretrained, load_state_dict
+from .folder_configs import MOTION_ADAPTER
 
 MOTION_HEADS = 8
 MOTION_NORM_GROUPS = 32
@@ -56,12 +57,12 @@ def load_motion_adapter(
             f"UNet has {tuple(block_out_channels)}; use a motion module made for this base"
         )
 
-    if path.is_dir():
+    if path.is_dir():  # its config.json was checked against folder_configs.MOTION_ADAPTER by detect_path
         adapter = load_pretrained(MotionAdapter, path, f"MotionAdapter folder {path.name}", torch_dtype=dtype)
     else:
         state_dict, _ = load_state_dict(path)
         config = dict(
-            block_out_channels=tuple(details["block_out_channels"]),
+            block_out_channels=list(details["block_out_channels"]),
             motion_layers_per_block=details["layers_per_block"],
             motion_transformer_layers_per_block=details["transformer_layers_per_block"],
             motion_mid_block_layers_per_block=1,
@@ -71,6 +72,7 @@ def load_motion_adapter(
             motion_max_seq_length=details["max_seq_length"] or 32,
             use_motion_mid_block=details["has_mid_block"],
         )
+        MOTION_ADAPTER.check(config, f"{path.name}: the config its shapes give")
         adapter = build_model(
             lambda: MotionAdapter(**config),
             convert_animatediff_checkpoint_to_diffusers(state_dict),

@@ -19,6 +19,8 @@ import torch
 from ..errors import ModelFileError
 from .detect import LDM_CLIP_PREFIX, LDM_UNET_PREFIX, LDM_VAE_PREFIXES, detect_path, require_kind
 from .files import build_model, content_hash, load_pretrained, load_state_dict
+from .folder_configs import SCHEDULER, TEXT_ENCODER, UNET, VAE, read_config
+from .schema import expect_shape
 from .tokenizer import load_clip_tokenizer
 
 CLIP_VOCAB_SIZE = 49408
@@ -83,6 +85,11 @@ def load_sd15(
         text_encoder = text_encoder_from_ldm(state_dict, dtype, path.name)
         del state_dict
         scheduler_config = shipped_config("scheduler")
+    if unet.config.in_channels != vae.config.latent_channels:
+        raise ModelFileError(
+            f"{path.name}: the UNet denoises {unet.config.in_channels}-channel latents but the VAE makes "
+            f"{vae.config.latent_channels}-channel ones; the file mixes parts of different models"
+        )
     if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
         raise ModelFileError(
             f"{path.name}: the UNet attends to {unet.config.cross_attention_dim}-d text but the text encoder "
@@ -93,6 +100,12 @@ def load_sd15(
         raise ModelFileError(
             f"the tokenizer has {len(tokenizer)} tokens but the text encoder of {path.name} only "
             f"{text_encoder.config.vocab_size}; pass the tokenizer that belongs to this model"
+        )
+    if tokenizer is not None and max(tokenizer.get_vocab().values()) >= text_encoder.config.vocab_size:
+        raise ModelFileError(  # ids are distinct (check_tokenizer_files), so only a sparse vocabulary gets here
+            f"the tokenizer has token ids up to {max(tokenizer.get_vocab().values())} but the text encoder of "
+            f"{path.name} embeds ids below {text_encoder.config.vocab_size}; pass the tokenizer that belongs to "
+            f"this model"
         )
     return SD15Components(unet, vae, text_encoder, tokenizer, scheduler_config, str(path), content_hash(path))
 
@@ -123,13 +136,15 @@ def _load_folder(folder: Path, dtype: torch.dtype):
                 f"{folder.name} has no {sub}/config.json; "
                 "a diffusers SD-1.5 folder needs unet/, vae/ and text_encoder/"
             )
+    # The UNet's config was checked by detect_path; these are checked before any weights are read.
+    read_config(folder / "vae" / "config.json", VAE)
+    read_config(folder / "text_encoder" / "config.json", TEXT_ENCODER)
     unet = load_pretrained(UNet2DConditionModel, folder / "unet", f"{folder.name}/unet", torch_dtype=dtype)
     vae = load_pretrained(AutoencoderKL, folder / "vae", f"{folder.name}/vae", torch_dtype=dtype)
     text_encoder = load_pretrained(CLIPTextModel, folder / "text_encoder", f"{folder.name}/text_encoder", dtype=dtype)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if scheduler_file.is_file():
-        with open(scheduler_file, encoding="utf-8") as file:
-            scheduler_config = json.load(file)
+        scheduler_config = read_config(scheduler_file, SCHEDULER)
     else:
         scheduler_config = shipped_config("scheduler")
     return unet, vae, text_encoder, scheduler_config
@@ -172,14 +187,14 @@ def infer_unet_config(unet_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, A
     if len(depths) > 1:
         raise ValueError(f"transformer depths {sorted(depths)} differ between levels")
     config = shipped_config("unet")
-    config.update(
-        in_channels=s["input_blocks.0.0.weight"][1],
-        out_channels=s["out.2.weight"][0],
-        block_out_channels=[s[f"input_blocks.{b}.0.out_layers.3.weight"][0] for b in first_block],
+    config.update(  # convolution weights are [out, in, kh, kw], Linear weights [out, in]
+        in_channels=expect_shape(s, "input_blocks.0.0.weight", 4)[1],
+        out_channels=expect_shape(s, "out.2.weight", 4)[0],
+        block_out_channels=[expect_shape(s, f"input_blocks.{b}.0.out_layers.3.weight", 4)[0] for b in first_block],
         layers_per_block=layers,
         down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attention],
         up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attention],
-        cross_attention_dim=next(shape[1] for key, shape in s.items() if key.endswith("attn2.to_k.weight")),
+        cross_attention_dim=expect_shape(s, next(key for key in s if key.endswith("attn2.to_k.weight")), 2)[1],
     )
     if depths != {1}:
         config["transformer_layers_per_block"] = depths.pop()
@@ -191,14 +206,14 @@ def infer_vae_config(vae_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any
     s = vae_shapes
     levels = _indices(s, r"encoder\.down\.(\d+)\.")
     config = shipped_config("vae")
-    config.update(
-        in_channels=s["encoder.conv_in.weight"][1],
-        out_channels=s["decoder.conv_out.weight"][0],
-        block_out_channels=[s[f"encoder.down.{level}.block.0.conv2.weight"][0] for level in levels],
+    config.update(  # convolution weights are [out, in, kh, kw]
+        in_channels=expect_shape(s, "encoder.conv_in.weight", 4)[1],
+        out_channels=expect_shape(s, "decoder.conv_out.weight", 4)[0],
+        block_out_channels=[expect_shape(s, f"encoder.down.{level}.block.0.conv2.weight", 4)[0] for level in levels],
         down_block_types=["DownEncoderBlock2D"] * len(levels),
         up_block_types=["UpDecoderBlock2D"] * len(levels),
         layers_per_block=len(_indices(s, r"encoder\.down\.0\.block\.(\d+)\.")),
-        latent_channels=s["decoder.conv_in.weight"][1],
+        latent_channels=expect_shape(s, "decoder.conv_in.weight", 4)[1],
     )
     return config
 
@@ -206,15 +221,15 @@ def infer_vae_config(vae_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any
 def infer_text_encoder_config(text_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     """CLIP ViT-L/14's text config with the sizes read from shapes (keys without ``...text_model.``)."""
     s = text_shapes
-    vocab_size, hidden = s["embeddings.token_embedding.weight"]
+    vocab_size, hidden = expect_shape(s, "embeddings.token_embedding.weight", 2)  # embeddings: [rows, width]
     config = shipped_config("text_encoder")
     config.update(
         vocab_size=vocab_size,
         hidden_size=hidden,
         num_attention_heads=max(1, hidden // 64),
         num_hidden_layers=len(_indices(s, r"encoder\.layers\.(\d+)\.")),
-        intermediate_size=s["encoder.layers.0.mlp.fc1.weight"][0],
-        max_position_embeddings=s["embeddings.position_embedding.weight"][0],
+        intermediate_size=expect_shape(s, "encoder.layers.0.mlp.fc1.weight", 2)[0],
+        max_position_embeddings=expect_shape(s, "embeddings.position_embedding.weight", 2)[0],
     )
     return config
 
@@ -236,7 +251,10 @@ def unet_from_ldm(
         state_dict = {LDM_UNET_PREFIX + key: value for key, value in state_dict.items()}
     try:
         config = infer_unet_config(_shapes(_strip(state_dict, LDM_UNET_PREFIX)))
+        UNET.check(config, "the config its shapes give")
         converted = convert_ldm_unet_checkpoint(state_dict, config)
+    except ModelFileError as error:  # a tensor of the wrong shape, or sizes no UNet has
+        raise ModelFileError(f"{source}: {error}") from None
     except (KeyError, ValueError, StopIteration, IndexError) as error:
         raise ModelFileError(
             f"{source} has a UNet layout LivePhoto cannot map ({type(error).__name__}: {error}); "
@@ -255,7 +273,10 @@ def vae_from_ldm(
     prefix = next((p for p in LDM_VAE_PREFIXES if f"{p}encoder.conv_in.weight" in state_dict), "")
     try:
         config = infer_vae_config(_shapes(_strip(state_dict, prefix)))
+        VAE.check(config, "the config its shapes give")
         converted = convert_ldm_vae_checkpoint(state_dict, config)
+    except ModelFileError as error:  # a tensor of the wrong shape, or sizes no VAE has
+        raise ModelFileError(f"{source}: {error}") from None
     except (KeyError, ValueError, IndexError) as error:
         raise ModelFileError(
             f"{source} has a VAE layout LivePhoto cannot map ({type(error).__name__}: {error})"
@@ -271,7 +292,11 @@ def text_encoder_from_ldm(
     from transformers import CLIPTextConfig, CLIPTextModel
 
     try:
-        config = CLIPTextConfig.from_dict(infer_text_encoder_config(_shapes(_strip(state_dict, LDM_CLIP_PREFIX))))
+        config = infer_text_encoder_config(_shapes(_strip(state_dict, LDM_CLIP_PREFIX)))
+        TEXT_ENCODER.check(config, "the config its shapes give")
+        config = CLIPTextConfig.from_dict(config)
+    except ModelFileError as error:  # a tensor of the wrong shape, or sizes no CLIP text encoder has
+        raise ModelFileError(f"{source}: {error}") from None
     except (KeyError, ValueError) as error:
         raise ModelFileError(
             f"{source} has a text encoder LivePhoto cannot map ({type(error).__name__}: {error})"

@@ -15,8 +15,12 @@ from pathlib import Path
 
 from ..defaults import CLIP_CONTEXT
 from ..errors import ModelFileError
+from .schema import MAX_JSON_FILE_BYTES, Field, Int, Object, Schema, Spec, Mismatch, read_json_object
 
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
+_FIX = "replace the tokenizer's files"
+_MAX_TOKEN_ID = 2**31 - 1  # the tokenizers library keeps ids as u32; embeddings index them as int32
 # CLIP's SimpleTokenizer keeps merges 1 .. 49152-256-2: 49408 ids = 2*256 bytes + merges + 2 specials.
 _NUM_MERGES = 49152 - 256 - 2
 
@@ -48,9 +52,77 @@ def load_clip_tokenizer(path: str | os.PathLike | None = None):
     return _tokenizer_from_folder(_build_from_bpe(bpe_path))
 
 
+class _TokenText(Spec):
+    """A special token as tokenizer_config.json names it: its text, or an AddedToken object with a "content"."""
+
+    expected = 'text, or an object whose "content" is text'
+
+    def check(self, value):
+        content = value.get("content") if isinstance(value, dict) else value
+        if not isinstance(content, str) or not content:
+            raise Mismatch(value, self.expected)
+        return content
+
+
+TOKENIZER_CONFIG = Schema("the tokenizer config", {
+    # transformers writes 10**30 for "no limit"; LivePhoto itself always tokenizes to CLIP_CONTEXT.
+    "model_max_length": Int(1, 2**128),
+    "bos_token": Field(_TokenText(), default=START_TOKEN),
+    "eos_token": Field(_TokenText(), default=END_TOKEN),
+    "pad_token": _TokenText(),
+    "unk_token": _TokenText(),
+    "added_tokens_decoder": Object(),
+}, fix=_FIX)
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """Refuse a malformed vocab.json, merges.txt or tokenizer_config.json, naming the file and the entry,
+    before transformers reads them (it fails on them with errors of its own, or later, at the first prompt).
+
+    vocab.json maps each token to a distinct id from 0 to 2**31 - 1 and holds the special tokens; each line
+    of merges.txt after its ``#version`` header is two tokens of the vocabulary whose join is one too.
+    """
+    config_file = folder / "tokenizer_config.json"
+    values = read_json_object(config_file, _FIX) if config_file.is_file() else {}
+    config = TOKENIZER_CONFIG.check(values, str(config_file))
+    vocab_file = folder / "vocab.json"
+    vocab = read_json_object(vocab_file, _FIX)
+    seen: dict[int, str] = {}
+    for token, index in vocab.items():
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= _MAX_TOKEN_ID:
+            raise ModelFileError(
+                f"{vocab_file}: token {token!r} has id {json.dumps(index)[:40]}; a vocabulary maps each token to a "
+                f"whole number from 0 to {_MAX_TOKEN_ID}; {_FIX}"
+            )
+        if index in seen:
+            raise ModelFileError(f"{vocab_file}: tokens {seen[index]!r} and {token!r} share the id {index}; {_FIX}")
+        seen[index] = token
+    for role in ("bos_token", "eos_token"):
+        if config[role] not in vocab:
+            raise ModelFileError(f"{vocab_file} lacks the special token {config[role]!r} ({role}); {_FIX}")
+
+    merges_file = folder / "merges.txt"
+    if merges_file.stat().st_size > MAX_JSON_FILE_BYTES:
+        raise ModelFileError(f"{merges_file} is larger than any real merges file; {_FIX}")
+    try:
+        lines = merges_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{merges_file} cannot be read as UTF-8 text ({type(error).__name__}); {_FIX}") from None
+    for number, line in enumerate(lines, 1):
+        if not line or number == 1 and line.startswith("#version"):
+            continue
+        pair = line.split(" ")
+        if len(pair) != 2 or not all(part in vocab for part in pair) or "".join(pair) not in vocab:
+            raise ModelFileError(
+                f"{merges_file} line {number} is {line[:60]!r}; each merge is two tokens of vocab.json, separated "
+                f"by one space, whose join is a token too; {_FIX}"
+            )
+
+
 def _tokenizer_from_folder(folder: Path):
     from transformers import CLIPTokenizer
 
+    check_tokenizer_files(folder)
     # A bare vocab.json + merges.txt has no tokenizer_config.json to set CLIP's 77-token window.
     defaults = {} if (folder / "tokenizer_config.json").is_file() else {"model_max_length": CLIP_CONTEXT}
     try:
@@ -93,7 +165,7 @@ def clip_vocab_and_merges(bpe_text: str) -> tuple[dict[str, int], list[str]]:
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [token + "</w>" for token in vocab]
     vocab += ["".join(pair) for pair in merge_pairs]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    vocab += [START_TOKEN, END_TOKEN]
     return {token: index for index, token in enumerate(vocab)}, [" ".join(pair) for pair in merge_pairs]
 
 
