@@ -8,6 +8,11 @@
    Videos that are missing, undecodable or too short are skipped and counted, never fatal.
 3. ``VideoCaptionDataset`` yields clips in [-1, 1] with their caption, SSIM and level. An item
    depends only on (seed, epoch, index), so a resumed training run sees exactly the same data.
+
+The label rule: an item's SSIM and level are measured on the item's own frames (``training_item``),
+with the labelling pass's function at the same working size, and binned by the thresholds that
+the labelling pass fitted. With ``random_start`` a clip starts anywhere in its video, and the
+paper conditions on the motion of the frames the model sees, not on the video's first frames.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class VideoEntry:
 class LabelledVideo:
     path: Path
     caption: str
-    ssim: float  # mean adjacent-frame SSIM of the labelling sample (start 0)
+    ssim: float  # mean adjacent-frame SSIM of the labelling sample (start 0): what the thresholds are fitted on
     frame_count: int | None  # frames in the file according to its container; None when unknown
 
 
@@ -191,6 +196,34 @@ def load_clip(path: str | os.PathLike, sampling: ClipSampling, start: int = 0) -
             f"need {start + sampling.span} frames"
         )
     return center_crop_resize(frames, sampling.size)
+
+
+def load_training_clip(path: Path, sampling: ClipSampling, start: int) -> np.ndarray | None:
+    """The clip at `start`, else at 0 (the container's frame count can overestimate), else None with
+    a warning: a file broken since labelling must not stop training."""
+    for attempt_start in dict.fromkeys((start, 0)):
+        try:
+            return load_clip(path, sampling, attempt_start)
+        except Exception as error:  # noqa: BLE001
+            reason = _reason(error)
+    logger.warning("skipping %s in training: %s", path, reason)
+    return None
+
+
+def training_item(clip: np.ndarray, caption: str, thresholds: Sequence[float]) -> dict:
+    """A training item from uint8 frames [F, S, S, 3]: frames float [F, 3, S, S] in [-1, 1], the
+    reference (frame 0), the caption, and the SSIM and level of these frames (the label rule in the
+    module docstring; the same function and size as the labelling pass, so comparable with the
+    thresholds it fitted)."""
+    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    ssim = mean_adjacent_ssim(clip)
+    return {
+        "frames": frames,
+        "reference": frames[0].clone(),
+        "caption": caption,
+        "ssim": ssim,
+        "level": level_from_ssim(ssim, thresholds),
+    }
 
 
 def _probe_frame_count(path: Path) -> int | None:
@@ -393,10 +426,10 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
     that fit, or 0 without `random_start`) and, when video i fails to decode, the replacement videos
     are drawn from ``np.random.default_rng([seed, e, i])``. Call ``set_epoch`` before each epoch.
 
-    Items: frames float [F, 3, H, W] in [-1, 1]; reference [3, H, W] (frame 0); caption; ssim and
-    level of the labelling sample; index (the video actually used) and replaced (how many failed
-    videos were skipped to produce this item: sum it over batches, since DataLoader workers' own
-    counters never reach the main process).
+    Items (``training_item``): frames float [F, 3, H, W] in [-1, 1]; reference [3, H, W] (frame 0);
+    caption; ssim and level of the item's own frames; index (the video actually used) and replaced
+    (how many failed videos were skipped to produce this item: sum it over batches, since
+    DataLoader workers' own counters never reach the main process).
     """
 
     def __init__(
@@ -412,7 +445,6 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
             raise InvalidInputError("the dataset has no usable videos; check the index and the labelling counts")
         self.videos = list(videos)
         self.thresholds = validate_thresholds(thresholds)
-        self.levels = [level_from_ssim(video.ssim, self.thresholds) for video in self.videos]
         self.sampling = sampling
         self.seed = seed
         self.random_start = random_start
@@ -433,9 +465,10 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         for replaced in range(self.max_replacements + 1):
             start = self._start(candidate, rng)
             if candidate not in self._known_bad:
-                clip = self._load(candidate, start)
+                clip = load_training_clip(self.videos[candidate].path, self.sampling, start)
                 if clip is not None:
-                    return self._item(candidate, clip, replaced)
+                    item = training_item(clip, self.videos[candidate].caption, self.thresholds)
+                    return {**item, "index": candidate, "replaced": replaced}
                 self._known_bad.add(candidate)
                 self.failed_items += 1
             candidate = int(rng.integers(len(self.videos)))
@@ -449,26 +482,3 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         frame_count = self.videos[index].frame_count or 0
         last_start = max(frame_count - self.sampling.span, 0) if self.random_start else 0
         return int(rng.integers(last_start + 1))
-
-    def _load(self, index: int, start: int) -> np.ndarray | None:
-        path = self.videos[index].path
-        for attempt_start in dict.fromkeys((start, 0)):  # the container's count can overestimate
-            try:
-                return load_clip(path, self.sampling, attempt_start)
-            except Exception as error:  # noqa: BLE001 (a file broken since labelling must not stop training)
-                reason = _reason(error)
-        logger.warning("skipping %s in training: %s", path, reason)
-        return None
-
-    def _item(self, index: int, clip: np.ndarray, replaced: int) -> dict:
-        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        video = self.videos[index]
-        return {
-            "frames": frames,
-            "reference": frames[0].clone(),
-            "caption": video.caption,
-            "ssim": video.ssim,
-            "level": self.levels[index],
-            "index": index,
-            "replaced": replaced,
-        }
