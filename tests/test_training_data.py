@@ -103,18 +103,30 @@ def test_json_lines_index(tmp_path):
     ]
 
 
-def test_webvid_index(tmp_path):
+def test_webvid_index_in_the_page_dir_and_the_flat_layout(tmp_path):
     index = tmp_path / "results_2M_val.csv"
     index.write_text(
         "videoid,contentUrl,duration,page_dir,name\n"
         "1066692580,https://example.com/1066692580.mp4,PT00H00M11S,006001_006050,Meeting on a beach\n"
         '21179416,https://example.com/21179416.mp4,PT00H00M10S,007001_007050,"Waves, slow motion"\n'
     )
+    # The first video is missing (as some are in every WebVid download); the second tells the layout.
+    (tmp_path / "webvid" / "007001_007050").mkdir(parents=True)
+    (tmp_path / "webvid" / "007001_007050" / "21179416.mp4").write_bytes(b"")
     entries = data.read_index(index, root=tmp_path / "webvid")
     assert entries == [
         data.VideoEntry(tmp_path / "webvid" / "006001_006050" / "1066692580.mp4", "Meeting on a beach"),
         data.VideoEntry(tmp_path / "webvid" / "007001_007050" / "21179416.mp4", "Waves, slow motion"),
     ]
+    # AnimateDiff's and PIA's loaders read videos straight from one folder.
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "21179416.mp4").write_bytes(b"")
+    assert data.read_index(index, root=tmp_path / "flat") == [
+        data.VideoEntry(tmp_path / "flat" / "1066692580.mp4", "Meeting on a beach"),
+        data.VideoEntry(tmp_path / "flat" / "21179416.mp4", "Waves, slow motion"),
+    ]
+    with pytest.raises(InvalidInputError, match=r"none of its first 2 videos .*set data.root"):
+        data.read_index(index, root=tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize(

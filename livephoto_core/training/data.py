@@ -1,7 +1,9 @@
 """Training data: an index of captioned videos, a cached SSIM labelling pass, and a torch Dataset.
 
 1. ``read_index`` reads CSV (``path,caption``), JSON lines (``{"path", "caption"}``) or WebVid's CSV
-   (``videoid,contentUrl,duration,page_dir,name``; the file is ``<root>/<page_dir>/<videoid>.mp4``).
+   (``videoid,contentUrl,duration,page_dir,name``; the file is ``<root>/<page_dir>/<videoid>.mp4`` as
+   WebVid's download script writes it, or ``<root>/<videoid>.mp4`` as AnimateDiff's and PIA's
+   loaders read it: the layout is found on the disk).
 2. ``label_videos`` measures each clip's mean adjacent-frame SSIM once, on exactly the frames
    training sees at start 0, caches the result on disk as JSON lines (resumable: a killed pass
    continues where it stopped), runs over worker processes, and fits the 9 intensity thresholds.
@@ -41,6 +43,9 @@ from ..video import read_video
 logger = logging.getLogger(__name__)
 
 _WEBVID_COLUMNS = ("videoid", "page_dir", "name")
+# Rows of a WebVid index looked at to tell its layout: enough to get past the few percent of
+# videos that every WebVid download misses, few enough to cost nothing next to the labelling pass.
+_LAYOUT_PROBE_ROWS = 1000
 _JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
@@ -105,9 +110,9 @@ class LabellingResult:
 def read_index(index_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[VideoEntry]:
     """Videos and captions listed in a CSV or JSON-lines index.
 
-    Relative paths (and WebVid's page_dir) are resolved against `root`, by default the folder that
+    Relative paths (and WebVid's videos) are resolved against `root`, by default the folder that
     holds the index. The format is chosen by extension (.csv or .jsonl/.ndjson/.json) and, for CSV,
-    by the header: ``path,caption`` or WebVid's ``videoid,...,page_dir,name``.
+    by the header: ``path,caption`` or WebVid's ``videoid,...,page_dir,name`` (``webvid_layout``).
     """
     index_path = Path(index_path)
     if not index_path.is_file():
@@ -116,7 +121,7 @@ def read_index(index_path: str | os.PathLike, root: str | os.PathLike | None = N
     base = base.absolute()
     suffix = index_path.suffix.lower()
     if suffix == ".csv":
-        rows = _read_csv_rows(index_path)
+        rows = _read_csv_rows(index_path, base)
     elif suffix in _JSON_LINES_SUFFIXES:
         rows = _read_json_lines_rows(index_path)
     else:
@@ -126,20 +131,38 @@ def read_index(index_path: str | os.PathLike, root: str | os.PathLike | None = N
     return [VideoEntry(path=base / relative, caption=caption) for relative, caption in rows]
 
 
-def _read_csv_rows(index_path: Path) -> list[tuple[str, str]]:
+def _read_csv_rows(index_path: Path, base: Path) -> list[tuple[str, str]]:
     with open(index_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
         if {"path", "caption"} <= columns:
             return [_checked_row(index_path, n, row["path"], row["caption"]) for n, row in enumerate(reader, 2)]
         if set(_WEBVID_COLUMNS) <= columns:
+            rows = [(row["videoid"], row["page_dir"], row["name"]) for row in reader]
+            flat = webvid_layout(index_path, base, rows) == "flat"
             return [
-                _checked_row(index_path, n, f"{row['page_dir']}/{row['videoid']}.mp4", row["name"])
-                for n, row in enumerate(reader, 2)
+                _checked_row(index_path, n, f"{videoid}.mp4" if flat else f"{page_dir}/{videoid}.mp4", name)
+                for n, (videoid, page_dir, name) in enumerate(rows, 2)
             ]
     raise InvalidInputError(
         f"index {index_path.name} has columns {sorted(columns)}; it needs path,caption "
         f"or WebVid's videoid,page_dir,name"
+    )
+
+
+def webvid_layout(index_path: Path, base: Path, rows: Sequence[tuple[str, str, str]]) -> str:
+    """"page_dir" when WebVid's videos are at ``<base>/<page_dir>/<videoid>.mp4`` (the download
+    script's layout), "flat" when at ``<base>/<videoid>.mp4``: the first of the first rows whose
+    video exists in one of them decides for the whole index."""
+    for videoid, page_dir, _ in rows[:_LAYOUT_PROBE_ROWS]:
+        if (base / page_dir / f"{videoid}.mp4").is_file():
+            return "page_dir"
+        if (base / f"{videoid}.mp4").is_file():
+            return "flat"
+    raise InvalidInputError(
+        f"WebVid index {index_path.name}: none of its first {min(len(rows), _LAYOUT_PROBE_ROWS)} videos is in "
+        f"{base} as <page_dir>/<videoid>.mp4 (WebVid's download layout) or <videoid>.mp4 (the flat layout); "
+        f"set data.root to the folder that holds the videos"
     )
 
 
