@@ -221,15 +221,15 @@ def load_clip(path: str | os.PathLike, sampling: ClipSampling, start: int = 0) -
     return center_crop_resize(frames, sampling.size)
 
 
-def load_training_clip(path: Path, sampling: ClipSampling, start: int) -> np.ndarray | None:
+def load_training_clip(path: Path, sampling: ClipSampling, start: int, name: str | None = None) -> np.ndarray | None:
     """The clip at `start`, else at 0 (the container's frame count can overestimate), else None with
-    a warning: a file broken since labelling must not stop training."""
+    a warning that names `name` (default: the path): a file broken since labelling must not stop training."""
     for attempt_start in dict.fromkeys((start, 0)):
         try:
             return load_clip(path, sampling, attempt_start)
         except Exception as error:  # noqa: BLE001
             reason = _reason(error)
-    logger.warning("skipping %s in training: %s", path, reason)
+    logger.warning("skipping %s in training: %s", name or path, reason)
     return None
 
 
@@ -374,7 +374,7 @@ def label_videos(
     counts["cached"] = sum(1 for key in keys if key is not None and key in cache)
 
     with _appending(cache_path) as append:
-        for key, record in _run_tasks([(key, path, sampling) for key, path in pending.items()], workers):
+        for key, record in run_tasks(_label_task, [(key, path, sampling) for key, path in pending.items()], workers):
             record = {"key": key, **record}
             append(record)
             cache[key] = record
@@ -415,22 +415,23 @@ def label_videos(
     return LabellingResult(videos=videos, thresholds=fitted, counts=dict(counts))
 
 
-def _run_tasks(tasks: list, workers: int):
-    """Yield (key, record) as tasks finish; in this process for one worker, else in a process pool
-    with a bounded number of tasks in flight (index files can list millions of videos)."""
+def run_tasks(function: Callable, tasks: list, workers: int):
+    """Yield function(task) as tasks finish; in this process for one worker, else in a process pool
+    with a bounded number of tasks in flight (index files can list millions of videos). `function`
+    must be a module-level function (the pool pickles it by name)."""
     if workers == 1 or len(tasks) <= 1:
-        yield from map(_label_task, tasks)
+        yield from map(function, tasks)
         return
     # spawn: the parent has torch loaded and may hold threads, which fork does not copy safely.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
         queue = iter(tasks)
-        in_flight = {pool.submit(_label_task, task) for task in _take(queue, 4 * workers)}
+        in_flight = {pool.submit(function, task) for task in _take(queue, 4 * workers)}
         while in_flight:
             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
-            in_flight |= {pool.submit(_label_task, task) for task in _take(queue, len(done))}
+            in_flight |= {pool.submit(function, task) for task in _take(queue, len(done))}
 
 
 def _take(iterator, count: int) -> list:
