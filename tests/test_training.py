@@ -340,6 +340,58 @@ def test_pretrained_mode_refuses_a_prediction_type_its_frozen_base_does_not_have
         train(TrainConfig.from_dict(config))
 
 
+# --- labels of the trained frames, in both modes ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def still_then_moving(tmp_path_factory):
+    """Videos of 16 frames at 64 px: a photo held still for 8 frames, then new noise every frame. A
+    4-frame clip's level depends on where it starts."""
+    root = tmp_path_factory.mktemp("still_then_moving")
+    rng = np.random.default_rng(0)
+    rows = [("path", "caption")]
+    for i in range(4):
+        frames = np.repeat(rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8), 16, axis=0)
+        frames[8:] = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+        toyworld.write_video_lossless(root / f"v{i}.mp4", frames, fps=8)
+        rows.append((f"v{i}.mp4", "the red circle moves to the left"))
+    with open(root / "index.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return str(root / "index.csv")
+
+
+@pytest.mark.parametrize("mode", ["from_scratch", "sd15"])
+def test_the_level_a_step_trains_on_is_measured_on_that_step_s_frames(
+        mode, toy_data, reference, pretrained_files, still_then_moving, tmp_path, monkeypatch):
+    """random_start draws clips from anywhere in the video; the level that conditions the model must be
+    that clip's, not the one measured at frame 0 by the labelling pass (issue 13)."""
+    from livephoto_core.intensity import DEFAULT_THRESHOLDS, level_from_ssim, mean_adjacent_ssim
+
+    seen = []
+    real_loss = Trainer.loss
+
+    def spying_loss(self, batch, generators, text_dropout, module):
+        pixels = ((batch["frames"].permute(0, 1, 3, 4, 2) + 1) * 127.5).round().to(torch.uint8).numpy()
+        measured = [level_from_ssim(mean_adjacent_ssim(clip), DEFAULT_THRESHOLDS) for clip in pixels]
+        seen.append((batch["level"].tolist(), measured))
+        return real_loss(self, batch, generators, text_dropout, module)
+
+    monkeypatch.setattr(Trainer, "loss", spying_loss)
+    overrides = {"data.index": still_then_moving, "data.thresholds": list(DEFAULT_THRESHOLDS),
+                 "data.random_start": True}
+    if mode == "from_scratch":
+        copy_base(reference[1].output_dir, tmp_path / "run")
+        config = tiny_config(toy_data, tmp_path / "run", **overrides,
+                             **{"validation.levels": [], "validation.loss_clips": 0})
+    else:
+        config = pretrained_config(toy_data, pretrained_files, tmp_path / "run", **overrides)
+    config["steps"] = 3
+    train(TrainConfig.from_dict(config))
+    assert len(seen) == 3
+    assert all(given == measured for given, measured in seen)
+    assert {level for given, _ in seen for level in given} - {1}  # not only clips of the still start
+
+
 # --- pieces ----------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from skimage.metrics import structural_similarity
 from skimage.transform import resize
 
 from livephoto_core.errors import InvalidInputError
-from livephoto_core.intensity import level_from_ssim
+from livephoto_core.intensity import DEFAULT_THRESHOLDS, level_from_ssim
 from livephoto_core.training import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,18 +103,30 @@ def test_json_lines_index(tmp_path):
     ]
 
 
-def test_webvid_index(tmp_path):
+def test_webvid_index_in_the_page_dir_and_the_flat_layout(tmp_path):
     index = tmp_path / "results_2M_val.csv"
     index.write_text(
         "videoid,contentUrl,duration,page_dir,name\n"
         "1066692580,https://example.com/1066692580.mp4,PT00H00M11S,006001_006050,Meeting on a beach\n"
         '21179416,https://example.com/21179416.mp4,PT00H00M10S,007001_007050,"Waves, slow motion"\n'
     )
+    # The first video is missing (as some are in every WebVid download); the second tells the layout.
+    (tmp_path / "webvid" / "007001_007050").mkdir(parents=True)
+    (tmp_path / "webvid" / "007001_007050" / "21179416.mp4").write_bytes(b"")
     entries = data.read_index(index, root=tmp_path / "webvid")
     assert entries == [
         data.VideoEntry(tmp_path / "webvid" / "006001_006050" / "1066692580.mp4", "Meeting on a beach"),
         data.VideoEntry(tmp_path / "webvid" / "007001_007050" / "21179416.mp4", "Waves, slow motion"),
     ]
+    # AnimateDiff's and PIA's loaders read videos straight from one folder.
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "21179416.mp4").write_bytes(b"")
+    assert data.read_index(index, root=tmp_path / "flat") == [
+        data.VideoEntry(tmp_path / "flat" / "1066692580.mp4", "Meeting on a beach"),
+        data.VideoEntry(tmp_path / "flat" / "21179416.mp4", "Waves, slow motion"),
+    ]
+    with pytest.raises(InvalidInputError, match=r"none of its first 2 videos .*set data.root"):
+        data.read_index(index, root=tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize(
@@ -395,6 +407,44 @@ def test_dataset_gives_up_when_every_video_fails(labelled):
         dataset[0]
     with pytest.raises(InvalidInputError):
         data.VideoCaptionDataset([], labelled.thresholds)
+
+
+def still_then_fast(count=24, side=24, seed=0):
+    """A textured frame held still for the first half of the video, then new noise every frame."""
+    rng = np.random.default_rng(seed)
+    frames = np.repeat(rng.integers(0, 256, (1, side, side, 3), dtype=np.uint8), count, axis=0)
+    frames[count // 2 :] = rng.integers(0, 256, (count - count // 2, side, side, 3), dtype=np.uint8)
+    return frames
+
+
+def skimage_level(frames, thresholds):
+    """The level of an item's frames (float [F, 3, H, W] in [-1, 1]) by skimage, independently of intensity.py."""
+    pixels = ((frames.permute(0, 2, 3, 1) + 1) * 127.5).round().numpy().astype(np.uint8)
+    gray = [rgb2gray(f) for f in pixels]
+    ssim = np.mean([structural_similarity(a, b, data_range=1.0) for a, b in itertools.pairwise(gray)])
+    return level_from_ssim(float(ssim), thresholds)
+
+
+def test_an_item_s_level_is_measured_on_its_own_frames_not_on_the_video_s_start(tmp_path):
+    """With random_start the clip starts anywhere; its level must describe those frames (issue 13)."""
+    sampling = data.ClipSampling(num_frames=4, stride=2, size=24)  # span 7: starts 0 .. 17 of 24
+    paths = [write_lossless(tmp_path / f"s{i}.mp4", still_then_fast(seed=i)) for i in range(3)]
+    entries = [data.VideoEntry(path, f"caption {i}") for i, path in enumerate(paths)]
+    labelled = data.label_videos(entries, sampling, tmp_path / "cache.jsonl", thresholds=DEFAULT_THRESHOLDS)
+    assert all(level_from_ssim(v.ssim, DEFAULT_THRESHOLDS) == 1 for v in labelled.videos)  # still at start 0
+    dataset = data.VideoCaptionDataset(labelled.videos, labelled.thresholds, sampling, seed=0)
+    levels = []
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            item = dataset[index]
+            assert item["level"] == skimage_level(item["frames"], labelled.thresholds)
+            assert item["level"] == level_from_ssim(item["ssim"], labelled.thresholds)
+            levels.append(item["level"])
+    assert 1 in levels and 10 in levels  # clips from the still part and from the moving part
+    # At start 0 the item's measurement is the labelling pass's, to the bit.
+    fixed = data.VideoCaptionDataset(labelled.videos, labelled.thresholds, sampling, random_start=False)
+    assert [fixed[i]["ssim"] for i in range(3)] == [v.ssim for v in labelled.videos]
 
 
 def test_toy_world_data_set_goes_through_the_pipeline_losslessly(tmp_path):

@@ -13,6 +13,7 @@ from ..defaults import CLIP_CONTEXT
 from ..encoding import encode_photo, encode_text
 from ..errors import InvalidInputError
 from .data import VideoCaptionDataset
+from .shards import ShardStream
 
 
 TRAINING_STREAM, HELDOUT_STREAM = 0, 1
@@ -86,34 +87,56 @@ class FrozenEncoders:
 
 
 class ClipStream:
-    """This process's micro-batches. Epoch e visits the videos in the order
+    """This process's micro-batches.
+
+    From a VideoCaptionDataset: epoch e visits the videos in the order
     ``default_rng([seed, e]).permutation``: micro-step k on process r (of `world`) reads the clips at
     places (k * batch_size + b) * world + r, b < batch_size, of that order; an epoch ends before the
-    first micro-step that would run past its end."""
+    first micro-step that would run past its end.
 
-    def __init__(self, dataset: VideoCaptionDataset, batch_size: int, seed: int, rank: int, world: int, workers: int):
+    From a ShardStream: the stream deals epoch e's shards over processes and workers, and every
+    process takes ``batches_per_rank(e)`` micro-steps; the places (for each clip's noise) are
+    numbered as above.
+    """
+
+    def __init__(self, dataset: VideoCaptionDataset | ShardStream, batch_size: int, seed: int, rank: int, world: int,
+                 workers: int):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world, self.workers = rank, world, workers
-        self.batches_per_epoch = len(dataset) // (batch_size * world)
-        if self.batches_per_epoch == 0:
+        if isinstance(dataset, ShardStream):
+            dataset.split(batch_size, rank, world, workers)
+        elif len(dataset) < batch_size * world:
             raise InvalidInputError(
                 f"{len(dataset)} usable videos do not fill one batch of {batch_size} on each of {world} "
                 f"process(es); lower batch_size or add videos"
             )
+
+    def batches(self, epoch: int) -> int:
+        """Micro-steps of this process in `epoch`."""
+        if isinstance(self.dataset, ShardStream):
+            return self.dataset.batches_per_rank(epoch)
+        return len(self.dataset) // (self.batch_size * self.world)
 
     def positions(self, batch: int) -> list[int]:
         return [(batch * self.batch_size + b) * self.world + self.rank for b in range(self.batch_size)]
 
     def __call__(self, start_micro_step: int):
         """Yield (epoch, positions, batch) for every micro-step from `start_micro_step` on, without end."""
-        epoch, offset = divmod(start_micro_step, self.batches_per_epoch)
+        epoch, offset = 0, start_micro_step
+        while offset >= self.batches(epoch):
+            offset, epoch = offset - self.batches(epoch), epoch + 1
         while True:
-            self.dataset.set_epoch(epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-            places = [self.positions(k) for k in range(offset, self.batches_per_epoch)]
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=[order[p].tolist() for p in places], num_workers=self.workers
-            )
+            places = [self.positions(k) for k in range(offset, self.batches(epoch))]
+            if isinstance(self.dataset, ShardStream):
+                self.dataset.start(epoch, offset)
+                loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size,
+                                                     num_workers=self.workers)
+            else:
+                self.dataset.set_epoch(epoch)
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+                loader = torch.utils.data.DataLoader(
+                    self.dataset, batch_sampler=[order[p].tolist() for p in places], num_workers=self.workers
+                )
             for positions, batch in zip(places, loader):
                 yield epoch, positions, batch
             epoch, offset = epoch + 1, 0

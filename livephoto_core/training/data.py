@@ -1,13 +1,20 @@
 """Training data: an index of captioned videos, a cached SSIM labelling pass, and a torch Dataset.
 
 1. ``read_index`` reads CSV (``path,caption``), JSON lines (``{"path", "caption"}``) or WebVid's CSV
-   (``videoid,contentUrl,duration,page_dir,name``; the file is ``<root>/<page_dir>/<videoid>.mp4``).
+   (``videoid,contentUrl,duration,page_dir,name``; the file is ``<root>/<page_dir>/<videoid>.mp4`` as
+   WebVid's download script writes it, or ``<root>/<videoid>.mp4`` as AnimateDiff's and PIA's
+   loaders read it: the layout is found on the disk).
 2. ``label_videos`` measures each clip's mean adjacent-frame SSIM once, on exactly the frames
    training sees at start 0, caches the result on disk as JSON lines (resumable: a killed pass
    continues where it stopped), runs over worker processes, and fits the 9 intensity thresholds.
    Videos that are missing, undecodable or too short are skipped and counted, never fatal.
 3. ``VideoCaptionDataset`` yields clips in [-1, 1] with their caption, SSIM and level. An item
    depends only on (seed, epoch, index), so a resumed training run sees exactly the same data.
+
+The label rule: an item's SSIM and level are measured on the item's own frames (``training_item``),
+with the labelling pass's function at the same working size, and binned by the thresholds that
+the labelling pass fitted. With ``random_start`` a clip starts anywhere in its video, and the
+paper conditions on the motion of the frames the model sees, not on the video's first frames.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ from ..video import read_video
 logger = logging.getLogger(__name__)
 
 _WEBVID_COLUMNS = ("videoid", "page_dir", "name")
+# Rows of a WebVid index looked at to tell its layout: enough to get past the few percent of
+# videos that every WebVid download misses, few enough to cost nothing next to the labelling pass.
+_LAYOUT_PROBE_ROWS = 1000
 _JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
@@ -71,7 +81,7 @@ class VideoEntry:
 class LabelledVideo:
     path: Path
     caption: str
-    ssim: float  # mean adjacent-frame SSIM of the labelling sample (start 0)
+    ssim: float  # mean adjacent-frame SSIM of the labelling sample (start 0): what the thresholds are fitted on
     frame_count: int | None  # frames in the file according to its container; None when unknown
 
 
@@ -100,9 +110,9 @@ class LabellingResult:
 def read_index(index_path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[VideoEntry]:
     """Videos and captions listed in a CSV or JSON-lines index.
 
-    Relative paths (and WebVid's page_dir) are resolved against `root`, by default the folder that
+    Relative paths (and WebVid's videos) are resolved against `root`, by default the folder that
     holds the index. The format is chosen by extension (.csv or .jsonl/.ndjson/.json) and, for CSV,
-    by the header: ``path,caption`` or WebVid's ``videoid,...,page_dir,name``.
+    by the header: ``path,caption`` or WebVid's ``videoid,...,page_dir,name`` (``webvid_layout``).
     """
     index_path = Path(index_path)
     if not index_path.is_file():
@@ -111,7 +121,7 @@ def read_index(index_path: str | os.PathLike, root: str | os.PathLike | None = N
     base = base.absolute()
     suffix = index_path.suffix.lower()
     if suffix == ".csv":
-        rows = _read_csv_rows(index_path)
+        rows = _read_csv_rows(index_path, base)
     elif suffix in _JSON_LINES_SUFFIXES:
         rows = _read_json_lines_rows(index_path)
     else:
@@ -121,20 +131,38 @@ def read_index(index_path: str | os.PathLike, root: str | os.PathLike | None = N
     return [VideoEntry(path=base / relative, caption=caption) for relative, caption in rows]
 
 
-def _read_csv_rows(index_path: Path) -> list[tuple[str, str]]:
+def _read_csv_rows(index_path: Path, base: Path) -> list[tuple[str, str]]:
     with open(index_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or ())
         if {"path", "caption"} <= columns:
             return [_checked_row(index_path, n, row["path"], row["caption"]) for n, row in enumerate(reader, 2)]
         if set(_WEBVID_COLUMNS) <= columns:
+            rows = [(row["videoid"], row["page_dir"], row["name"]) for row in reader]
+            flat = webvid_layout(index_path, base, rows) == "flat"
             return [
-                _checked_row(index_path, n, f"{row['page_dir']}/{row['videoid']}.mp4", row["name"])
-                for n, row in enumerate(reader, 2)
+                _checked_row(index_path, n, f"{videoid}.mp4" if flat else f"{page_dir}/{videoid}.mp4", name)
+                for n, (videoid, page_dir, name) in enumerate(rows, 2)
             ]
     raise InvalidInputError(
         f"index {index_path.name} has columns {sorted(columns)}; it needs path,caption "
         f"or WebVid's videoid,page_dir,name"
+    )
+
+
+def webvid_layout(index_path: Path, base: Path, rows: Sequence[tuple[str, str, str]]) -> str:
+    """"page_dir" when WebVid's videos are at ``<base>/<page_dir>/<videoid>.mp4`` (the download
+    script's layout), "flat" when at ``<base>/<videoid>.mp4``: the first of the first rows whose
+    video exists in one of them decides for the whole index."""
+    for videoid, page_dir, _ in rows[:_LAYOUT_PROBE_ROWS]:
+        if (base / page_dir / f"{videoid}.mp4").is_file():
+            return "page_dir"
+        if (base / f"{videoid}.mp4").is_file():
+            return "flat"
+    raise InvalidInputError(
+        f"WebVid index {index_path.name}: none of its first {min(len(rows), _LAYOUT_PROBE_ROWS)} videos is in "
+        f"{base} as <page_dir>/<videoid>.mp4 (WebVid's download layout) or <videoid>.mp4 (the flat layout); "
+        f"set data.root to the folder that holds the videos"
     )
 
 
@@ -191,6 +219,34 @@ def load_clip(path: str | os.PathLike, sampling: ClipSampling, start: int = 0) -
             f"need {start + sampling.span} frames"
         )
     return center_crop_resize(frames, sampling.size)
+
+
+def load_training_clip(path: Path, sampling: ClipSampling, start: int, name: str | None = None) -> np.ndarray | None:
+    """The clip at `start`, else at 0 (the container's frame count can overestimate), else None with
+    a warning that names `name` (default: the path): a file broken since labelling must not stop training."""
+    for attempt_start in dict.fromkeys((start, 0)):
+        try:
+            return load_clip(path, sampling, attempt_start)
+        except Exception as error:  # noqa: BLE001
+            reason = _reason(error)
+    logger.warning("skipping %s in training: %s", name or path, reason)
+    return None
+
+
+def training_item(clip: np.ndarray, caption: str, thresholds: Sequence[float]) -> dict:
+    """A training item from uint8 frames [F, S, S, 3]: frames float [F, 3, S, S] in [-1, 1], the
+    reference (frame 0), the caption, and the SSIM and level of these frames (the label rule in the
+    module docstring; the same function and size as the labelling pass, so comparable with the
+    thresholds it fitted)."""
+    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    ssim = mean_adjacent_ssim(clip)
+    return {
+        "frames": frames,
+        "reference": frames[0].clone(),
+        "caption": caption,
+        "ssim": ssim,
+        "level": level_from_ssim(ssim, thresholds),
+    }
 
 
 def _probe_frame_count(path: Path) -> int | None:
@@ -318,7 +374,7 @@ def label_videos(
     counts["cached"] = sum(1 for key in keys if key is not None and key in cache)
 
     with _appending(cache_path) as append:
-        for key, record in _run_tasks([(key, path, sampling) for key, path in pending.items()], workers):
+        for key, record in run_tasks(_label_task, [(key, path, sampling) for key, path in pending.items()], workers):
             record = {"key": key, **record}
             append(record)
             cache[key] = record
@@ -359,22 +415,23 @@ def label_videos(
     return LabellingResult(videos=videos, thresholds=fitted, counts=dict(counts))
 
 
-def _run_tasks(tasks: list, workers: int):
-    """Yield (key, record) as tasks finish; in this process for one worker, else in a process pool
-    with a bounded number of tasks in flight (index files can list millions of videos)."""
+def run_tasks(function: Callable, tasks: list, workers: int):
+    """Yield function(task) as tasks finish; in this process for one worker, else in a process pool
+    with a bounded number of tasks in flight (index files can list millions of videos). `function`
+    must be a module-level function (the pool pickles it by name)."""
     if workers == 1 or len(tasks) <= 1:
-        yield from map(_label_task, tasks)
+        yield from map(function, tasks)
         return
     # spawn: the parent has torch loaded and may hold threads, which fork does not copy safely.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
         queue = iter(tasks)
-        in_flight = {pool.submit(_label_task, task) for task in _take(queue, 4 * workers)}
+        in_flight = {pool.submit(function, task) for task in _take(queue, 4 * workers)}
         while in_flight:
             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
-            in_flight |= {pool.submit(_label_task, task) for task in _take(queue, len(done))}
+            in_flight |= {pool.submit(function, task) for task in _take(queue, len(done))}
 
 
 def _take(iterator, count: int) -> list:
@@ -393,10 +450,10 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
     that fit, or 0 without `random_start`) and, when video i fails to decode, the replacement videos
     are drawn from ``np.random.default_rng([seed, e, i])``. Call ``set_epoch`` before each epoch.
 
-    Items: frames float [F, 3, H, W] in [-1, 1]; reference [3, H, W] (frame 0); caption; ssim and
-    level of the labelling sample; index (the video actually used) and replaced (how many failed
-    videos were skipped to produce this item: sum it over batches, since DataLoader workers' own
-    counters never reach the main process).
+    Items (``training_item``): frames float [F, 3, H, W] in [-1, 1]; reference [3, H, W] (frame 0);
+    caption; ssim and level of the item's own frames; index (the video actually used) and replaced
+    (how many failed videos were skipped to produce this item: sum it over batches, since
+    DataLoader workers' own counters never reach the main process).
     """
 
     def __init__(
@@ -412,7 +469,6 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
             raise InvalidInputError("the dataset has no usable videos; check the index and the labelling counts")
         self.videos = list(videos)
         self.thresholds = validate_thresholds(thresholds)
-        self.levels = [level_from_ssim(video.ssim, self.thresholds) for video in self.videos]
         self.sampling = sampling
         self.seed = seed
         self.random_start = random_start
@@ -433,9 +489,10 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         for replaced in range(self.max_replacements + 1):
             start = self._start(candidate, rng)
             if candidate not in self._known_bad:
-                clip = self._load(candidate, start)
+                clip = load_training_clip(self.videos[candidate].path, self.sampling, start)
                 if clip is not None:
-                    return self._item(candidate, clip, replaced)
+                    item = training_item(clip, self.videos[candidate].caption, self.thresholds)
+                    return {**item, "index": candidate, "replaced": replaced}
                 self._known_bad.add(candidate)
                 self.failed_items += 1
             candidate = int(rng.integers(len(self.videos)))
@@ -449,26 +506,3 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         frame_count = self.videos[index].frame_count or 0
         last_start = max(frame_count - self.sampling.span, 0) if self.random_start else 0
         return int(rng.integers(last_start + 1))
-
-    def _load(self, index: int, start: int) -> np.ndarray | None:
-        path = self.videos[index].path
-        for attempt_start in dict.fromkeys((start, 0)):  # the container's count can overestimate
-            try:
-                return load_clip(path, self.sampling, attempt_start)
-            except Exception as error:  # noqa: BLE001 (a file broken since labelling must not stop training)
-                reason = _reason(error)
-        logger.warning("skipping %s in training: %s", path, reason)
-        return None
-
-    def _item(self, index: int, clip: np.ndarray, replaced: int) -> dict:
-        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        video = self.videos[index]
-        return {
-            "frames": frames,
-            "reference": frames[0].clone(),
-            "caption": video.caption,
-            "ssim": video.ssim,
-            "level": self.levels[index],
-            "index": index,
-            "replaced": replaced,
-        }

@@ -58,6 +58,7 @@ from .resume import (
     set_rng_state,
 )
 from .run_log import RunLog, Window
+from .shards import ShardStream, label_shards, list_shards
 from .scratch import TimeLimitReached, prepare_scratch_base
 from .validation import render_validation, validation_sample
 
@@ -206,17 +207,27 @@ class Trainer:
     # -- setup --
 
     def prepare_data(self) -> None:
-        """The labelling pass (main first, so the others only read its cache) and the dataset."""
+        """The labelling pass (main first, so the others only read its cache) and the dataset: an
+        index's videos, or a stream of tar shards."""
         config = self.config
         self.sampling = ClipSampling(config.data.num_frames, config.data.stride, config.data.size)
         thresholds = self.checkpoint.state["thresholds"] if self.checkpoint else config.data.thresholds
         cache = Path(config.data.ssim_cache) if config.data.ssim_cache else self.output_dir / "ssim_cache.jsonl"
-        entries = read_index(config.data.index, config.data.root)
+        if config.data.shards:
+            shards = list_shards(config.data.shards)
+
+            def label(workers):
+                return label_shards(shards, self.sampling, cache, workers, thresholds)
+        else:
+            entries = read_index(config.data.index, config.data.root)
+
+            def label(workers):
+                return label_videos(entries, self.sampling, cache, workers, thresholds)
         if self.main:
-            labelled = label_videos(entries, self.sampling, cache, config.data.label_workers, thresholds)
+            labelled = label(config.data.label_workers)
         self.accelerator.wait_for_everyone()
         if not self.main:
-            labelled = label_videos(entries, self.sampling, cache, 1, thresholds)
+            labelled = label(1)
         counts = labelled.counts
         self.data_counts = counts
         self.log({"event": "data", **counts, "thresholds": list(labelled.thresholds)},
@@ -224,9 +235,13 @@ class Trainer:
                  f"{counts['cached']} from the cache; skipped {counts['missing']} missing, "
                  f"{counts['undecodable']} undecodable, {counts['too_short']} too short)")
         self.thresholds = labelled.thresholds
-        self.dataset = VideoCaptionDataset(
-            labelled.videos, self.thresholds, self.sampling, config.seed, config.data.random_start
-        )
+        if config.data.shards:
+            self.dataset = ShardStream(labelled.shards, self.thresholds, self.sampling, config.seed,
+                                       config.data.random_start)
+        else:
+            self.dataset = VideoCaptionDataset(
+                labelled.videos, self.thresholds, self.sampling, config.seed, config.data.random_start
+            )
 
     def prepare_model(self) -> None:
         config, accelerator = self.config, self.accelerator

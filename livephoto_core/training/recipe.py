@@ -35,6 +35,7 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 @dataclass
 class DataConfig:
     index: str = ""  # CSV (path,caption or WebVid's columns) or JSON lines of videos and captions
+    shards: str | None = None  # instead of index: webdataset tar shards, a folder of *.tar or a glob pattern
     root: str | None = None  # where relative video paths start (default: the index's folder)
     validation_index: str | None = None  # held-out videos: validation strips, held-out loss, VAE PSNR
     num_frames: int = 16
@@ -182,7 +183,8 @@ class TrainConfig:
                 problems.append(message)
 
         need(bool(self.output_dir), "output_dir is required")
-        need(bool(self.data.index), "data.index is required (a CSV or JSON-lines index of videos)")
+        need(bool(self.data.index) != bool(self.data.shards),
+             "give one of data.index (a CSV or JSON-lines index of videos) and data.shards (tar shards)")
         for name in ("steps", "batch_size", "gradient_accumulation_steps", "log_every", "checkpoint_every",
                      "keep_checkpoints"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1")
@@ -202,6 +204,9 @@ class TrainConfig:
         need(self.model.prediction_type in ("epsilon", "v_prediction"),
              "model.prediction_type must be epsilon or v_prediction")
         if self.model.from_scratch:
+            need(not self.data.shards,
+                 "data.shards is for the SD-1.5 mode: the from-scratch stages draw clips at random, so they need "
+                 "data.index")
             need(self.model.base is None and self.model.dinov2 is None and self.model.motion_module is None,
                  "model.base, model.dinov2 and model.motion_module are for pretrained bases, not from_scratch")
             need(self.scratch.vae.get("latent_channels", 4) == 4, "scratch.vae.latent_channels must be 4")
