@@ -23,6 +23,7 @@ import torch
 from PIL import GifImagePlugin, Image, ImageSequence
 
 from .checks import check_fps, whole_number
+from .defaults import MAX_CLIP_BYTES, MAX_DECODED_FRAMES, MAX_FRAME_PIXELS
 from .errors import InvalidInputError
 from .fileio import atomic_write, check_input_path, check_target
 from .phone import NAMES, checked_phone_format, write_phone_photo, written_files
@@ -321,17 +322,6 @@ def iter_frames(
     after the ``MAX_DECODED_FRAMES``th.
     """
     return _frames(path, max_frames, stride, start, _Reading())
-
-
-# A decoded frame as numpy RGB is 3 bytes a pixel and intensity's float64 work on it about 50 more, so the
-# pixels of one frame set what a read costs. 4096x2304 holds 4K UHD and DCI 4K (3840x2160, 4096x2160) in
-# either orientation, the largest video phones record but 8K; 28 MB a frame as RGB.
-MAX_FRAME_PIXELS = 4096 * 2304
-# Frames one read decodes, the dropped ones before `start` and between strides included: 10 000 frames are
-# 5.5 minutes at 30 fps. Memory does not grow with them (iter_frames); this bounds the time a file can take.
-MAX_DECODED_FRAMES = 10_000
-# What read_video may hold at once: 75 frames of 4K, 345 of 1080p. Longer clips are read with iter_frames.
-MAX_CLIP_BYTES = 2 * 2**30
 
 
 @dataclass
