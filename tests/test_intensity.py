@@ -363,8 +363,7 @@ mean_adjacent_ssim(frames)
 
 
 def test_measuring_a_clip_in_memory_needs_the_same_memory_beyond_the_clip_for_4x_the_frames():
-    # Before batches were converted one at a time, the whole clip became float64 (about 56 bytes a pixel with
-    # its grayscale): 90 frames more of 320x240 cost 390 MiB more.
+    # Before batches were converted one at a time, the whole clip became float64 (RGB and grayscale) at once.
     short, _ = peak_rss_mib(MEASURE_IN_MEMORY.format(count=30))
     long, _ = peak_rss_mib(MEASURE_IN_MEMORY.format(count=120))
     clip_growth = 90 * 240 * 320 * 3 / 2**20  # 21 MiB: the uint8 frames the caller holds
@@ -378,5 +377,5 @@ def test_the_intensity_command_streams_a_video_in_the_same_memory_for_4x_the_fra
     for count in (30, 120):
         path = encoded_mp4(tmp_path / f"clip{count}.mp4", count, 240, 320)
         peaks[count], _ = peak_rss_mib(f"from livephoto_core.cli import main; main(['intensity', {str(path)!r}])")
-    # Before the command streamed, every frame was decoded first and the clip converted whole: +390 MiB.
+    # Before the command streamed, every frame was decoded first and the clip converted to float64 whole.
     assert peaks[120] - peaks[30] < 30, peaks
