@@ -19,6 +19,8 @@ from .defaults import (
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
     DEFAULT_WINDOW_SCHEDULE,
+    MAX_DECODED_FRAMES,
+    MAX_FRAME_PIXELS,
     WINDOW_SCHEDULES,
 )
 
@@ -111,11 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     animate.set_defaults(run=run_animate)
 
     intensity = commands.add_parser(
-        "intensity", help="measure a video's motion intensity", description="Mean SSIM of adjacent frames and its level."
+        "intensity", help="measure a video's motion intensity",
+        description=f"Mean SSIM of adjacent frames and its level. The video is read a frame at a time, so memory does "
+                    f"not grow with its length; frames may have up to {MAX_FRAME_PIXELS:,} pixels (4096x2304: 4K "
+                    f"fits); a video of more than {MAX_DECODED_FRAMES:,} frames is measured on its first --max-frames.",
     )
     intensity.add_argument("video", help="any video PyAV decodes (mp4, webm, gif, webp, ...)")
     intensity.add_argument("--livephoto", help="take the level thresholds from this checkpoint (default: built-in)")
-    intensity.add_argument("--max-frames", type=int, help="read at most this many frames")
+    intensity.add_argument("--max-frames", type=int,
+                           help=f"measure the first N frames only (default: all; needed beyond {MAX_DECODED_FRAMES:,})")
     intensity.set_defaults(run=run_intensity)
 
     inspect = commands.add_parser("inspect", help="say what kind of weights a file holds")
@@ -341,9 +347,11 @@ def check_before_loading(args):
 
 
 def run_intensity(args) -> int:
+    """Streams the video a frame at a time (``video.iter_frames`` into ``intensity.AdjacentSSIM``): memory
+    does not grow with the clip's length."""
     from .errors import InvalidInputError
-    from .intensity import DEFAULT_THRESHOLDS, LEVELS, measure_intensity
-    from .video import read_video
+    from .intensity import DEFAULT_THRESHOLDS, LEVELS, AdjacentSSIM, level_from_ssim
+    from .video import iter_frames
 
     if args.max_frames is not None and args.max_frames < 2:
         raise InvalidInputError(f"--max-frames must be 2 or more (adjacent frames are compared); got {args.max_frames}")
@@ -352,15 +360,17 @@ def run_intensity(args) -> int:
         from .loading.checkpoint import read_livephoto_config
 
         thresholds = read_livephoto_config(args.livephoto).intensity_thresholds
-    clip = read_video(args.video, max_frames=args.max_frames)
-    if len(clip.frames) < 2:
+    meter = AdjacentSSIM()
+    for frame in iter_frames(args.video, max_frames=args.max_frames):
+        meter.add(frame[None])
+    if meter.frames < 2:
         raise InvalidInputError(
             f"{args.video} holds one frame; motion intensity compares adjacent frames: pass a video of 2 frames or more"
         )
-    measured = measure_intensity(clip.frames, thresholds)
+    mean_ssim = meter.mean()
     source = "checkpoint" if args.livephoto else "built-in default"
-    print(f"{args.video}: {len(clip.frames)} frames, mean adjacent SSIM {measured.mean_ssim:.4f}, "
-          f"intensity level {measured.level} of {LEVELS} ({source} thresholds)")
+    print(f"{args.video}: {meter.frames} frames, mean adjacent SSIM {mean_ssim:.4f}, "
+          f"intensity level {level_from_ssim(mean_ssim, thresholds)} of {LEVELS} ({source} thresholds)")
     return 0
 
 

@@ -20,3 +20,13 @@ DEFAULT_INVERSION_END = 0.016
 # Videos longer than a window (livephoto_core.windows): where the windows lie at each step.
 WINDOW_SCHEDULES = ("static", "uniform")
 DEFAULT_WINDOW_SCHEDULE = "static"
+
+# Videos read (livephoto_core.video): a decoded frame as numpy RGB is 3 bytes a pixel and the intensity's float64
+# work on it many more, so the pixels of one frame set what a read costs. 4096x2304 holds 4K UHD and DCI 4K
+# (3840x2160, 4096x2160) in either orientation, the largest video phones record but 8K: 28 MB a frame as RGB.
+MAX_FRAME_PIXELS = 4096 * 2304
+# Frames one read decodes, those dropped before its start and between its strides included: 10 000 are 5.5
+# minutes at 30 fps. Memory does not grow with them (video.iter_frames); this bounds the time a file can take.
+MAX_DECODED_FRAMES = 10_000
+# What video.read_video may hold at once: 75 frames of 4K, 345 of 1080p; longer clips go through iter_frames.
+MAX_CLIP_BYTES = 2 * 2**30

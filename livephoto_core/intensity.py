@@ -38,9 +38,10 @@ SSIM_K2 = 0.03
 # (``fit_thresholds``), and those replace these everywhere.
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.55, 0.62, 0.68, 0.74, 0.79, 0.84, 0.88, 0.92, 0.96)
 
-# Pixels of one batch of frame pairs in mean_adjacent_ssim: SSIM keeps about a dozen float64
-# buffers of this size alive, so 2**21 pixels bounds it near 200 MB even for long HD clips.
-_PIXELS_PER_CHUNK = 2**21
+# Pixels of one batch of frame pairs (or of one band of rows of a pair too big for a batch) in
+# mean_adjacent_ssim: SSIM keeps about a dozen float64 buffers of this size alive, so 2**20 pixels bound it
+# (measured: under 200 MB beyond the frames held) whatever the clip's length and frame size.
+_PIXELS_PER_CHUNK = 2**20
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,15 @@ def to_grayscale(frames) -> torch.Tensor:
     float64 in 0..1, as skimage's img_as_float.
     """
     rgb = _checked_frames(frames)
-    if rgb.dtype in (torch.float16, torch.bfloat16):
+    _check_values(rgb)
+    return _luma(rgb)
+
+
+def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    """to_grayscale of frames already checked."""
+    if rgb.dtype == torch.uint8:
+        rgb = rgb.to(torch.float64) / 255
+    elif rgb.dtype in (torch.float16, torch.bfloat16):
         rgb = rgb.float()
     weights = torch.tensor(GRAY_WEIGHTS, dtype=rgb.dtype, device=rgb.device)
     return rgb @ weights
@@ -73,6 +82,13 @@ def ssim(a, b) -> torch.Tensor:
     after cropping 3 pixels on each side), sample covariance, mean over windows. Computed in
     float64, because the variances are differences of nearly equal means.
     """
+    x, y = _checked_pair(a, b)
+    height, width = x.shape[-2:]
+    sums = _ssim_sums(x.reshape(-1, height, width), y.reshape(-1, height, width))
+    return (sums / _window_count(height, width)).reshape(x.shape[:-2])
+
+
+def _checked_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _as_float64(a), _as_float64(b)
     if x.shape != y.shape:
         raise InvalidInputError(f"SSIM needs two images of the same shape; got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -83,8 +99,29 @@ def ssim(a, b) -> torch.Tensor:
         raise InvalidInputError(
             f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels; got {width}x{height}"
         )
+    return x, y
 
-    x4, y4 = x.reshape(-1, 1, height, width), y.reshape(-1, 1, height, width)
+
+def _window_count(height: int, width: int) -> int:
+    return (height - SSIM_WINDOW + 1) * (width - SSIM_WINDOW + 1)
+
+
+def _ssim_sums(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per pair of float64 ``[N, H, W]`` images, the sum of the SSIM map over its full windows, computed
+    on bands of rows of at most about _PIXELS_PER_CHUNK pixels (consecutive bands share the window's
+    height less one row, so every window lies in exactly one band)."""
+    count, height, width = x.shape
+    band = max(SSIM_WINDOW, _PIXELS_PER_CHUNK // (count * width))
+    window_rows = height - SSIM_WINDOW + 1
+    sums = torch.zeros(count, dtype=torch.float64, device=x.device)
+    for first in range(0, window_rows, band - SSIM_WINDOW + 1):
+        rows = slice(first, min(height, first + band))
+        sums += _ssim_map(x[:, None, rows], y[:, None, rows]).sum(dim=(1, 2, 3))
+    return sums
+
+
+def _ssim_map(x4: torch.Tensor, y4: torch.Tensor) -> torch.Tensor:
+    """SSIM at every full window of float64 ``[N, 1, H, W]`` images."""
 
     def window_mean(t: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(t, SSIM_WINDOW, stride=1)
@@ -96,25 +133,59 @@ def ssim(a, b) -> torch.Tensor:
     cov_xy = sample_correction * (window_mean(x4 * y4) - mean_x * mean_y)
 
     c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
-    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / (
+    return ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / (
         (mean_x * mean_x + mean_y * mean_y + c1) * (var_x + var_y + c2)
     )
-    return ssim_map.mean(dim=(1, 2, 3)).reshape(x.shape[:-2])
+
+
+class AdjacentSSIM:
+    """The running mean SSIM of adjacent frames of a clip fed in pieces of any length (``add``): the last frame
+    of one piece is kept to pair with the first of the next, so pieces give the mean the whole clip gives.
+    Each piece is converted to float64 a batch of _PIXELS_PER_CHUNK pixels at a time (bands of rows of larger
+    frames), so memory beyond the pieces themselves stays under 200 MB, whatever the clip's length or frame size."""
+
+    def __init__(self):
+        self.frames = 0
+        self._ssim_sum = 0.0  # of the adjacent pairs so far, one SSIM each
+        self._last = None  # the last frame fed, grayscale float64 [1, H, W]
+
+    def add(self, frames) -> None:
+        """Feed ``[F, H, W, 3]`` RGB frames (as ``mean_adjacent_ssim`` takes them) that follow those fed before."""
+        rgb = _checked_frames(frames)
+        height, width = rgb.shape[1:3]
+        if self._last is not None and self._last.shape[1:] != (height, width):
+            raise InvalidInputError(
+                f"frame {self.frames} is {width}x{height} but the frames before it are "
+                f"{self._last.shape[2]}x{self._last.shape[1]}; motion intensity compares frames of one size"
+            )
+        frames_per_batch = max(1, _PIXELS_PER_CHUNK // (height * width))
+        for first in range(0, len(rgb), frames_per_batch):
+            batch = rgb[first : first + frames_per_batch]
+            _check_values(batch)
+            rows = max(1, _PIXELS_PER_CHUNK // (len(batch) * width))  # a 4K frame is 9 batches' worth
+            gray = torch.cat([_luma(batch[:, top : top + rows]).to(torch.float64) for top in range(0, height, rows)],
+                             dim=1)
+            if self._last is not None:
+                gray = torch.cat([self._last, gray])
+            if len(gray) >= 2:
+                x, y = _checked_pair(gray[:-1], gray[1:])
+                self._ssim_sum += (_ssim_sums(x, y) / _window_count(height, width)).sum().item()
+            self._last = gray[-1:].clone()  # a copy: a view would keep the whole batch alive
+            self.frames += len(batch)
+
+    def mean(self) -> float:
+        """Mean SSIM over the adjacent pairs fed so far (paper eq. 4, over n-1 pairs)."""
+        if self.frames < 2:
+            raise InvalidInputError(f"motion intensity needs at least 2 frames; got {self.frames}")
+        return self._ssim_sum / (self.frames - 1)
 
 
 def mean_adjacent_ssim(frames) -> float:
-    """Mean SSIM of the F-1 pairs of adjacent grayscale frames (paper eq. 4, over n-1 pairs)."""
-    gray = to_grayscale(frames)
-    frame_count, height, width = gray.shape
-    if frame_count < 2:
-        raise InvalidInputError(f"motion intensity needs at least 2 frames; got {frame_count}")
-    earlier, later = gray[:-1], gray[1:]
-    pairs_per_chunk = max(1, _PIXELS_PER_CHUNK // (height * width))
-    per_pair = [
-        ssim(earlier[start : start + pairs_per_chunk], later[start : start + pairs_per_chunk])
-        for start in range(0, frame_count - 1, pairs_per_chunk)
-    ]
-    return torch.cat(per_pair).mean().item()
+    """Mean SSIM of the F-1 pairs of adjacent grayscale frames (paper eq. 4, over n-1 pairs), of ``[F, H, W, 3]``
+    frames; a clip too long to hold goes through ``AdjacentSSIM`` a piece at a time."""
+    meter = AdjacentSSIM()
+    meter.add(frames)
+    return meter.mean()
 
 
 def fit_thresholds(ssims) -> tuple[float, ...]:
@@ -279,16 +350,20 @@ def _as_float64(data) -> torch.Tensor:
 
 
 def _checked_frames(frames) -> torch.Tensor:
-    """Frames as a float tensor in 0..1, refusing shapes and values that are not RGB frames."""
+    """Frames as a uint8 or float tensor, refusing shapes and types that are not RGB frames; their values
+    are checked a batch at a time (``_check_values``)."""
     tensor = _as_tensor(frames)
     if tensor.ndim != 4 or tensor.shape[-1] != 3:
         raise InvalidInputError(f"frames must be [F, H, W, 3] RGB; got shape {tuple(tensor.shape)}")
-    if tensor.dtype == torch.uint8:
-        return tensor.to(torch.float64) / 255
-    if not tensor.is_floating_point():
+    if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
         raise InvalidInputError(f"frames must be float in 0..1 or uint8; got {tensor.dtype}")
-    if tensor.numel() and not (torch.isfinite(tensor).all() and -1e-3 <= tensor.min() and tensor.max() <= 1 + 1e-3):
+    return tensor
+
+
+def _check_values(frames: torch.Tensor) -> None:
+    if frames.dtype == torch.uint8 or not frames.numel():
+        return
+    if not (torch.isfinite(frames).all() and -1e-3 <= frames.min() and frames.max() <= 1 + 1e-3):
         raise InvalidInputError(
             "frames must hold values in 0..1 (ComfyUI IMAGE range); got NaN, infinity or values outside it"
         )
-    return tensor

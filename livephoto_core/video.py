@@ -11,6 +11,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from PIL import GifImagePlugin, Image, ImageSequence
 
 from .checks import check_fps, whole_number
+from .defaults import MAX_CLIP_BYTES, MAX_DECODED_FRAMES, MAX_FRAME_PIXELS
 from .errors import InvalidInputError
 from .fileio import atomic_write, check_input_path, check_target
 from .loading.schema import parse_json
@@ -285,38 +287,87 @@ _ENCODERS = {".webp": _write_webp, ".gif": _write_gif, ".mp4": _write_mp4}
 def read_video(
     path: str | os.PathLike, max_frames: int | None = None, stride: int = 1, start: int = 0
 ) -> VideoClip:
-    """Decode frames ``start, start + stride, ...`` (at most ``max_frames``) as uint8 RGB.
+    """Decode frames ``start, start + stride, ...`` (at most ``max_frames``) as uint8 RGB, all held at once.
 
     WebP goes through Pillow (FFmpeg, up to 8.1 at least, cannot decode animated WebP); everything
     else through PyAV (mp4, webm, mov, gif, ...), with Pillow as a second try for GIFs PyAV
     refuses. ``fps`` of the result is the source rate divided by ``stride`` (8 where the file
     states no rate). Frames before ``start`` are decoded and dropped, not seeked over.
+
+    The limits of ``iter_frames`` apply, and the frames kept may take at most ``MAX_CLIP_BYTES``;
+    ``iter_frames`` reads a clip of any length one frame at a time.
     """
+    reading = _Reading()
+    frames = []
+    for frame in _frames(path, max_frames, stride, start, reading):
+        if (len(frames) + 1) * frame.nbytes > MAX_CLIP_BYTES:
+            height, width = frame.shape[:2]
+            raise InvalidInputError(
+                f"{path}: {len(frames) + 1} frames of {width}x{height} take more than the "
+                f"{MAX_CLIP_BYTES // 2**20} MiB that read_video holds at once; pass max_frames or a stride, or "
+                f"read it a frame at a time with iter_frames"
+            )
+        frames.append(frame)
+    return VideoClip(frames=np.stack(frames), fps=reading.fps / reading.stride)
+
+
+def iter_frames(
+    path: str | os.PathLike, max_frames: int | None = None, stride: int = 1, start: int = 0
+) -> Iterator[np.ndarray]:
+    """The frames ``read_video`` selects, uint8 RGB ``[H, W, 3]``, decoded one at a time: memory holds one frame
+    (and the decoder's own buffers), whatever the length of the clip.
+
+    Refused before any frame is decoded: frames of more than ``MAX_FRAME_PIXELS`` pixels (from the stream's
+    header), and a read that would decode more than ``MAX_DECODED_FRAMES`` frames (where the file states its
+    count). Refused while decoding, for files whose header lies: a frame bigger than the cap, and the frame
+    after the ``MAX_DECODED_FRAMES``th.
+    """
+    return _frames(path, max_frames, stride, start, _Reading())
+
+
+@dataclass
+class _Reading:
+    """What one read has learned: the source's frame rate, the stride it reads at, the frames decoded so far."""
+
+    fps: float = DEFAULT_FPS
+    stride: int = 1
+    decoded: int = 0
+
+
+def _frames(path, max_frames, stride: int, start: int, reading: _Reading) -> Iterator[np.ndarray]:
+    """The checks that need no decoding, made now; then the frames, as a generator."""
     path = Path(path)
     _check_readable(path)
-    stride = _at_least("stride", stride, 1)
+    reading.stride = stride = _at_least("stride", stride, 1)
     start = _at_least("start", start, 0)
     if max_frames is not None:
         max_frames = _at_least("max_frames", max_frames, 1)
+        _check_decoded_count(path, start + (max_frames - 1) * stride + 1, "asked")
     decoders = [_decode_with_pil] if path.suffix.lower() == ".webp" else [_decode_with_pyav]
     if path.suffix.lower() == ".gif":
         decoders.append(_decode_with_pil)
-    first_error = None
+    return _decoded_frames(path, decoders, max_frames, stride, start, reading)
+
+
+def _decoded_frames(path: Path, decoders, max_frames, stride: int, start: int, reading: _Reading):
+    first_error, kept = None, 0
     for decode in decoders:
         try:
-            frames, fps, total = decode(path, max_frames, stride, start)
+            for index, frame in enumerate(decode(path, max_frames, stride, start, reading)):
+                if index >= kept:  # frames a decoder gave before failing are not given twice by the next one
+                    kept += 1
+                    yield frame
             break
-        except InvalidInputError:  # our own verdict (no video stream), not a decoder failure
+        except InvalidInputError:  # our own verdict (no video stream, too large), not a decoder failure
             raise
         except _DECODE_ERRORS as error:
             first_error = first_error or error
     else:
         raise InvalidInputError(f"{path} is not a video that can be decoded: {_reason(first_error)}")
-    if total == 0:
+    if reading.decoded == 0:
         raise InvalidInputError(f"{path} holds no video frames")
-    if not frames:
-        raise InvalidInputError(f"{path} has {total} frames; start={start} is past the end")
-    return VideoClip(frames=np.stack(frames), fps=fps / stride)
+    if kept == 0:
+        raise InvalidInputError(f"{path} has {reading.decoded} frames; start={start} is past the end")
 
 
 # What PyAV and Pillow raise for files they cannot decode (Pillow's UnidentifiedImageError is an OSError).
@@ -337,40 +388,70 @@ def _check_readable(path: Path) -> None:
         raise InvalidInputError(f"{path} is empty (0 bytes)")
 
 
+def _check_frame_size(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise InvalidInputError(
+            f"{path} has frames of {width}x{height}, more than the {MAX_FRAME_PIXELS:,} pixels a video frame may "
+            f"have; scale it down first, e.g. ffmpeg -i {path.name} -vf scale=-2:1080 smaller.mp4"
+        )
+
+
+def _check_decoded_count(path: Path, count: int, how: str) -> None:
+    """`count`: frames a read would decode, as `how` ("asked", "declared", "found") says it knows."""
+    if count > MAX_DECODED_FRAMES:
+        had = {"asked": f"reading that far decodes {count:,} frames", "declared": f"it has {count:,} frames",
+               "found": f"it has more than {MAX_DECODED_FRAMES:,} frames"}[how]
+        raise InvalidInputError(
+            f"{path}: {had}, and one read decodes at most {MAX_DECODED_FRAMES:,}; read fewer (max_frames, "
+            f"--max-frames) or cut the clip first, e.g. ffmpeg -i {path.name} -t 60 -c copy shorter{path.suffix}"
+        )
+
+
 def _wanted(index: int, start: int, stride: int) -> bool:
     return index >= start and (index - start) % stride == 0
 
 
-def _decode_with_pyav(path: Path, max_frames: int | None, stride: int, start: int):
-    frames, total = [], 0
+def _decode_with_pyav(path: Path, max_frames: int | None, stride: int, start: int, reading: _Reading):
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise InvalidInputError(f"{path} has no video stream")
         stream = container.streams.video[0]
+        _check_frame_size(path, stream.codec_context.width, stream.codec_context.height)  # before any decoding
+        if max_frames is None and stream.frames:
+            _check_decoded_count(path, stream.frames, "declared")
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
+        reading.fps = float(rate) if rate else DEFAULT_FPS
+        reading.decoded, kept = 0, 0
         for frame in container.decode(stream):
-            total += 1
-            if _wanted(total - 1, start, stride):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) == max_frames:
+            _check_frame_size(path, frame.width, frame.height)  # a header that understated the size
+            reading.decoded += 1
+            if reading.decoded > MAX_DECODED_FRAMES:  # a header that understated the count, or stated none
+                _check_decoded_count(path, reading.decoded, "found")
+            if _wanted(reading.decoded - 1, start, stride):
+                yield frame.to_ndarray(format="rgb24")
+                kept += 1
+                if kept == max_frames:
                     break
-    return frames, float(rate) if rate else DEFAULT_FPS, total
 
 
-def _decode_with_pil(path: Path, max_frames: int | None, stride: int, start: int):
-    frames, durations_ms, total = [], [], 0
+def _decode_with_pil(path: Path, max_frames: int | None, stride: int, start: int, reading: _Reading):
+    total_ms, kept = 0, 0
+    reading.decoded = 0
     with Image.open(path) as image:
+        _check_frame_size(path, *image.size)  # every frame of a GIF or WebP has the canvas' size
         for index, frame in enumerate(ImageSequence.Iterator(image)):
-            total += 1
+            reading.decoded += 1
+            if reading.decoded > MAX_DECODED_FRAMES:
+                _check_decoded_count(path, reading.decoded, "found")
             frame.load()  # WebP frames report their duration only once decoded
-            durations_ms.append(frame.info.get("duration") or 0)
+            total_ms += frame.info.get("duration") or 0
+            reading.fps = 1000 * reading.decoded / total_ms if total_ms > 0 else DEFAULT_FPS
             if _wanted(index, start, stride):
-                frames.append(np.asarray(frame.convert("RGB")))
-                if len(frames) == max_frames:
+                yield np.asarray(frame.convert("RGB"))
+                kept += 1
+                if kept == max_frames:
                     break
-    mean_duration_ms = sum(durations_ms) / len(durations_ms) if durations_ms else 0
-    return frames, 1000 / mean_duration_ms if mean_duration_ms > 0 else DEFAULT_FPS, total
 
 
 def _reason(error: Exception) -> str:

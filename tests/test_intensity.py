@@ -13,6 +13,7 @@ from livephoto_core import intensity
 from livephoto_core.errors import InvalidInputError
 from livephoto_core.intensity import (
     DEFAULT_THRESHOLDS,
+    AdjacentSSIM,
     IntensityMeasurement,
     check_frame_levels,
     first_level,
@@ -28,6 +29,7 @@ from livephoto_core.intensity import (
     validate_level,
     validate_thresholds,
 )
+from livephoto_core.testing.memory import peak_rss_mib
 
 SIZES = [(7, 7), (8, 13), (31, 64), (64, 31), (101, 77), (128, 128)]
 
@@ -313,3 +315,67 @@ def test_per_frame_levels_are_checked_frame_by_frame():
         with pytest.raises(InvalidInputError, match=re.escape(message)):
             check_frame_levels(levels, 3)
     assert first_level((3.0, 4.0)) == 3.0 and first_level(6) == 6.0
+
+
+# --- memory that does not grow with the clip ---------------------------------------------------------------------
+
+
+def test_a_clip_fed_in_pieces_of_any_length_gives_the_mean_of_the_whole_clip():
+    frames = (np.random.default_rng(11).random((9, 20, 24, 3)) * 255).astype(np.uint8)
+    whole = mean_adjacent_ssim(frames)
+    assert whole == pytest.approx(skimage_mean_adjacent_ssim(frames / 255), abs=1e-6)
+    for cuts in ([1] * 9, [2, 3, 4], [5, 1, 3], [9]):
+        meter = AdjacentSSIM()
+        start = 0
+        for length in cuts:
+            meter.add(frames[start : start + length])
+            start += length
+        assert meter.frames == 9 and meter.mean() == pytest.approx(whole, abs=1e-12)
+
+
+def test_frames_too_large_for_one_batch_are_measured_in_bands_of_rows_with_the_same_result(monkeypatch):
+    frames = np.random.default_rng(12).random((3, 37, 40, 3))
+    whole = mean_adjacent_ssim(frames)
+    for band_pixels in (7 * 40, 9 * 40, 20 * 40):  # one window row a band, a few, two bands
+        monkeypatch.setattr(intensity, "_PIXELS_PER_CHUNK", band_pixels)
+        assert mean_adjacent_ssim(frames) == pytest.approx(whole, abs=1e-12)
+        gray = to_grayscale(frames)
+        assert float(ssim(gray[0], gray[1])) == pytest.approx(skimage_ssim(rgb2gray(frames[0]), rgb2gray(frames[1])),
+                                                              abs=1e-9)
+
+
+def test_frames_of_another_size_in_the_same_clip_are_refused():
+    meter = AdjacentSSIM()
+    meter.add(np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(InvalidInputError, match="frame 2 is 24x16 but the frames before it are 16x16"):
+        meter.add(np.zeros((1, 16, 24, 3), np.uint8))
+
+
+MEASURE_IN_MEMORY = """
+import numpy as np
+from livephoto_core.intensity import mean_adjacent_ssim
+base = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+frames = np.empty(({count}, 240, 320, 3), np.uint8)  # filled in place: no temporary of the clip's size
+for index, frame in enumerate(frames):
+    frame[:] = np.roll(base, index, axis=1)
+mean_adjacent_ssim(frames)
+"""
+
+
+def test_measuring_a_clip_in_memory_needs_the_same_memory_beyond_the_clip_for_4x_the_frames():
+    # Before batches were converted one at a time, the whole clip became float64 (RGB and grayscale) at once.
+    short, _ = peak_rss_mib(MEASURE_IN_MEMORY.format(count=30))
+    long, _ = peak_rss_mib(MEASURE_IN_MEMORY.format(count=120))
+    clip_growth = 90 * 240 * 320 * 3 / 2**20  # 21 MiB: the uint8 frames the caller holds
+    assert long - short < clip_growth + 30, (short, long)
+
+
+def test_the_intensity_command_streams_a_video_in_the_same_memory_for_4x_the_frames(tmp_path):
+    from test_video import encoded_mp4
+
+    peaks = {}
+    for count in (30, 120):
+        path = encoded_mp4(tmp_path / f"clip{count}.mp4", count, 240, 320)
+        peaks[count], _ = peak_rss_mib(f"from livephoto_core.cli import main; main(['intensity', {str(path)!r}])")
+    # Before the command streamed, every frame was decoded first and the clip converted to float64 whole.
+    assert peaks[120] - peaks[30] < 30, peaks

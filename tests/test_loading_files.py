@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import struct
+import zipfile
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from livephoto_core.loading.files import (
     read_safetensors_header,
     read_safetensors_metadata,
 )
+from livephoto_core.testing.memory import peak_rss_mib
 
 
 @pytest.fixture
@@ -214,3 +216,78 @@ def test_build_model_names_missing_unexpected_and_misshapen_weights():
         )
     with pytest.raises(ModelFileError, match=r"demo.safetensors does not fit .*size mismatch for 0.weight"):
         build_model(make, {**good, "0.weight": torch.ones(5, 3)}, torch.float32, "demo.safetensors")
+
+
+# --- a small file that unpacks to gigabytes ---------------------------------------------------------------
+
+
+def zip_checkpoint(path, members: dict[str, int]):
+    """A zip laid out as torch's, each member `name` holding `size` zero bytes deflated: 256 MiB is 250 KB on disk.
+    A member ending in .pkl starts as a pickle would (protocol 4, then a BINBYTES8 of the rest)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, size in members.items():
+            with archive.open(name, "w", force_zip64=True) as member:
+                if name.endswith(".pkl"):
+                    member.write(b"\x80\x04\x8e" + struct.pack("<Q", size - 12))
+                    size -= 11
+                for _ in range(size // 2**20):
+                    member.write(bytes(2**20))
+                member.write(bytes(size % 2**20))
+    return path
+
+
+def test_a_zip_pickle_that_unpacks_past_the_bound_is_refused_from_the_directory(tmp_path, monkeypatch):
+    path = zip_checkpoint(tmp_path / "bomb.pt", {"archive/data.pkl": 256 * 2**20, "archive/version": 2})
+    assert path.stat().st_size < 2**20
+
+    def never(*args, **kwargs):
+        raise AssertionError("the member was read")
+
+    monkeypatch.setattr(torch, "load", never)
+    monkeypatch.setattr(zipfile.ZipFile, "read", never)
+    monkeypatch.setattr(zipfile.ZipFile, "open", never)
+    with pytest.raises(ModelFileError) as caught:
+        load_state_dict(path)
+    assert str(caught.value) == (
+        "bomb.pt is not a checkpoint LivePhoto reads: its pickle archive/data.pkl unpacks to 268,435,456 bytes, and a "
+        "checkpoint's pickle is far under 64 MiB (its tensors lie beside it); pass the model's weights file, or "
+        "convert it to .safetensors"
+    )
+
+
+def test_zip_members_that_inflate_past_the_bound_are_refused(tmp_path):
+    path = zip_checkpoint(tmp_path / "bomb.pt", {"archive/data.pkl": 100, "archive/version": 80 * 2**20})
+    with pytest.raises(ModelFileError, match=r"bomb.pt is not a checkpoint LivePhoto reads: its [\d,]+ compressed "
+                                             r"bytes unpack to 83,886,180 \(PyTorch stores checkpoints uncompressed\)"):
+        load_state_dict(path)
+
+
+def test_the_code_scan_reads_a_pickle_only_up_to_the_bound(tmp_path, monkeypatch):
+    from livephoto_core.loading import files
+
+    monkeypatch.setattr(files, "_MAX_PICKLE_BYTES", 1000)
+    code = b"\x80\x02cposix\nsystem\n."
+    path = tmp_path / "legacy.ckpt"
+    path.write_bytes(code + b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"\0" * 100)  # declares a 1 TiB argument
+    assert files._pickled_globals(path, is_zip=False) == ["posix.system"]
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2000) + b"\0" * 2000 + code)  # the code lies past the bound
+    assert files._pickled_globals(path, is_zip=False) == []
+    zipped = tmp_path / "zipped.pt"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02c" + b"a" * 2000 + b"\nsystem\n.")  # a line past the bound
+        archive.writestr("archive/other.pkl", code)
+    assert files._pickled_globals(zipped, is_zip=True) == ["posix.system"]
+
+
+INSPECT = "from livephoto_core.cli import main; main(['inspect', {path!r}])"
+
+
+def test_inspecting_a_small_zip_of_a_huge_pickle_takes_no_more_memory_than_a_real_checkpoint(tmp_path, tensors):
+    # Before the bound, the pickle was unpacked whole twice (by torch.load, then by the code scan): 3.2 GiB for a
+    # 1 GiB pickle; 256 MiB here keep the test fast.
+    bomb = zip_checkpoint(tmp_path / "bomb.pt", {"archive/data.pkl": 256 * 2**20, "archive/version": 2})
+    real = tmp_path / "real.pt"
+    torch.save(tensors, real)
+    bomb_peak, _ = peak_rss_mib(INSPECT.format(path=str(bomb)))
+    real_peak, _ = peak_rss_mib(INSPECT.format(path=str(real)))
+    assert bomb_peak < real_peak + 30, (bomb_peak, real_peak)

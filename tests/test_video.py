@@ -2,6 +2,7 @@
 
 import os
 import threading
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -11,10 +12,12 @@ from PIL import Image, ImageSequence
 
 from livephoto_core import fileio, video
 from livephoto_core.errors import InvalidInputError, LivePhotoError, OutputExistsError
+from livephoto_core.defaults import MAX_FRAME_PIXELS
 from livephoto_core.fileio import atomic_write, atomic_write_all
 from livephoto_core.video import (
     SUPPORTED_EXTENSIONS,
     VideoClip,
+    iter_frames,
     metadata_sidecar_path,
     read_metadata,
     read_video,
@@ -581,3 +584,132 @@ def test_gif_that_pyav_refuses_is_read_with_pillow(tmp_path, monkeypatch):
     (tmp_path / "bad.mp4").write_bytes(b"x" * 100)
     with pytest.raises(InvalidInputError, match="bad.mp4 is not a video that can be decoded: Invalid data"):
         read_video(tmp_path / "bad.mp4")
+
+
+# --- what a read may cost: frame size, frame count, clip bytes --------------------------------------
+
+
+def encoded_mp4(path, frames: int, height: int, width: int):
+    """An mp4 of flat grey frames: tiny on disk whatever their size (the hostile files of this class)."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=25)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        for index in range(frames):
+            frame = np.full((height, width, 3), 8 * index % 256, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def raw_h264(path, *parts):
+    """A raw H.264 stream of `parts` (frames, height, width) one after another: its header states the first
+    part's size and no frame count, so only decoding finds the rest."""
+    data = b""
+    for frames, height, width in parts:
+        codec = av.CodecContext.create("libx264", "w")
+        codec.width, codec.height, codec.pix_fmt, codec.time_base = width, height, "yuv420p", Fraction(1, 25)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 40 * index % 256, np.uint8), "rgb24")
+            frame.pts = index
+            data += b"".join(bytes(packet) for packet in codec.encode(frame))
+        data += b"".join(bytes(packet) for packet in codec.encode(None))
+    path.write_bytes(data)
+    return path
+
+
+class DecodeRecorder:
+    """av.open wrapped so that the test sees whether any frame was decoded."""
+
+    def __init__(self, monkeypatch):
+        self.decoded = 0
+        real_open, recorder = av.open, self
+
+        class Container:
+            def __init__(self, container):
+                self.container, self.streams = container, container.streams
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc_info):
+                self.container.close()
+
+            def decode(self, stream):
+                for frame in self.container.decode(stream):
+                    recorder.decoded += 1
+                    yield frame
+
+        monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: Container(real_open(*args, **kwargs)))
+
+
+def test_a_tiny_mp4_of_4096x4096_frames_is_refused_from_its_header_before_any_frame_is_decoded(tmp_path, monkeypatch):
+    path = encoded_mp4(tmp_path / "huge.mp4", 2, 4096, 4096)
+    assert path.stat().st_size < 100_000  # 2 frames of 4096x4096 decode to 100 MB of RGB
+    recorder = DecodeRecorder(monkeypatch)
+    for read in (read_video, lambda path: next(iter_frames(path))):
+        with pytest.raises(InvalidInputError) as caught:
+            read(path)
+        assert str(caught.value) == (
+            f"{path} has frames of 4096x4096, more than the 9,437,184 pixels a video frame may have; scale it down "
+            f"first, e.g. ffmpeg -i huge.mp4 -vf scale=-2:1080 smaller.mp4"
+        )
+    assert recorder.decoded == 0
+
+
+def test_4k_in_either_orientation_is_within_the_frame_cap():
+    for width, height in ((3840, 2160), (2160, 3840), (4096, 2160), (4096, 2304)):
+        assert width * height <= MAX_FRAME_PIXELS
+    assert 4096 * 4096 > MAX_FRAME_PIXELS and 7680 * 4320 > MAX_FRAME_PIXELS  # 8K is refused
+
+
+@pytest.mark.parametrize("extension", [".gif", ".webp"])
+def test_animations_read_by_pillow_are_held_to_the_same_frame_cap(tmp_path, monkeypatch, extension):
+    path = write_video(palette_clip(frames=2, height=48, width=64), tmp_path / f"c{extension}")
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 48 * 64 - 1)
+
+    def refusing_pyav(*args):  # a GIF goes to Pillow too, when PyAV refuses it
+        raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+    monkeypatch.setattr(video, "_decode_with_pyav", refusing_pyav)
+    with pytest.raises(InvalidInputError, match=f"c{extension} has frames of 64x48, more than the 3,071 pixels"):
+        read_video(path)
+
+
+def test_a_stream_whose_header_understates_its_frame_size_is_refused_at_the_first_larger_frame(tmp_path, monkeypatch):
+    path = raw_h264(tmp_path / "lie.h264", (2, 64, 64), (2, 128, 96))
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 100 * 100)
+    with av.open(str(path)) as container:  # what the header says: the first part's size
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (64, 64)
+    frames = iter_frames(path)
+    assert [next(frames).shape for _ in range(2)] == [(64, 64, 3)] * 2
+    with pytest.raises(InvalidInputError, match="lie.h264 has frames of 96x128, more than the 10,000 pixels"):
+        next(frames)
+
+
+def test_reads_past_the_decoded_frame_cap_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "MAX_DECODED_FRAMES", 5)
+    declared = encoded_mp4(tmp_path / "long.mp4", 8, 16, 16)
+    recorder = DecodeRecorder(monkeypatch)
+    with pytest.raises(InvalidInputError, match=r"long.mp4: it has 8 frames, and one read decodes at most 5; read "
+                                                r"fewer \(max_frames, --max-frames\) or cut the clip first"):
+        read_video(declared)
+    assert recorder.decoded == 0  # the mp4 states its count: refused before decoding
+    assert len(read_video(declared, max_frames=5).frames) == 5  # the first 5 are within the cap
+    with pytest.raises(InvalidInputError, match="reading that far decodes 7 frames"):
+        iter_frames(declared, max_frames=3, stride=2, start=2)  # refused at the call, before any decoding
+    undeclared = raw_h264(tmp_path / "long.h264", (8, 16, 16))  # no count in the header: found while decoding
+    frames = iter_frames(undeclared)
+    assert len([next(frames) for _ in range(5)]) == 5
+    with pytest.raises(InvalidInputError, match="long.h264: it has more than 5 frames"):
+        next(frames)
+
+
+def test_read_video_refuses_to_hold_more_than_its_byte_cap_and_iter_frames_streams_any_length(tmp_path, monkeypatch):
+    path = write_video(palette_clip(frames=6), tmp_path / "c.mp4")
+    frame_bytes = 48 * 64 * 3
+    monkeypatch.setattr(video, "MAX_CLIP_BYTES", 4 * frame_bytes)
+    with pytest.raises(InvalidInputError, match=r"c.mp4: 5 frames of 64x48 take more than the 0 MiB that "
+                                                r"read_video holds at once; pass max_frames or a stride, or read it"):
+        read_video(path)
+    assert len(read_video(path, max_frames=4).frames) == 4
+    assert len(list(iter_frames(path))) == 6

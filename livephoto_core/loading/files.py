@@ -152,10 +152,19 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return _load_torch_pickle(path), {}
 
 
+# A checkpoint's pickle holds only its structure (names, shapes, storage keys: about 100 KB for SD-1.5's 1,100
+# tensors), the tensors lie beside it: no real pickle comes near this, and reading one stops here. The same
+# bound caps how much a zip checkpoint's members may inflate beyond their stored size (PyTorch stores them
+# uncompressed), so that a small file cannot unpack to gigabytes.
+_MAX_PICKLE_BYTES = 64 * 2**20
+
+
 def _load_torch_pickle(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip_members(path)
     try:
         # mmap keeps a multi-GB .ckpt out of RAM until used; only the zip format supports it.
         with warnings.catch_warnings():  # torch's notes on pickle protocols mean nothing to a user
@@ -184,38 +193,94 @@ def _load_torch_pickle(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _check_zip_members(path: Path) -> None:
+    """Refuse, from the zip's directory alone, a checkpoint whose pickle or members would inflate past
+    _MAX_PICKLE_BYTES: torch.load reads the pickle member whole, at the size the directory declares (which
+    is also as far as zipfile and torch's reader inflate a member)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        raise _corrupt(path, f"its zip directory cannot be read: {error}") from None
+    limit = f"{_MAX_PICKLE_BYTES // 2**20} MiB"
+    for member in members:
+        if member.filename.endswith(".pkl") and member.file_size > _MAX_PICKLE_BYTES:
+            raise ModelFileError(
+                f"{path.name} is not a checkpoint LivePhoto reads: its pickle {member.filename} unpacks to "
+                f"{member.file_size:,} bytes, and a checkpoint's pickle is far under {limit} (its tensors lie beside "
+                f"it); pass the model's weights file, or convert it to .safetensors"
+            )
+    inflated = sum(member.file_size for member in members)
+    stored = sum(member.compress_size for member in members)
+    if inflated - stored > _MAX_PICKLE_BYTES:
+        raise ModelFileError(
+            f"{path.name} is not a checkpoint LivePhoto reads: its {stored:,} compressed bytes unpack to "
+            f"{inflated:,} (PyTorch stores checkpoints uncompressed); pass the model's weights file, or convert it "
+            f"to .safetensors"
+        )
+
+
 def _pickled_globals(path: Path, is_zip: bool) -> list[str]:
-    """The ``module.name`` globals a pickle refers to, found by parsing its opcodes (never executing)."""
+    """The ``module.name`` globals a pickle refers to, found by parsing its opcodes (never executing), as they
+    stream from the file or zip member: at most _MAX_PICKLE_BYTES of each are read."""
+    found = []
     try:
         if is_zip:
             with zipfile.ZipFile(path) as archive:
-                pickles = [archive.read(name) for name in archive.namelist() if name.endswith(".pkl")]
+                for name in archive.namelist():
+                    if name.endswith(".pkl"):
+                        with archive.open(name) as member:
+                            _scan_globals(_CappedReader(member, _MAX_PICKLE_BYTES), found)
         else:
-            pickles = [path.read_bytes()]
-    except (OSError, zipfile.BadZipFile):
-        return []
-    found = []
-    for data in pickles:
-        recent_strings = []
-        try:
-            # A legacy torch file is several pickles back to back; genops stops at each STOP.
-            offset = 0
-            while offset < len(data):
-                for opcode, argument, position in pickletools.genops(data[offset:]):
-                    if opcode.name in ("GLOBAL", "INST"):
-                        found.append(argument.replace(" ", "."))
-                    elif opcode.name == "STACK_GLOBAL" and len(recent_strings) >= 2:
-                        found.append(".".join(recent_strings[-2:]))
-                    elif isinstance(argument, str):
-                        recent_strings.append(argument)
-                    if opcode.name == "STOP":
-                        offset += position + 1
-                        break
-                else:
-                    break
-        except Exception:  # random bytes or a torn pickle: keep what was parsed before the damage
-            pass
+            with open(path, "rb") as file:
+                _scan_globals(_CappedReader(file, _MAX_PICKLE_BYTES), found)
+    except (OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError):  # a damaged, or encrypted, zip
+        pass  # keep what was found before
     return found
+
+
+def _scan_globals(stream, found: list[str]) -> None:
+    """Append to `found` the globals of the pickles in `stream`, up to the first damage (random bytes, a torn
+    pickle, the end of the reader's allowance). A legacy torch file is several pickles back to back (then raw
+    storage bytes); genops stops at each STOP with the stream just after it."""
+    recent_strings = []
+    try:
+        while True:
+            for opcode, argument, _ in pickletools.genops(stream):
+                if opcode.name in ("GLOBAL", "INST"):
+                    found.append(argument.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(recent_strings) >= 2:
+                    found.append(".".join(recent_strings[-2:]))
+                elif isinstance(argument, str):
+                    recent_strings.append(argument)
+    except Exception:  # genops raises ValueError, EOFError, UnicodeDecodeError... for what is not a pickle
+        pass
+
+
+class _CappedReader:
+    """The read and readline that pickletools.genops needs, over a binary stream, refusing (ValueError) to
+    return more than `limit` bytes in all. genops reads an opcode's argument whole, so a declared length is
+    refused before anything of that size is read."""
+
+    def __init__(self, stream, limit: int):
+        self.stream, self.left = stream, limit
+
+    def read(self, size: int) -> bytes:
+        return self._taken(self.stream.read(self._allowed(size)), size)
+
+    def readline(self) -> bytes:
+        line = self.stream.readline(self.left + 1)
+        return self._taken(line, len(line))
+
+    def _allowed(self, size: int) -> int:
+        if size < 0 or size > self.left:
+            raise ValueError(f"a pickle of more than {_MAX_PICKLE_BYTES} bytes")
+        return size
+
+    def _taken(self, data: bytes, size: int) -> bytes:
+        self._allowed(size)
+        self.left -= len(data)
+        return data
 
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
