@@ -142,13 +142,14 @@ def load_livephoto_wan(
     lora: str | os.PathLike | None = None,
     lora_alpha: float = 1.2,
     dtype: torch.dtype = torch.bfloat16,
-    head_dim: int = WAN_HEAD_DIM,
+    head_dim: int | None = None,
 ) -> LivePhotoWan:
-    """The authors' base.safetensors (and lora.safetensors merged at ``lora_alpha``) as a LivePhotoWan in ``dtype``."""
+    """The authors' base.safetensors (and lora.safetensors merged at ``lora_alpha``) as a LivePhotoWan in ``dtype``;
+    ``head_dim`` None: Wan's (WAN_HEAD_DIM, read at call time so tests of tiny models can set it)."""
     from .lora import merge_lora, read_lora
 
     shapes = check_wan_base(path)
-    config = infer_config(shapes, head_dim)
+    config = infer_config(shapes, WAN_HEAD_DIM if head_dim is None else head_dim)
     lora_pairs = read_lora(lora, shapes) if lora is not None else None  # a wrong LoRA fails before the base loads
     original, _ = load_state_dict(path)
     if lora_pairs is not None:

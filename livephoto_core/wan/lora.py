@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
-from ..loading.files import load_state_dict
-
-MIN_ALPHA, MAX_ALPHA = 0.0, 4.0  # the authors use 1.2 (README) to 1.4 (script default)
+from ..loading.files import load_state_dict, read_safetensors_header
 
 
 def lora_targets(keys) -> dict[str, tuple[str, str]]:
@@ -42,30 +40,43 @@ def lora_targets(keys) -> dict[str, tuple[str, str]]:
     return targets
 
 
-def read_lora(
-    path: str | os.PathLike, base_shapes: Mapping[str, tuple[int, ...]], role: str = "--wan-lora"
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{target: (B, A)} from ``path``, each target checked to be a 2-D parameter of the base it is merged into."""
-    name = Path(path).name
-    tensors, _ = load_state_dict(path)
-    targets = lora_targets(tensors)
+def check_lora_shapes(
+    name: str, lora_shapes: Mapping[str, tuple[int, ...]], base_shapes: Mapping[str, tuple[int, ...]],
+    role: str = "--wan-lora",
+) -> dict[str, tuple[str, str]]:
+    """The LoRA's {target: (B key, A key)}, each target checked to be a 2-D parameter of the base it is merged
+    into and each pair to make that parameter's shape (shapes only: a header is enough)."""
+    targets = lora_targets(lora_shapes)
     if not targets:
         raise ModelFileError(f"{name} holds no LoRA weights (no lora_A/lora_B or lora_up/lora_down keys); {role} needs "
                              f"the LivePhoto-Wan2.1 lora.safetensors")
-    pairs = {}
     for target, (up_key, down_key) in sorted(targets.items()):
         if target not in base_shapes:
             raise ModelFileError(f"{name}: the LoRA key {up_key} names {target}, which the Wan DiT does not have; "
                                  f"{role} needs the LoRA made for this base (LivePhoto-Wan2.1's lora.safetensors)")
-        if down_key not in tensors:
+        if down_key not in lora_shapes:
             raise ModelFileError(f"{name}: {up_key} has no partner {down_key}; the file is damaged: download it again")
-        up, down = tensors[up_key], tensors[down_key]
-        shape = tuple(base_shapes[target])
-        if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0] or (up.shape[0], down.shape[1]) != shape:
-            raise ModelFileError(f"{name}: the LoRA for {target} is {list(up.shape)} x {list(down.shape)}, which does "
-                                 f"not make the parameter's {list(shape)}; {role} needs the LoRA made for this base")
-        pairs[target] = (up, down)
-    return pairs
+        up, down, shape = tuple(lora_shapes[up_key]), tuple(lora_shapes[down_key]), tuple(base_shapes[target])
+        if len(up) != 2 or len(down) != 2 or up[1] != down[0] or (up[0], down[1]) != shape:
+            raise ModelFileError(f"{name}: the LoRA for {target} is {list(up)} x {list(down)}, which does not make "
+                                 f"the parameter's {list(shape)}; {role} needs the LoRA made for this base")
+    return targets
+
+
+def check_lora_file(path: str | os.PathLike, base_shapes: Mapping[str, tuple[int, ...]],
+                    role: str = "--wan-lora") -> None:
+    """``check_lora_shapes`` from the file's header alone (before anything is loaded)."""
+    check_lora_shapes(Path(path).name, read_safetensors_header(path)[0], base_shapes, role)
+
+
+def read_lora(
+    path: str | os.PathLike, base_shapes: Mapping[str, tuple[int, ...]], role: str = "--wan-lora"
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{target: (B, A)} from ``path``, checked by ``check_lora_shapes``."""
+    tensors, _ = load_state_dict(path)
+    shapes = {key: tuple(value.shape) for key, value in tensors.items()}
+    targets = check_lora_shapes(Path(path).name, shapes, base_shapes, role)
+    return {target: (tensors[up], tensors[down]) for target, (up, down) in targets.items()}
 
 
 def merge_lora(state_dict: dict[str, torch.Tensor], pairs: Mapping[str, tuple[torch.Tensor, torch.Tensor]],

@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 import torch
 
+from .defaults import WAN_DEFAULT_GUIDANCE as DEFAULT_GUIDANCE
+from .defaults import WAN_DEFAULT_STEPS as DEFAULT_STEPS
+
 NUM_TRAIN_TIMESTEPS = 1000
 SHIFT = 5.0
-DEFAULT_STEPS = 30
-DEFAULT_GUIDANCE = 5.0
 NULL_INTENSITY = 0
 CONDITION_FRAME = 0  # the photo's latent frame
 
