@@ -23,6 +23,15 @@ from .defaults import (
     MAX_FRAME_PIXELS,
     WINDOW_SCHEDULES,
 )
+from .wan.defaults import (
+    WAN_DEFAULT_ALPHA,
+    WAN_DEFAULT_GUIDANCE,
+    WAN_DEFAULT_INTENSITY,
+    WAN_DEFAULT_STEPS,
+    WAN_MAX_ALPHA,
+    WAN_MAX_INTENSITY,
+    WAN_MIN_ALPHA,
+)
 
 EXIT_USAGE, EXIT_CANCELLED = 2, 130
 BATCH_FORMATS = ("webp", "gif", "mp4", "MP.jpg", "livephoto")
@@ -32,13 +41,17 @@ BATCH_FORMATS = ("webp", "gif", "mp4", "MP.jpg", "livephoto")
 NOT_IN_VIDEO_NAMES = frozenset({
     "command", "run", "inputs", "manifest", "output", "output_dir", "format", "overwrite", "device", "low_memory",
     "intensity", "seed",
+    # LivePhoto-Wan2.1 renders one video a run, so these are never set in a batch; leaving them out keeps the
+    # names of SD-1.5 batches what they were before Wan came.
+    "wan_dit", "wan_lora", "wan_base", "lora_alpha",
 })
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livephoto",
-        description="LivePhoto for SD-1.5: animate a photo from a text motion description at a chosen intensity.",
+        description="LivePhoto: animate a photo from a text motion description at a chosen intensity, with the "
+        "SD-1.5 model (the bundled demo or your checkpoint) or the authors' LivePhoto-Wan2.1 (--wan-dit).",
     )
     parser.add_argument("--version", action="version", version=f"livephoto {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Animate IMAGE as PROMPT describes. Several photos, or a PROMPT of several lines (one prompt a "
         "line), give one video per pair: one photo with each prompt, each photo with the one prompt, or photo k with "
         "prompt k when there are as many. A manifest gives one video per row. With no model options it runs the "
-        "bundled demo model (trained on the toy world of shapes: try 'the red circle moves to the left').",
+        "bundled demo model (trained on the toy world of shapes: try 'the red circle moves to the left'). With "
+        "--wan-dit it runs the authors' LivePhoto-Wan2.1 (one photo and one prompt; see docs/wan.md).",
     )
     animate.add_argument("inputs", nargs="*", metavar="IMAGE ... PROMPT",
                          help='the photo or photos (PNG, JPEG, WebP, ...), then the motion, e.g. "shaking head" or '
@@ -62,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "and seed cells take --intensity and --seed). Rows already written are skipped, so a "
                               "rerun resumes; under `accelerate launch` each process renders its share of the rows")
     animate.add_argument("--intensity",
-                         help=f"motion intensity, 1 (still) to 10 (most), or a schedule of LEVEL:FRAME keyframes, linear "
-                              f"in between, e.g. 2:0,8:31; default: the model's ({DEFAULT_INTENSITY} for the demo model)")
+                         help=f"motion intensity; the range depends on the model family. SD-1.5 models: 1 (still) to 10 "
+                              f"(most), or a schedule of LEVEL:FRAME keyframes, linear in between, e.g. 2:0,8:31; "
+                              f"default: the model's ({DEFAULT_INTENSITY} for the demo model). LivePhoto-Wan2.1: one "
+                              f"level, 1 to {WAN_MAX_INTENSITY} (default {WAN_DEFAULT_INTENSITY})")
     animate.add_argument("--seed", type=int, help="random seed (default: a new one, printed and stored in the output)")
     animate.add_argument("--frames", type=int, help="number of frames, up to 512 (default: what the model was trained "
                          "with); more than one window are sampled as overlapping windows")
@@ -75,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                               f"put (default {DEFAULT_WINDOW_SCHEDULE})")
     animate.add_argument("--loop", action="store_true", help="a seamless loop: the last frame flows into the first "
                          "(needs more frames than one window)")
-    animate.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
-    animate.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                         help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE})")
-    animate.add_argument("--negative", default="", help="negative prompt")
+    animate.add_argument("--steps", type=int,
+                         help=f"denoising steps (default {DEFAULT_STEPS}; LivePhoto-Wan2.1: {WAN_DEFAULT_STEPS})")
+    animate.add_argument("--guidance", type=float,
+                         help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE}; LivePhoto-Wan2.1: "
+                              f"{WAN_DEFAULT_GUIDANCE:g}, for both its text and its intensity guidance)")
+    animate.add_argument("--negative", help="negative prompt (default: none; LivePhoto-Wan2.1: Wan's standard one)")
     animate.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
                          help=f"the denoising schedule (default {DEFAULT_SCHEDULER}): ddim, euler, euler_ancestral, "
                               f"dpmpp_2m, ...")
@@ -109,7 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--dinov2", help="DINOv2: a transformers folder or a .safetensors file")
     animate.add_argument("--tokenizer", help="a folder with CLIP's vocab.json and merges.txt (for single-file bases)")
     animate.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
-    animate.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    animate.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                         help="default float32; LivePhoto-Wan2.1: bfloat16, as its authors run it")
+    wan = animate.add_argument_group(
+        "LivePhoto-Wan2.1", "the authors' released model (hub: shirley430316/LivePhoto-Wan2.1) on Wan2.1-T2V-1.3B; "
+        "81 frames at 480 x 832 and 25 fps by default")
+    wan.add_argument("--wan-dit", metavar="base.safetensors", help="the LivePhoto-Wan2.1 DiT, base.safetensors")
+    wan.add_argument("--wan-lora", metavar="lora.safetensors", help="its LoRA, lora.safetensors (merged at --lora-alpha)")
+    wan.add_argument("--wan-base", metavar="FOLDER", help="Wan2.1-T2V-1.3B in diffusers layout (the hub's "
+                     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers): its umT5 text encoder, tokenizer and VAE")
+    wan.add_argument("--lora-alpha", type=float, help=f"LoRA strength, {WAN_MIN_ALPHA:g} to {WAN_MAX_ALPHA:g} (default "
+                     f"{WAN_DEFAULT_ALPHA:g}; the authors use 1.2 to 1.4)")
     animate.set_defaults(run=run_animate)
 
     intensity = commands.add_parser(
@@ -135,10 +163,108 @@ def default_output(image) -> Path:
 
 
 def run_animate(args) -> int:
+    if any(value is not None for value in (args.wan_dit, args.wan_lora, args.wan_base, args.lora_alpha)):
+        return run_wan_animate(args)
+    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+    args.guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
+    args.negative = "" if args.negative is None else args.negative
+    args.dtype = args.dtype or "float32"
     rows = animate_rows(args)
     if args.manifest is None and len(rows) == 1:
         return animate_one(args, rows[0])
     return animate_batch(args, rows)
+
+
+# SD-1.5 options that mean nothing to LivePhoto-Wan2.1 (args name -> flag).
+WAN_UNUSED = {"manifest": "--manifest", "livephoto": "--livephoto", "base": "--base", "motion_module": "--motion-module",
+              "dinov2": "--dinov2", "tokenizer": "--tokenizer", "window_length": "--window-length",
+              "window_overlap": "--window-overlap", "output_dir": "--output-dir", "format": "--format"}
+WAN_UNUSED_SWITCHES = {"loop": "--loop", "no_inversion": "--no-inversion", "low_memory": "--low-memory"}
+
+
+def run_wan_animate(args) -> int:
+    """One photo and one prompt through the authors' LivePhoto-Wan2.1; everything that needs no weights is
+    checked first, the two weight files from their headers, so a wrong file fails in milliseconds."""
+    import random
+
+    from .checks import check_device, check_fps, check_guidance, check_seed, check_steps, check_text
+    from .errors import InvalidInputError
+    from .images import load_image
+    from .loading.files import check_weight_file
+    from .video import check_output
+    from .wan import pipeline as wan
+
+    unused = [flag for name, flag in WAN_UNUSED.items() if getattr(args, name) is not None]
+    unused += [flag for name, flag in WAN_UNUSED_SWITCHES.items() if getattr(args, name)]
+    if unused:
+        raise InvalidInputError(f"{', '.join(unused)}: not used by LivePhoto-Wan2.1 (--wan-dit); leave "
+                                f"{'it' if len(unused) == 1 else 'them'} out")
+    for flag, value in (("--wan-dit", args.wan_dit), ("--wan-lora", args.wan_lora), ("--wan-base", args.wan_base)):
+        if value is None:
+            raise InvalidInputError(f"LivePhoto-Wan2.1 needs --wan-dit base.safetensors, --wan-lora lora.safetensors "
+                                    f"and --wan-base FOLDER; {flag} is missing (docs/wan.md says where to get them)")
+    if len(args.inputs) != 2:
+        raise InvalidInputError("LivePhoto-Wan2.1 animates one photo with one prompt: livephoto animate IMAGE PROMPT "
+                                "--wan-dit ... (batches come later)")
+    photo_path, prompt = args.inputs
+    if "\n" in prompt.strip():
+        raise InvalidInputError("LivePhoto-Wan2.1 takes one prompt a run; give a single line")
+    output = Path(args.output) if args.output else default_output(photo_path)
+    check_output(output, args.overwrite)
+    intensity = wan.check_intensity(WAN_DEFAULT_INTENSITY if args.intensity is None else args.intensity)
+    alpha = wan.check_lora_alpha(WAN_DEFAULT_ALPHA if args.lora_alpha is None else args.lora_alpha)
+    frames = wan.check_wan_frames(wan.DEFAULT_FRAMES if args.frames is None else args.frames)
+    height, width = wan.check_wan_size(*(args.size or (wan.DEFAULT_HEIGHT, wan.DEFAULT_WIDTH)))
+    steps = check_steps(WAN_DEFAULT_STEPS if args.steps is None else args.steps)
+    guidance = check_guidance(WAN_DEFAULT_GUIDANCE if args.guidance is None else args.guidance)
+    negative = check_text(wan.DEFAULT_NEGATIVE if args.negative is None else args.negative, "negative prompt")
+    check_text(prompt)
+    seed = random.SystemRandom().randrange(2**31) if args.seed is None else check_seed(args.seed)
+    if args.fps is not None:
+        check_fps(args.fps)
+    check_device(args.device)
+    wan.check_wan_folder(args.wan_base)
+    from .wan.keys import check_wan_base
+    from .wan.lora import check_lora_file
+
+    check_lora_file(check_weight_file(args.wan_lora), check_wan_base(args.wan_dit))
+    photo = load_image(photo_path)
+
+    import torch
+
+    quiet_library_progress()
+    with ProgressBar() as progress:
+        result = wan.animate_wan(
+            photo, prompt, dit=args.wan_dit, base_folder=args.wan_base, lora=args.wan_lora, lora_alpha=alpha,
+            intensity=intensity, negative_prompt=negative, steps=steps, guidance=guidance, num_frames=frames,
+            height=height, width=width, seed=seed, device=args.device, dtype=getattr(torch, args.dtype or "bfloat16"),
+            status=status, callback=lambda step, total: progress(SamplingStep("sampling", step, total)),
+        )
+    count, fps = write_frames(args, result.frames, result.settings, output, Path(photo_path))
+    print(f"wrote {output} ({count} frames at {fps:g} fps, seed {seed}, intensity {intensity} of "
+          f"{WAN_MAX_INTENSITY}, LivePhoto-Wan2.1)")
+    return 0
+
+
+class SamplingStep:
+    """What ProgressBar reads from the SD pipeline's callback events."""
+
+    def __init__(self, phase: str, step: int, total: int):
+        self.phase, self.step, self.total = phase, step, total
+
+
+def write_frames(args, frames, settings: dict, output: Path, photo: Path) -> tuple[int, float]:
+    """The video at the asked fps (default the model's), ping-ponged if asked, with its settings as metadata;
+    a phone format's still is the photo itself, at its own resolution. -> (frames written, fps)."""
+    from .phone import phone_format
+    from .video import ping_pong, write_video
+
+    fps = settings["fps"] if args.fps is None else args.fps
+    frames = ping_pong(frames) if args.ping_pong else frames
+    metadata = {**settings, "playback_fps": fps, "ping_pong": args.ping_pong}
+    write_video(frames, output, fps=fps, metadata=metadata, overwrite=args.overwrite,
+                still=photo if phone_format(output) else None)
+    return len(frames), fps
 
 
 def animate_rows(args):
@@ -269,8 +395,7 @@ def load_model(args, device: str):
 def render_and_write(pipe, args, row, intensity, asked, seed, output: Path, photo, prefix: str) -> None:
     """Render one row and write its video; `asked`: the intensity as written, `prefix` starts the lines
     printed (which video of a batch this is)."""
-    from .phone import phone_format, written_files
-    from .video import ping_pong, write_video
+    from .phone import written_files
 
     height, width = args.size or (None, None)
     with ProgressBar() as progress:
@@ -286,13 +411,9 @@ def render_and_write(pipe, args, row, intensity, asked, seed, output: Path, phot
     metadata = {**result.settings, "measured_intensity": result.intensity.level,
                 "measured_mean_ssim": result.intensity.mean_ssim,
                 "token_weights": [[token, round(weight, 4)] for token, weight in result.token_weights]}
-    still = row.photo if phone_format(output) else None  # the photo itself, at its own resolution
-    fps = result.settings["fps"] if args.fps is None else args.fps
-    frames = ping_pong(result.frames) if args.ping_pong else result.frames
-    metadata.update(playback_fps=fps, ping_pong=args.ping_pong)
-    write_video(frames, output, fps=fps, metadata=metadata, overwrite=args.overwrite, still=still)
+    count, fps = write_frames(args, result.frames, metadata, output, row.photo)
     weights = " ".join(f"{token}:{weight:.2f}" for token, weight in result.token_weights)
-    print(f"{prefix}wrote {' + '.join(map(str, written_files(output)))} ({len(frames)} frames at {fps:g} fps, "
+    print(f"{prefix}wrote {' + '.join(map(str, written_files(output)))} ({count} frames at {fps:g} fps, "
           f"seed {result.settings['seed']}, asked intensity {asked if isinstance(intensity, tuple) else intensity}, "
           f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))")
     print(f"{prefix}token weights: {weights}")

@@ -29,6 +29,8 @@ KINDS = (
     "motion_module",
     "dinov2",
     "livephoto",
+    "wan_livephoto",
+    "wan",
     "unknown",
 )
 
@@ -78,7 +80,7 @@ def detect_kind(state_dict_or_shapes: Mapping[str, Any], metadata: Mapping[str, 
     if "livephoto_config" in metadata:
         return _livephoto(metadata["livephoto_config"])
     # Other families last: naming them imports diffusers, which SD and motion files never need.
-    for detector in (_lora, _motion_module, _dinov2, _stable_diffusion, _vae, _other_family):
+    for detector in (_lora, _motion_module, _dinov2, _stable_diffusion, _vae, _wan, _other_family):
         found = detector(shapes, metadata)
         if found is not None:
             return found
@@ -137,7 +139,11 @@ def _lora(shapes: Shapes, metadata) -> FileKind | None:
         down = re.compile(r"attn2[._](processor[._])?to_k.*(lora_down|lora_A|lora\.down)")
         widths = [shapes[k][-1] for k in keys if down.search(k) and len(shapes[k]) == 2]
         base = {768: "SD-1.5", 1024: "SD-2.x", 2048: "SDXL"}.get(widths[0]) if widths else None
+        if base is None and any(re.match(r"(diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.", k) for k in keys):
+            base = "Wan2.1"  # original Wan names (LivePhoto-Wan2.1's lora.safetensors): --wan-lora
     description = f"LoRA ({layout} format)" + (f" for {base}" if base else "")
+    if base == "Wan2.1":
+        description += " (LivePhoto-Wan2.1's goes to --wan-lora)"
     return FileKind("lora", description, {"format": layout, "base": base})
 
 
@@ -239,6 +245,22 @@ def dinov2_structure(shapes: Shapes) -> dict[str, Any] | None:
         "use_swiglu_ffn": swiglu,
         "num_register_tokens": expect_shape(shapes, registers, 3)[1] if registers in shapes else 0,
     }
+
+
+def _wan(shapes: Shapes, metadata) -> FileKind | None:
+    """A Wan2.1 DiT in the original layout (no prefix): LivePhoto-Wan2.1's base.safetensors when it has the
+    intensity modules, else a stock Wan, which LivePhoto cannot give an intensity."""
+    if "patch_embedding.weight" not in shapes or "blocks.0.self_attn.q.weight" not in shapes:
+        return None
+    dim = expect_shape(shapes, "patch_embedding.weight", 5)[0]
+    blocks = 1 + max(int(m.group(1)) for m in (re.match(r"blocks\.(\d+)\.", k) for k in shapes) if m)
+    details = {"layout": "original Wan", "dim": dim, "blocks": blocks}
+    if "motion_intensity_embed.weight" in shapes and "text_reweight.warmup" in shapes:
+        levels = expect_shape(shapes, "motion_intensity_embed.weight", 2)[0]
+        details["intensity_levels"] = f"1-{levels - 1} (0: the guidance's null level)"
+        return FileKind("wan_livephoto", f"LivePhoto-Wan2.1 DiT ({blocks} blocks, width {dim}; use it with "
+                        f"--wan-dit)", details)
+    return FileKind("wan", f"Wan2.1 DiT without LivePhoto's intensity modules ({blocks} blocks, width {dim})", details)
 
 
 def _other_family(shapes: Shapes, metadata) -> FileKind | None:
