@@ -7,7 +7,8 @@ clip: frames -> frozen VAE latents (posterior mode, times the scaling factor); f
 the reference; conditioning channels = [reference, frame embedding, intensity level]; every frame
 is noised at one timestep; the caption (replaced by the empty prompt with p = text_dropout) is
 encoded, reweighted and followed by the DINOv2 content tokens of frame 0; the loss is the MSE to
-the noise (epsilon) or to v (v_prediction).
+the noise (epsilon) or to v (v_prediction). With data.latent_cache the frozen encoders' outputs (VAE
+latents, CLIP hidden states, DINOv2 hidden states) come from the cache instead (latent_cache.py).
 
 Exact resume: the data order is a pure function of (seed, epoch), each clip's noise, timestep and
 text dropout a pure function of (seed, epoch, its place in that order), and a checkpoint holds the
