@@ -257,3 +257,17 @@ def test_long_video_seam_ratio_sees_a_jump_at_a_window_boundary_only():
     inside = drift.copy()
     inside[6:] = 1 - inside[6:]  # the same cut inside the windows
     assert seam_ratio(inside, windows) > 1.0
+
+
+def test_the_training_benchmark_runs_at_tiny_size_on_the_cpu(tmp_path):
+    from benchmarks import train_gpu
+
+    out = tmp_path / "train.json"
+    report = train_gpu.main(["--size", "tiny", "--device", "cpu", "--precision", "no", "--batch-sizes", "1",
+                             "--steps", "1", "--warmup", "0", "--out", str(out)])
+    cases = {(r["gradient_checkpointing"], r["latent_cache"]) for r in report["results"]}
+    assert cases == {(False, False), (False, True), (True, False), (True, True)}
+    assert all(r["s_per_step"] > 0 and np.isfinite(r["loss"]) for r in report["results"])
+    assert json.loads(out.read_text())["results"] == report["results"]
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert len(table) == 2 + 4 and table[2].startswith("| 1 | off | off |")

@@ -38,8 +38,8 @@ class SD15Components:
     """The frozen SD-1.5 parts LivePhoto builds on, plus where they came from."""
 
     unet: Any  # diffusers.UNet2DConditionModel
-    vae: Any  # diffusers.AutoencoderKL
-    text_encoder: Any  # transformers.CLIPTextModel
+    vae: Any | None  # diffusers.AutoencoderKL; None when loaded without encoders
+    text_encoder: Any | None  # transformers.CLIPTextModel; None when loaded without encoders
     tokenizer: Any | None  # transformers.CLIPTokenizer, None when no vocabulary is available
     scheduler_config: dict[str, Any]
     source: str
@@ -53,17 +53,20 @@ def shipped_config(component: str) -> dict[str, Any]:
 
 
 def load_sd15(
-    path: str | os.PathLike, dtype: torch.dtype = torch.float32, tokenizer_path: str | os.PathLike | None = None
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32, tokenizer_path: str | os.PathLike | None = None,
+    encoders: bool = True,
 ) -> SD15Components:
     """Load an SD-1.5 single file or diffusers folder; refuse any other kind with a message saying why.
 
     The tokenizer comes from ``tokenizer_path``, else the folder's ``tokenizer/``, else (for CLIP's
     49408-token text encoder) open-clip-torch's vocabulary; it is None when none of these applies.
+    ``encoders=False`` loads the UNet and scheduler only (VAE, text encoder and tokenizer None): for
+    training from a latent cache, which holds their outputs.
     """
     path = Path(path)
     require_kind(detect_path(path), "sd15", path, "--base")
     if path.is_dir():
-        unet, vae, text_encoder, scheduler_config = _load_folder(path, dtype)
+        unet, vae, text_encoder, scheduler_config = _load_folder(path, dtype, encoders)
     else:
         state_dict, _ = load_state_dict(path)
         missing = [
@@ -81,10 +84,12 @@ def load_sd15(
                 "(UNet, VAE and text encoder) or a diffusers folder"
             )
         unet = unet_from_ldm(state_dict, dtype, path.name)
-        vae = vae_from_ldm(state_dict, dtype, path.name)
-        text_encoder = text_encoder_from_ldm(state_dict, dtype, path.name)
+        vae = vae_from_ldm(state_dict, dtype, path.name) if encoders else None
+        text_encoder = text_encoder_from_ldm(state_dict, dtype, path.name) if encoders else None
         del state_dict
         scheduler_config = shipped_config("scheduler")
+    if not encoders:
+        return SD15Components(unet, None, None, None, scheduler_config, str(path), content_hash(path))
     if unet.config.in_channels != vae.config.latent_channels:
         raise ModelFileError(
             f"{path.name}: the UNet denoises {unet.config.in_channels}-channel latents but the VAE makes "
@@ -126,7 +131,7 @@ def _find_tokenizer(path: Path, tokenizer_path, vocab_size: int):
 # --- diffusers folders -----------------------------------------------------------------------------
 
 
-def _load_folder(folder: Path, dtype: torch.dtype):
+def _load_folder(folder: Path, dtype: torch.dtype, encoders: bool = True):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -140,8 +145,11 @@ def _load_folder(folder: Path, dtype: torch.dtype):
     read_config(folder / "vae" / "config.json", VAE)
     read_config(folder / "text_encoder" / "config.json", TEXT_ENCODER)
     unet = load_pretrained(UNet2DConditionModel, folder / "unet", f"{folder.name}/unet", torch_dtype=dtype)
-    vae = load_pretrained(AutoencoderKL, folder / "vae", f"{folder.name}/vae", torch_dtype=dtype)
-    text_encoder = load_pretrained(CLIPTextModel, folder / "text_encoder", f"{folder.name}/text_encoder", dtype=dtype)
+    vae = text_encoder = None
+    if encoders:
+        vae = load_pretrained(AutoencoderKL, folder / "vae", f"{folder.name}/vae", torch_dtype=dtype)
+        text_encoder = load_pretrained(CLIPTextModel, folder / "text_encoder", f"{folder.name}/text_encoder",
+                                       dtype=dtype)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     if scheduler_file.is_file():
         scheduler_config = read_config(scheduler_file, SCHEDULER)

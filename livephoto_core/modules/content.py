@@ -39,12 +39,20 @@ class ContentEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, H, W] in 0..1 -> tokens [B, 1 + (size/patch)^2, cross_attention_dim]."""
+        return self.project(self.features(pixels))
+
+    @torch.no_grad()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen half: pixels [B, 3, H, W] in 0..1 -> DINOv2's last hidden states [B, N, hidden]
+        (what training's latent cache stores, since the projection trains)."""
         pixels = F.interpolate(
             pixels.float(), size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False
         ).clamp(0, 1)
         pixels = ((pixels - self.mean) / self.std).to(self.dinov2.dtype)
-        with torch.no_grad():
-            features = self.dinov2(pixel_values=pixels).last_hidden_state
+        return self.dinov2(pixel_values=pixels).last_hidden_state
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The trained half: DINOv2 hidden states -> content tokens."""
         return self.proj(features.to(self.proj.weight.dtype))
 
 

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InvalidInputError, ModelFileError
 from ..loading.dinov2 import load_dinov2
+from ..loading.files import content_hash
 from ..loading.motion_module import LoadedMotionModule, load_motion_adapter
 from ..loading.sd15 import load_sd15, shipped_config
 from .recipe import TrainConfig
@@ -63,9 +64,9 @@ class TrainingBase:
     """What the LivePhoto stage builds on, loaded from files in every mode."""
 
     unet2d: Any  # diffusers UNet2DConditionModel
-    vae: Any  # diffusers AutoencoderKL
-    text_encoder: Any  # transformers CLIPTextModel
-    tokenizer: Any  # transformers CLIPTokenizer
+    vae: Any  # diffusers AutoencoderKL (None from a latent cache)
+    text_encoder: Any  # transformers CLIPTextModel (None from a latent cache)
+    tokenizer: Any  # transformers CLIPTokenizer (None from a latent cache)
     scheduler_config: dict
     dinov2: Any  # transformers Dinov2Model
     motion: LoadedMotionModule | None
@@ -73,14 +74,19 @@ class TrainingBase:
     folder: Path  # where it was loaded from (the SD-1.5 file or folder)
 
 
-def load_training_base(config: TrainConfig, output_dir: Path) -> TrainingBase:
+def load_training_base(config: TrainConfig, output_dir: Path, cached_dinov2: torch.nn.Module | None = None
+                       ) -> TrainingBase:
+    """The base models. With `cached_dinov2` (training from a latent cache, whose stand-in carries
+    DINOv2's config) the VAE, text encoder, tokenizer and DINOv2's weights are not loaded: the cache
+    holds their outputs; vae, text_encoder and tokenizer are then None."""
     model = config.model
     if model.from_scratch:
         base_path, dinov2_path, tokenizer_path = output_dir / "base", output_dir / "dinov2", None
     else:
         base_path, dinov2_path, tokenizer_path = Path(model.base), Path(model.dinov2), model.tokenizer
-    components = load_sd15(base_path, tokenizer_path=tokenizer_path)
-    if components.tokenizer is None:
+    encoders = cached_dinov2 is None
+    components = load_sd15(base_path, tokenizer_path=tokenizer_path, encoders=encoders)
+    if encoders and components.tokenizer is None:
         raise ModelFileError(
             f"{base_path.name} has no tokenizer/ and its vocabulary is not CLIP's: set model.tokenizer to the "
             f"folder with its vocab.json and merges.txt"
@@ -91,15 +97,19 @@ def load_training_base(config: TrainConfig, output_dir: Path) -> TrainingBase:
             f"model.prediction_type is {model.prediction_type} but the frozen base {base_path.name} predicts "
             f"{scheduler_prediction}; set model.prediction_type={scheduler_prediction}"
         )
-    dinov2 = load_dinov2(dinov2_path)
-    hashes = {"base": components.content_hash, "dinov2": dinov2.content_hash}
+    if encoders:
+        loaded = load_dinov2(dinov2_path)
+        dinov2, dinov2_hash = loaded.model, loaded.content_hash
+    else:
+        dinov2, dinov2_hash = cached_dinov2, content_hash(dinov2_path)
+    hashes = {"base": components.content_hash, "dinov2": dinov2_hash}
     motion = None
     if model.motion_module is not None:
         motion = load_motion_adapter(model.motion_module, components.unet.config.block_out_channels)
         hashes["motion_module"] = motion.content_hash
     return TrainingBase(
         components.unet, components.vae, components.text_encoder, components.tokenizer,
-        components.scheduler_config, dinov2.model, motion, hashes, base_path,
+        components.scheduler_config, dinov2, motion, hashes, base_path,
     )
 
 

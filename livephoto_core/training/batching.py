@@ -1,6 +1,7 @@
 """What one training step reads: the clips of a micro-batch (ClipStream), each clip's own random
-stream (noise, timestep, text dropout), and the frozen encoders' latents and text embeddings
-(FrozenEncoders, memoised when the config caches them)."""
+stream (noise, timestep, text dropout), and the frozen encoders' latents, text embeddings and
+DINOv2 features (FrozenEncoders, memoised when the config caches them; or read from the latent
+cache, latent_cache.py, which stores the same calls' outputs)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..defaults import CLIP_CONTEXT
 from ..encoding import encode_photo, encode_text
 from ..errors import InvalidInputError
 from .data import VideoCaptionDataset
+from .latent_cache import LatentCacheDataset
 from .shards import ShardStream
 
 
@@ -51,10 +53,12 @@ class FrozenEncoders:
 
     Memoising is exact: a clip is encoded by the same call whether its result is then cached or
     not, and the VAE latent is the posterior mode (no sampling), as inference encodes the photo.
+    `content_encoder` is the model's (modules.content.ContentEncoder): its frozen DINOv2 half runs here.
     """
 
-    def __init__(self, vae, text_encoder, tokenizer, device, cache_latents: bool, cache_text: bool):
+    def __init__(self, vae, text_encoder, tokenizer, content_encoder, device, cache_latents: bool, cache_text: bool):
         self.vae, self.text_encoder, self.tokenizer, self.device = vae, text_encoder, tokenizer, device
+        self.content_encoder = content_encoder
         self.latents: dict[bytes, torch.Tensor] | None = {} if cache_latents else None
         self.text: dict[str, torch.Tensor] | None = {} if cache_text else None
 
@@ -85,6 +89,10 @@ class FrozenEncoders:
             out.append(embedding)
         return torch.stack(out)
 
+    def content_features(self, reference: torch.Tensor) -> torch.Tensor:
+        """reference frames [B, 3, H, W] in [-1, 1] -> DINOv2 hidden states [B, N, hidden] (float32)."""
+        return self.content_encoder.features(((reference + 1) / 2).to(self.device)).float()
+
 
 class ClipStream:
     """This process's micro-batches.
@@ -99,8 +107,8 @@ class ClipStream:
     numbered as above.
     """
 
-    def __init__(self, dataset: VideoCaptionDataset | ShardStream, batch_size: int, seed: int, rank: int, world: int,
-                 workers: int):
+    def __init__(self, dataset: VideoCaptionDataset | LatentCacheDataset | ShardStream, batch_size: int, seed: int,
+                 rank: int, world: int, workers: int):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world, self.workers = rank, world, workers
         if isinstance(dataset, ShardStream):

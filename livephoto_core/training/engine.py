@@ -7,7 +7,8 @@ clip: frames -> frozen VAE latents (posterior mode, times the scaling factor); f
 the reference; conditioning channels = [reference, frame embedding, intensity level]; every frame
 is noised at one timestep; the caption (replaced by the empty prompt with p = text_dropout) is
 encoded, reweighted and followed by the DINOv2 content tokens of frame 0; the loss is the MSE to
-the noise (epsilon) or to v (v_prediction).
+the noise (epsilon) or to v (v_prediction). With data.latent_cache the frozen encoders' outputs (VAE
+latents, CLIP hidden states, DINOv2 hidden states) come from the cache instead (latent_cache.py).
 
 Exact resume: the data order is a pure function of (seed, epoch), each clip's noise, timestep and
 text dropout a pure function of (seed, epoch, its place in that order), and a checkpoint holds the
@@ -45,6 +46,7 @@ from .batching import HELDOUT_STREAM, ClipStream, FrozenEncoders, clip_generator
 from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
 from .ema import EMA
 from .export import export_model
+from .latent_cache import CachedDinov2, LatentCacheDataset, epochs_needed, open_latent_cache
 from .recipe import TrainConfig
 from .resume import (
     TrainingCheckpoint,
@@ -83,13 +85,14 @@ class Trainee(nn.Module):
         self.model = model
         self.text_encoder = text_encoder
 
-    def forward(self, noisy_latents, timesteps, text, reference_pixels, conditioning):
+    def forward(self, noisy_latents, timesteps, text, content_features, conditioning):
         """text: token ids [B, 77] when the text encoder trains, else its embeddings [B, 77, D];
-        reference_pixels [B, 3, H, W] in 0..1; the rest as for LivePhotoUNet.forward."""
+        content_features: the frozen DINOv2's hidden states of the reference frames [B, N, hidden]
+        (FrozenEncoders or the latent cache); the rest as for LivePhotoUNet.forward."""
         if self.text_encoder is not None:
             text = encode_text(self.text_encoder, text)
         reweighted, _ = self.model.reweight_text(text)
-        content = self.model.encode_content(reference_pixels)
+        content = self.model.content_encoder.project(content_features)
         # One context row per video, shared by its frames, as sampling passes it.
         context = torch.cat([reweighted, content.to(reweighted.dtype)], dim=1)
         return self.model.unet(noisy_latents, timesteps, context, conditioning)
@@ -212,6 +215,10 @@ class Trainer:
         config = self.config
         self.sampling = ClipSampling(config.data.num_frames, config.data.stride, config.data.size)
         thresholds = self.checkpoint.state["thresholds"] if self.checkpoint else config.data.thresholds
+        self.latent_cache = None
+        if config.data.latent_cache is not None:
+            self.prepare_cached_data(thresholds)
+            return
         cache = Path(config.data.ssim_cache) if config.data.ssim_cache else self.output_dir / "ssim_cache.jsonl"
         if config.data.shards:
             shards = list_shards(config.data.shards)
@@ -243,12 +250,35 @@ class Trainer:
                 labelled.videos, self.thresholds, self.sampling, config.seed, config.data.random_start
             )
 
+    def prepare_cached_data(self, thresholds) -> None:
+        """The dataset from data.latent_cache (no labelling pass: the cache holds each clip's SSIM and
+        the thresholds its pass fitted); refused before any model is loaded when it holds fewer
+        epochs than config.steps reads."""
+        config, cache = self.config, open_latent_cache(self.config)
+        needed = epochs_needed(config, cache.videos, self.world)
+        if cache.random_start and needed > cache.epochs:
+            raise InvalidInputError(
+                f"data.latent_cache {cache.folder} holds {cache.epochs} epoch(s) of clips, but {config.steps} steps "
+                f"of {config.batch_size * config.gradient_accumulation_steps * self.world} clips over "
+                f"{cache.videos} videos read {needed} (random_start draws new clips every epoch); add epochs "
+                f"with scripts/cache_latents.py --epochs {needed} (it keeps those written) or lower steps"
+            )
+        self.latent_cache = cache
+        self.thresholds = tuple(thresholds) if thresholds is not None else tuple(cache.index["thresholds"])
+        self.data_counts = counts = cache.index["counts"]
+        self.log({"event": "data", **counts, "thresholds": list(self.thresholds), "latent_cache": str(cache.folder),
+                  "cached_epochs": cache.epochs},
+                 f"data: {counts['usable']} videos from the latent cache {cache.folder} ({cache.epochs} epoch(s))")
+        self.dataset = LatentCacheDataset(cache, self.thresholds)
+
     def prepare_model(self) -> None:
         config, accelerator = self.config, self.accelerator
         if config.model.from_scratch and self.main and not (self.output_dir / "base").is_dir():
             prepare_scratch_base(config, self.output_dir, self.dataset, self.log, self.out_of_time)
         accelerator.wait_for_everyone()
-        self.base = base = load_training_base(config, self.output_dir)
+        cached = self.latent_cache is not None
+        dinov2 = CachedDinov2(self.latent_cache.index["dinov2_config"]) if cached else None
+        self.base = base = load_training_base(config, self.output_dir, dinov2)
 
         torch.manual_seed(config.seed)  # the new LivePhoto layers start alike on every process
         self.livephoto_config = make_livephoto_config(config, base, self.thresholds)
@@ -267,14 +297,17 @@ class Trainer:
         if config.gradient_checkpointing:
             model.unet.motion_unet.enable_gradient_checkpointing()
         self.model = model
-        self.text_encoder = base.text_encoder.to(self.device).requires_grad_(config.model.train_text_encoder)
-        self.vae = base.vae.to(self.device).eval().requires_grad_(False)
+        # From the latent cache there is no VAE or text encoder: nothing of them reaches the device.
+        self.text_encoder = self.vae = None
+        if not cached:
+            self.text_encoder = base.text_encoder.to(self.device).requires_grad_(config.model.train_text_encoder)
+            self.vae = base.vae.to(self.device).eval().requires_grad_(False)
         trainee = Trainee(model, self.text_encoder if config.model.train_text_encoder else None).to(self.device).train()
         named = trainee_parameters(trainee)
-        frozen = sum(p.numel() for p in trainee.parameters() if not p.requires_grad) + sum(
-            p.numel() for p in self.vae.parameters()
-        )
-        if not config.model.train_text_encoder:
+        frozen = sum(p.numel() for p in trainee.parameters() if not p.requires_grad)
+        if not cached:
+            frozen += sum(p.numel() for p in self.vae.parameters())
+        if not cached and not config.model.train_text_encoder:
             frozen += sum(p.numel() for p in self.text_encoder.parameters())
         trained = sum(p.numel() for p in named.values())
         self.log({"event": "model", "trained_parameters": trained, "frozen_parameters": frozen},
@@ -292,9 +325,11 @@ class Trainer:
         self.trainee, self.optimizer = accelerator.prepare(trainee, optimizer)
         self.named = trainee_parameters(accelerator.unwrap_model(self.trainee))
         self.noise_scheduler = make_noise_scheduler(base.scheduler_config, self.livephoto_config.prediction_type)
-        self.encoders = FrozenEncoders(
-            self.vae, self.text_encoder, base.tokenizer, self.device, config.cache_latents, config.cache_text
+        self.encoders = None if cached else FrozenEncoders(
+            self.vae, self.text_encoder, base.tokenizer, model.content_encoder, self.device, config.cache_latents,
+            config.cache_text,
         )
+        self.empty_text = self.latent_cache.empty_text().to(self.device) if cached else None
 
     def restore(self, checkpoint: TrainingCheckpoint, named: dict, optimizer) -> None:
         missing = sorted(set(named) - set(checkpoint.trainable))
@@ -328,7 +363,10 @@ class Trainer:
         """The mean denoising loss of a batch; `generators` (one per clip) draw each clip's noise,
         timestep and text dropout."""
         config, device = self.config, self.device
-        latents = self.encoders.clip_latents(batch["frames"])
+        if self.encoders is None:  # from the latent cache
+            latents = batch["latents"].to(device)
+        else:
+            latents = self.encoders.clip_latents(batch["frames"])
         num_frames = latents.shape[1]
         train_timesteps = self.noise_scheduler.config.num_train_timesteps
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(latents)
@@ -336,19 +374,23 @@ class Trainer:
             draw_timestep(g, train_timesteps, config.high_noise_fraction, config.high_noise_from) for g in generators
         ]).to(device)
         dropped = [torch.rand(1, generator=g).item() < text_dropout for g in generators]
-        captions = ["" if drop else caption for caption, drop in zip(batch["caption"], dropped)]
-        if config.model.train_text_encoder:
-            text = tokenize_captions(self.base.tokenizer, captions).to(device)
+        if self.encoders is None:
+            text = torch.stack([self.empty_text if drop else row.to(device) for row, drop in zip(batch["text"], dropped)])
+            content = batch["content"].to(device)
         else:
-            text = self.encoders.text_embeddings(captions)
+            captions = ["" if drop else caption for caption, drop in zip(batch["caption"], dropped)]
+            if config.model.train_text_encoder:
+                text = tokenize_captions(self.base.tokenizer, captions).to(device)
+            else:
+                text = self.encoders.text_embeddings(captions)
+            content = self.encoders.content_features(batch["reference"])
         conditioning = self.model.conditioning_channels(latents[:, 0], num_frames, batch["level"].to(latents))
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.livephoto_config.prediction_type == "epsilon":
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        reference = ((batch["reference"] + 1) / 2).to(device)
-        prediction = module(noisy, timesteps, text, reference, conditioning)
+        prediction = module(noisy, timesteps, text, content, conditioning)
         return F.mse_loss(prediction.float(), target.float())
 
     # -- checkpoints, validation, export --

@@ -46,6 +46,9 @@ class DataConfig:
     label_workers: int = 1  # processes for the SSIM labelling pass
     loader_workers: int = 0  # DataLoader worker processes decoding clips
     ssim_cache: str | None = None  # default: <output_dir>/ssim_cache.jsonl
+    # A folder scripts/cache_latents.py wrote: the frozen encoders' outputs of every clip (SD-1.5 mode,
+    # from data.index); training reads them and loads no VAE, text encoder or DINOv2 (latent_cache.py).
+    latent_cache: str | None = None
     thresholds: list[float] | None = None  # the 9 intensity thresholds; default: fitted on the data
 
 
@@ -227,6 +230,16 @@ class TrainConfig:
             need(not self.model.train_text_encoder, "model.train_text_encoder needs model.from_scratch")
         need(not self.model.freeze_motion_module or self.model.motion_module is not None,
              "model.freeze_motion_module needs model.motion_module")
+        if self.data.latent_cache is not None:
+            need(not self.model.from_scratch,
+                 "data.latent_cache is for the SD-1.5 mode: from scratch the VAE and text encoder train first")
+            need(bool(self.data.index), "data.latent_cache is built from data.index (not data.shards); set data.index")
+            need(not (self.cache_latents or self.cache_text),
+                 "cache_latents and cache_text memoise what data.latent_cache already holds; turn them off")
+            need(self.data.validation_index is None and self.validation.photo is None,
+                 "validation strips and the held-out loss run the frozen encoders, which a run from "
+                 "data.latent_cache does not load: unset data.validation_index and validation.photo, and render "
+                 "the exported model with livephoto animate")
         need(not (self.cache_text and self.model.train_text_encoder),
              "cache_text is exact only with a frozen text encoder; turn one of them off")
         derived = sorted(DERIVED_LIVEPHOTO_FIELDS & set(self.model.livephoto))
