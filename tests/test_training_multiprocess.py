@@ -82,9 +82,12 @@ def test_fsdp_trains_checkpoints_its_shards_and_exports_a_model_that_loads(toy_d
     assert (start["strategy"], start["processes"]) == ("fsdp", 2)
     (checkpoint,) = [p for _, p in resume.list_checkpoints(out / "checkpoints")]
     assert json.loads((checkpoint / "state.json").read_text())["strategy"] == "fsdp"
-    # Both processes wrote shards of the model, the optimizer and the EMA.
+    # Each process wrote its own share of the model, the optimizer and the EMA (replicated tensors
+    # would all be written by process 0).
     for folder in ("accelerate/pytorch_model_fsdp_0", "accelerate/optimizer_0", "ema"):
-        assert {p.name for p in (checkpoint / folder).glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}, folder
+        sizes = {p.name: p.stat().st_size for p in (checkpoint / folder).glob("*.distcp")}
+        assert set(sizes) == {"__0_0.distcp", "__1_0.distcp"}, folder
+        assert min(sizes.values()) > 0.3 * sum(sizes.values()), (folder, sizes)
     assert not (checkpoint / "trainable.safetensors").exists()
     assert log_records(out, "validation")[-1]["heldout_loss"] > 0  # the main process's whole copy ran it
     pipeline = load_pipeline(out / "export" / "step-000002" / "livephoto.safetensors")
@@ -124,7 +127,7 @@ def test_fsdp_matches_ddp_resumes_exactly_and_exports_what_ddp_exports(toy_data,
     ddp_export, fsdp_export, cut_export = (exported(path, 4) for path in (tmp_path / "ddp", runs["fsdp"], runs["cut"]))
     assert set(ddp_export) == set(fsdp_export) == set(cut_export)
     for name, tensor in ddp_export.items():
-        torch.testing.assert_close(fsdp_export[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(fsdp_export[name], tensor, atol=1e-5, rtol=0, msg=name)
         torch.testing.assert_close(cut_export[name], fsdp_export[name], atol=1e-6, rtol=0, msg=name)
     assert exported(runs["cut"], 2)  # the cut run exported at its own end too
 
