@@ -1,6 +1,7 @@
 """Train a LivePhoto model: ``python scripts/train.py --config configs/train/demo.json [--set key=value ...] [--resume latest]``.
 
-Also runs under ``accelerate launch`` (several processes, DDP). See docs/training.md.
+Also runs under ``accelerate launch`` (several processes: DDP, or FSDP with
+``--config_file configs/accelerate/fsdp.yaml``). See docs/training.md.
 """
 
 from __future__ import annotations

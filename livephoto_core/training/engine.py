@@ -16,11 +16,18 @@ trained weights, their EMA, the optimizer, the LR scheduler and every process's 
 resumed run computes the same losses as one that was never interrupted. Because the randomness
 belongs to the clip, not to the process or batch it lands in, one process with batch 2 and two
 processes with batch 1 compute the same step (up to the order of float sums).
+
+Several processes train with DDP, or with FSDP2 when accelerate's launch config asks for it (see
+``distributed_strategy``): then the model and optimizer state are sharded, checkpoints are
+accelerate's sharded state, and the main process keeps a whole copy of the model on the CPU for
+validation and export.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import logging
 import os
 import time
@@ -55,8 +62,11 @@ from .resume import (
     load_checkpoint,
     prune_checkpoints,
     resolve_resume,
+    SHARDED_EMA,
+    SHARDED_STATE,
     rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
     set_rng_state,
 )
 from .run_log import RunLog, Window
@@ -77,8 +87,8 @@ class TrainResult:
 
 
 class Trainee(nn.Module):
-    """Everything that trains, as one module for DDP: the LivePhoto model and, when it trains, the
-    text encoder."""
+    """Everything that trains, as one module for DDP or FSDP: the LivePhoto model and, when it
+    trains, the text encoder."""
 
     def __init__(self, model: LivePhotoModel, text_encoder: nn.Module | None):
         super().__init__()
@@ -159,6 +169,97 @@ def start_from_checkpoint(model: LivePhotoModel, path: str) -> list[str]:
     return sorted(set(expected) - set(state))
 
 
+# --- processes -----------------------------------------------------------------------------------
+
+
+def distributed_strategy() -> str:
+    """"ddp" or "fsdp": what the accelerate launch config asked for (``accelerate launch`` turns its
+    ``distributed_type`` into these environment variables). The strategy lives in the launch config,
+    not in TrainConfig, so that one switch decides it; checkpoints record it."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise InvalidInputError(
+            "this trainer does not run under DeepSpeed: its checkpoints, EMA and export know DDP and FSDP; "
+            "launch with configs/accelerate/fsdp.yaml (sharded) or without a config file (DDP)"
+        )
+    return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" else "ddp"
+
+
+def make_accelerator(config: TrainConfig, strategy: str):
+    from accelerate import Accelerator
+
+    # Several processes without CUDA (torchrun, or accelerate launch --multi_gpu, on a CPU machine):
+    # DDP over gloo on the CPU. (accelerate launch --cpu starts a single process unless MPI is set up.)
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    plugin = fsdp_plugin(config) if strategy == "fsdp" else None
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=multi_cpu, fsdp_plugin=plugin,
+    )
+    if plugin is not None and accelerator.distributed_type.value != "FSDP":
+        if not multi_cpu:
+            raise InvalidInputError(
+                f"FSDP was asked for but accelerate set up {accelerator.distributed_type.value} with "
+                f"{accelerator.num_processes} process(es); launch 2 or more processes (--num_processes)"
+            )
+        force_fsdp_on_cpu(plugin)
+    return accelerator
+
+
+def fsdp_plugin(config: TrainConfig):
+    """accelerate's FSDP plugin as the launch config set it up, checked for what this trainer supports."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    import torch.distributed.fsdp
+
+    if not hasattr(torch.distributed.fsdp, "fully_shard"):
+        raise InvalidInputError(
+            f"FSDP here is FSDP2 (torch.distributed.fsdp.fully_shard), which torch {torch.__version__} lacks; "
+            f"install torch >= 2.6"
+        )
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables that accelerate launch sets
+    # FSDP1's flat parameters need use_orig_params to mix frozen and trained weights in one unit and
+    # do not run on the CPU; FSDP2 shards each parameter on its own, on any device.
+    if plugin.fsdp_version != 2:
+        raise InvalidInputError(f"the launch config asks for FSDP version {plugin.fsdp_version}; set fsdp_version: 2 "
+                                f"(configs/accelerate/fsdp.yaml)")
+    if plugin.state_dict_type.name != "SHARDED_STATE_DICT":
+        raise InvalidInputError(
+            f"the launch config sets fsdp_state_dict_type {plugin.state_dict_type.name}; set SHARDED_STATE_DICT "
+            f"(each process saves its own shards; the export gathers whole weights on the main process)"
+        )
+    return plugin
+
+
+def force_fsdp_on_cpu(plugin) -> None:
+    """accelerate 1.16 enters FSDP only from a multi-GPU-like state (AcceleratorState.__init__); on the
+    CPU it keeps MULTI_CPU and would train plain DDP without a word. fully_shard itself runs on the
+    CPU over gloo, so switch the shared state to FSDP before anything is prepared, as accelerate does
+    on a GPU."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    state = AcceleratorState()
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def gather_to_main(tensors: dict[str, torch.Tensor], main: bool) -> dict[str, torch.Tensor] | None:
+    """Whole copies of (sharded) tensors on the main process's CPU, None on the others. Collective:
+    every process calls it with the same names in the same order. One tensor at a time, so a process
+    holds at most one whole tensor beyond its shards."""
+    from torch.distributed.tensor import DTensor
+
+    whole = {}
+    for name, tensor in tensors.items():
+        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if main:
+            whole[name] = full.detach().to("cpu", copy=True)
+    return whole if main else None
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -166,8 +267,6 @@ class Trainer:
     """One invocation of a training run; ``Trainer(config, resume).run()``."""
 
     def __init__(self, config: TrainConfig, resume: str | None = None):
-        from accelerate import Accelerator
-
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.checkpoints_dir = self.output_dir / "checkpoints"
@@ -180,14 +279,13 @@ class Trainer:
                 f"or choose a new output_dir"
             )
         self.checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-
-        # Several processes without CUDA (torchrun, or accelerate launch --multi_gpu, on a CPU machine):
-        # DDP over gloo on the CPU. (accelerate launch --cpu starts a single process unless MPI is set up.)
-        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
-            cpu=multi_cpu,
-        )
+        self.strategy = distributed_strategy()
+        if self.checkpoint is not None and self.checkpoint.strategy != self.strategy:
+            raise InvalidInputError(
+                f"{resume_from} was written by a {self.checkpoint.strategy} run and this one is {self.strategy}; "
+                f"resume with the launch config it was trained with (a checkpoint is not converted between them)"
+            )
+        self.accelerator = make_accelerator(config, self.strategy)
         self.main = self.accelerator.is_main_process
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
@@ -197,9 +295,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.log = RunLog(self.output_dir / "log.jsonl", self.main)
         self.log({"event": "start", "resume": str(resume_from) if resume_from else None, "processes": self.world,
-                  "device": str(self.device), "mixed_precision": config.mixed_precision,
+                  "strategy": self.strategy, "device": str(self.device), "mixed_precision": config.mixed_precision,
                   "torch_threads": config.torch_threads or torch.get_num_threads(), "livephoto_version": __version__},
-                 f"run {self.output_dir}: {self.world} process(es) on {self.device}"
+                 f"run {self.output_dir}: {self.world} process(es) ({self.strategy}) on {self.device}"
                  + (f", resuming from {resume_from.name}" if resume_from else ""))
         if self.checkpoint is not None:
             changed = config_changes(self.checkpoint.state["config"], config.to_dict())
@@ -302,7 +400,11 @@ class Trainer:
         if not cached:
             self.text_encoder = base.text_encoder.to(self.device).requires_grad_(config.model.train_text_encoder)
             self.vae = base.vae.to(self.device).eval().requires_grad_(False)
-        trainee = Trainee(model, self.text_encoder if config.model.train_text_encoder else None).to(self.device).train()
+        trainee = Trainee(model, self.text_encoder if config.model.train_text_encoder else None)
+        # FSDP shards the trainee in place, and a sharded module runs only when every process calls it;
+        # the main process keeps a whole copy on the CPU to validate and export (trained_weights).
+        self.host = copy.deepcopy(trainee).to("cpu") if self.strategy == "fsdp" and self.main else None
+        trainee = trainee.to(self.device).train()
         named = trainee_parameters(trainee)
         frozen = sum(p.numel() for p in trainee.parameters() if not p.requires_grad)
         if not cached:
@@ -318,12 +420,14 @@ class Trainer:
             eps=config.adam_epsilon, weight_decay=config.weight_decay,
         )
         self.lr_scheduler = make_lr_scheduler(config, optimizer)
-        self.ema = EMA(named, config.ema_decay) if config.ema_decay is not None else None
+        self.trainee, self.optimizer = accelerator.prepare(trainee, optimizer)
+        self.unwrapped = accelerator.unwrap_model(self.trainee)
+        self.named = trainee_parameters(self.unwrapped)  # under FSDP: the shards (DTensors)
+        # Made from the prepared parameters, so that under FSDP each process averages its own shards.
+        self.ema = EMA(self.named, config.ema_decay) if config.ema_decay is not None else None
         self.step = 0
         if self.checkpoint is not None:
-            self.restore(self.checkpoint, named, optimizer)
-        self.trainee, self.optimizer = accelerator.prepare(trainee, optimizer)
-        self.named = trainee_parameters(accelerator.unwrap_model(self.trainee))
+            self.restore(self.checkpoint)
         self.noise_scheduler = make_noise_scheduler(base.scheduler_config, self.livephoto_config.prediction_type)
         self.encoders = None if cached else FrozenEncoders(
             self.vae, self.text_encoder, base.tokenizer, model.content_encoder, self.device, config.cache_latents,
@@ -331,7 +435,24 @@ class Trainer:
         )
         self.empty_text = self.latent_cache.empty_text().to(self.device) if cached else None
 
-    def restore(self, checkpoint: TrainingCheckpoint, named: dict, optimizer) -> None:
+    def restore(self, checkpoint: TrainingCheckpoint) -> None:
+        if self.strategy == "fsdp":
+            self.restore_sharded(checkpoint)
+        else:
+            self.restore_whole(checkpoint)
+        self.lr_scheduler.load_state_dict(checkpoint.state["lr_scheduler"])
+        if "grad_scaler" in checkpoint.state and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(checkpoint.state["grad_scaler"])
+        states = checkpoint.state["rng"]
+        if checkpoint.state["processes"] != self.world:
+            logger.warning("the checkpoint was written by %d processes, this run has %d: the data order and "
+                           "noise continue, but not bit for bit", checkpoint.state["processes"], self.world)
+        set_rng_state(states[self.rank % len(states)])
+        self.step = checkpoint.step
+
+    def restore_whole(self, checkpoint: TrainingCheckpoint) -> None:
+        """DDP: every process copies the whole trained weights, EMA and optimizer state."""
+        named = self.named
         missing = sorted(set(named) - set(checkpoint.trainable))
         unexpected = sorted(set(checkpoint.trainable) - set(named))
         if missing or unexpected:
@@ -342,20 +463,28 @@ class Trainer:
         with torch.no_grad():
             for name, param in named.items():
                 param.copy_(checkpoint.trainable[name])
-        optimizer.load_state_dict(checkpoint.optimizer)
-        self.lr_scheduler.load_state_dict(checkpoint.state["lr_scheduler"])
+        self.optimizer.load_state_dict(checkpoint.optimizer)
         if self.ema is not None:
             if checkpoint.ema is None:
                 raise InvalidInputError("ema_decay is set but the checkpoint has no EMA weights; resume without EMA")
             self.ema.load_state_dict(checkpoint.ema)
-        if "grad_scaler" in checkpoint.state and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(checkpoint.state["grad_scaler"])
-        states = checkpoint.state["rng"]
-        if checkpoint.state["processes"] != self.world:
-            logger.warning("the checkpoint was written by %d processes, this run has %d: the data order and "
-                           "noise continue, but not bit for bit", checkpoint.state["processes"], self.world)
-        set_rng_state(states[self.rank % len(states)])
-        self.step = checkpoint.step
+
+    def restore_sharded(self, checkpoint: TrainingCheckpoint) -> None:
+        """FSDP: every process reads its shards of the model, optimizer and EMA."""
+        import torch.distributed.checkpoint as dcp
+
+        ema_folder = checkpoint.path / SHARDED_EMA
+        if self.ema is not None and not ema_folder.is_dir():
+            raise InvalidInputError("ema_decay is set but the checkpoint has no EMA weights; resume without EMA")
+        try:
+            self.accelerator.load_state(str(checkpoint.path / SHARDED_STATE))
+            if self.ema is not None:
+                dcp.load(self.ema.shadow, checkpoint_id=str(ema_folder))
+        except Exception as error:  # noqa: BLE001 - whatever torch.distributed.checkpoint raises for a mismatch
+            raise InvalidInputError(
+                f"checkpoint {checkpoint.path} does not fit this run ({type(error).__name__}: {str(error)[:300]}); "
+                f"resume with the config it was trained with, or from an older checkpoint"
+            ) from None
 
     # -- one step --
 
@@ -399,51 +528,81 @@ class Trainer:
         from accelerate.utils import gather_object
 
         rng = gather_object([rng_state()])
+        state = {
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "thresholds": list(self.thresholds),
+            "config": self.config.to_dict(),
+            "rng": rng,
+            "processes": self.world,
+            "strategy": self.strategy,
+        }
+        if self.accelerator.scaler is not None:
+            state["grad_scaler"] = self.accelerator.scaler.state_dict()
+        ema = self.ema.shadow if self.ema else None
+        if self.strategy == "fsdp":
+            path = save_sharded_checkpoint(self.checkpoints_dir, self.step, self.accelerator, ema, state)
+        elif self.main:
+            path = save_checkpoint(self.checkpoints_dir, self.step, dict(self.named), ema,
+                                   self.optimizer.state_dict(), state)
         if self.main:
-            state = {
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "thresholds": list(self.thresholds),
-                "config": self.config.to_dict(),
-                "rng": rng,
-                "processes": self.world,
-            }
-            if self.accelerator.scaler is not None:
-                state["grad_scaler"] = self.accelerator.scaler.state_dict()
-            path = save_checkpoint(
-                self.checkpoints_dir, self.step, dict(self.named), self.ema.shadow if self.ema else None,
-                self.optimizer.state_dict(), state,
-            )
             prune_checkpoints(self.checkpoints_dir, self.config.keep_checkpoints)
             self.log({"event": "checkpoint", "step": self.step, "path": str(path)}, f"step {self.step}: saved {path.name}")
         self.accelerator.wait_for_everyone()
 
+    @contextlib.contextmanager
     def trained_weights(self):
-        """Context in which the model holds the weights to validate and export (the EMA's, when kept)."""
-        return self.ema.applied(self.named) if self.ema is not None else contextlib.nullcontext()
+        """Context yielding, on the main process, a Trainee that holds the weights to validate and
+        export (the EMA's, when kept); None on the others. Every process enters it (FSDP gathers).
+
+        DDP: the trained module itself, the EMA swapped in for the block. FSDP: the main process's
+        CPU copy, the weights gathered into it from every process's shards."""
+        if self.strategy == "ddp":
+            if not self.main:
+                yield None
+                return
+            with self.ema.applied(self.named) if self.ema is not None else contextlib.nullcontext():
+                yield self.unwrapped
+            return
+        whole = gather_to_main(self.ema.shadow if self.ema is not None else self.named, self.main)
+        if not self.main:
+            yield None
+            return
+        with torch.no_grad():
+            for name, param in trainee_parameters(self.host).items():
+                param.copy_(whole[name])
+        yield self.host
 
     def validate(self) -> None:
         config = self.config.validation
-        if self.main:
-            record = {"event": "validation", "step": self.step}
-            module = self.accelerator.unwrap_model(self.trainee)
-            with self.trained_weights():
-                module.eval()
-                if self.validation_sample is not None:
-                    path = self.output_dir / "validation" / f"{checkpoint_name(self.step)}.png"
-                    path.parent.mkdir(exist_ok=True)
-                    path.unlink(missing_ok=True)  # rendered again after a resume: same weights, same picture
-                    pipeline = LivePhotoPipeline(
-                        self.model, self.vae, self.text_encoder, self.base.tokenizer, self.base.scheduler_config
-                    )
-                    record["levels"] = render_validation(pipeline, self.validation_sample, config, path)
-                    record["strip"] = str(path)
-                if self.heldout:
-                    record["heldout_loss"] = self.heldout_loss(module)
-                module.train()
-            measured = ", ".join(f"{r['level']}->{r['measured']}" for r in record.get("levels", []))
-            self.log(record, f"step {self.step}: validation, intensity asked->measured {measured or '-'}"
-                     + (f", held-out loss {record['heldout_loss']:.4f}" if "heldout_loss" in record else ""))
+        with self.trained_weights() as module:
+            if self.main:
+                # Under FSDP the main process's CPU copy goes to the device for the pass (on a GPU: a
+                # whole model beside the shards, for the length of the validation).
+                self.validate_with(module.to(self.device), config)
+                if self.host is not None:
+                    module.to("cpu")
         self.accelerator.wait_for_everyone()
+
+    def validate_with(self, module: Trainee, config) -> None:
+        """The main process's validation on `module` (a Trainee holding the weights to validate)."""
+        record = {"event": "validation", "step": self.step}
+        module.eval()
+        if self.validation_sample is not None:
+            path = self.output_dir / "validation" / f"{checkpoint_name(self.step)}.png"
+            path.parent.mkdir(exist_ok=True)
+            path.unlink(missing_ok=True)  # rendered again after a resume: same weights, same picture
+            text_encoder = module.text_encoder if module.text_encoder is not None else self.text_encoder
+            pipeline = LivePhotoPipeline(
+                module.model, self.vae, text_encoder, self.base.tokenizer, self.base.scheduler_config
+            )
+            record["levels"] = render_validation(pipeline, self.validation_sample, config, path)
+            record["strip"] = str(path)
+        if self.heldout:
+            record["heldout_loss"] = self.heldout_loss(module)
+        module.train()
+        measured = ", ".join(f"{r['level']}->{r['measured']}" for r in record.get("levels", []))
+        self.log(record, f"step {self.step}: validation, intensity asked->measured {measured or '-'}"
+                 + (f", held-out loss {record['heldout_loss']:.4f}" if "heldout_loss" in record else ""))
 
     @torch.no_grad()
     def heldout_loss(self, module: nn.Module) -> float:
@@ -474,15 +633,26 @@ class Trainer:
         return clips
 
     def export(self) -> Path | None:
+        from accelerate.utils import broadcast_object_list
+
         folder = self.output_dir / "export" / checkpoint_name(self.step)
-        if self.main and self.step > 0 and not folder.exists():
-            with self.trained_weights():
-                self.model.config.extra = {
-                    "training": {"steps": self.step, "index": self.config.data.index,
-                                 "usable_videos": self.data_counts["usable"], "base_hashes": self.base.hashes,
-                                 "livephoto_version": __version__, "config": self.config.to_dict()}
-                }
-                export_model(self.model, self.base, folder)
+        # The main process decides; under FSDP every process then takes part in gathering the weights.
+        [wanted] = broadcast_object_list([self.step > 0 and not folder.exists()])
+        if wanted:
+            with self.trained_weights() as module:
+                if self.main:
+                    model = module.model
+                    model.config.extra = {
+                        "training": {"steps": self.step, "index": self.config.data.index,
+                                     "usable_videos": self.data_counts["usable"], "base_hashes": self.base.hashes,
+                                     "livephoto_version": __version__, "config": self.config.to_dict()}
+                    }
+                    # A bundled export writes DINOv2 and the text encoder too: under FSDP the live ones are
+                    # sharded, so take them from the module that holds the whole weights.
+                    text_encoder = module.text_encoder if module.text_encoder is not None else self.base.text_encoder
+                    base = dataclasses.replace(self.base, dinov2=model.content_encoder.dinov2,
+                                               text_encoder=text_encoder)
+                    export_model(model, base, folder)
             self.log({"event": "export", "step": self.step, "path": str(folder)}, f"exported {folder}")
         self.accelerator.wait_for_everyone()
         return folder if folder.exists() else None

@@ -4,12 +4,19 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-NNNNNN/``:
 
 - ``trainable.safetensors``: every trained parameter, by name (``ema.safetensors``: their EMA);
 - ``optimizer.pt``: the optimizer state (``torch.load(weights_only=True)`` reads it);
-- ``state.json``: step, LR scheduler, intensity thresholds, the config, and the python / numpy /
-  torch RNG states of every process.
+- ``state.json``: step, LR scheduler, intensity thresholds, the config, the python / numpy /
+  torch RNG states of every process, and the strategy that wrote it (``ddp`` or ``fsdp``).
+
+A sharded (FSDP) run writes instead of the first three files what every process holds of them:
+
+- ``accelerate/``: ``Accelerator.save_state`` (model and optimizer as sharded
+  ``torch.distributed.checkpoint`` folders, and accelerate's own per-process RNG files);
+- ``ema/``: the EMA's shards (``torch.distributed.checkpoint``).
 
 The folder is written under a temporary name and renamed into place only when every file is on
 disk, so a crash or a full disk leaves the previous checkpoints as they were and no half-written
-``step-*`` folder; an existing checkpoint folder is never replaced.
+``step-*`` folder; an existing checkpoint folder is never replaced. In a sharded checkpoint every
+process writes into the main process's temporary folder, which is renamed once all are done.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from ..errors import InvalidInputError, OutputExistsError
 from ..fileio import fsync_directory, fsync_file
 
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)")
+SHARDED_STATE = "accelerate"  # the folder of Accelerator.save_state in a sharded checkpoint
+SHARDED_EMA = "ema"
 
 
 def checkpoint_name(step: int) -> str:
@@ -70,6 +79,30 @@ def atomic_directory(final: Path):
         if reserved and final.is_dir() and not any(final.iterdir()):
             final.rmdir()
         raise
+
+
+@contextmanager
+def shared_atomic_directory(final: Path, accelerator):
+    """atomic_directory for a folder that every process writes into: the main process reserves it and
+    names its temporary folder to the others, and renames it once every process has left the block.
+    Every process must enter; each yields the same temporary folder (a shared filesystem)."""
+    from accelerate.utils import broadcast_object_list
+
+    final = Path(final)
+    if not accelerator.is_main_process:
+        [temporary] = broadcast_object_list([None])
+        if temporary is None:  # the main process found `final` taken and raises the same
+            raise OutputExistsError(f"{final} already exists; it is never overwritten")
+        yield Path(temporary)
+        accelerator.wait_for_everyone()
+        return
+    if final.exists():
+        broadcast_object_list([None])
+        raise OutputExistsError(f"{final} already exists; it is never overwritten")
+    with atomic_directory(final) as temporary:
+        broadcast_object_list([str(temporary)])
+        yield temporary
+        accelerator.wait_for_everyone()  # every process's shards are on disk before the rename
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -146,8 +179,13 @@ class TrainingCheckpoint:
     step: int
     trainable: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
-    optimizer: dict
+    optimizer: dict | None
     state: dict  # the rest of state.json: lr_scheduler, thresholds, config, rng (one per process)
+    path: Path | None = None
+
+    @property
+    def strategy(self) -> str:
+        return self.state.get("strategy", "ddp")  # checkpoints from before FSDP are DDP's
 
 
 def save_checkpoint(
@@ -169,9 +207,28 @@ def save_checkpoint(
     return final
 
 
+def save_sharded_checkpoint(folder: Path, step: int, accelerator, ema: dict | None, state: dict) -> Path:
+    """Write checkpoint `step` of a sharded run into `folder` atomically; every process calls this and
+    writes its own shards (see the module docstring)."""
+    import torch.distributed.checkpoint as dcp
+
+    final = folder / checkpoint_name(step)
+    with shared_atomic_directory(final, accelerator) as temporary:
+        accelerator.save_state(str(temporary / SHARDED_STATE))
+        if ema is not None:
+            dcp.save(ema, checkpoint_id=str(temporary / SHARDED_EMA))
+        if accelerator.is_main_process:
+            (temporary / "state.json").write_text(json.dumps({"step": step, **state}), encoding="utf-8")
+    return final
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> TrainingCheckpoint:
+    """A checkpoint's state.json and, for a DDP checkpoint, its tensors (a sharded one's are read by
+    Accelerator.load_state once the model is sharded)."""
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        if state.get("strategy") == "fsdp":
+            return TrainingCheckpoint(state.pop("step"), {}, None, None, state, path)
         trainable = load_file(str(path / "trainable.safetensors"), device=str(map_location))
         ema_file = path / "ema.safetensors"
         ema = load_file(str(ema_file), device=str(map_location)) if ema_file.is_file() else None
@@ -179,7 +236,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> TrainingCheckpoint:
     except Exception as error:  # noqa: BLE001 - whatever json, safetensors or torch raise for a damaged file
         raise InvalidInputError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); "
                                 f"resume from an older one (pass its folder to --resume)") from None
-    return TrainingCheckpoint(state.pop("step"), trainable, ema, optimizer, state)
+    return TrainingCheckpoint(state.pop("step"), trainable, ema, optimizer, state, path)
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
