@@ -91,7 +91,16 @@ class FrozenEncoders:
 
     def content_features(self, reference: torch.Tensor) -> torch.Tensor:
         """reference frames [B, 3, H, W] in [-1, 1] -> DINOv2 hidden states [B, N, hidden] (float32)."""
-        return self.content_encoder.features(((reference + 1) / 2).to(self.device)).float()
+        return reference_features(self.content_encoder, reference.to(self.device))
+
+
+@torch.no_grad()
+def reference_features(content_encoder, reference: torch.Tensor) -> torch.Tensor:
+    """The frozen DINOv2 half of the content encoder on reference frames [B, 3, H, W] in [-1, 1] ->
+    hidden states [B, N, hidden] (float32): what the latent cache stores and training projects. Outside
+    any autocast, so a run that reads the cache and one that encodes as it goes see the same features."""
+    with torch.autocast(reference.device.type, enabled=False):
+        return content_encoder.features((reference + 1) / 2).float()
 
 
 class ClipStream:

@@ -49,7 +49,9 @@ from ..model import LivePhotoModel
 from ..pipeline import LivePhotoPipeline
 from ..sampling import make_scheduler
 from .base import TrainingBase, load_training_base
-from .batching import HELDOUT_STREAM, ClipStream, FrozenEncoders, clip_generator, draw_timestep, tokenize_captions
+from .batching import (
+    HELDOUT_STREAM, ClipStream, FrozenEncoders, clip_generator, draw_timestep, reference_features, tokenize_captions,
+)
 from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
 from .ema import EMA
 from .export import export_model
@@ -95,10 +97,14 @@ class Trainee(nn.Module):
         self.model = model
         self.text_encoder = text_encoder
 
-    def forward(self, noisy_latents, timesteps, text, content_features, conditioning):
+    def forward(self, noisy_latents, timesteps, text, conditioning, *, reference=None, content_features=None):
         """text: token ids [B, 77] when the text encoder trains, else its embeddings [B, 77, D];
-        content_features: the frozen DINOv2's hidden states of the reference frames [B, N, hidden]
-        (FrozenEncoders or the latent cache); the rest as for LivePhotoUNet.forward."""
+        reference: the reference frames [B, 3, H, W] in [-1, 1], or content_features: the frozen DINOv2's
+        hidden states of them [B, N, hidden] (from the latent cache); the rest as for LivePhotoUNet.forward.
+        The frozen DINOv2 runs here, not before the call: FSDP shards it with the rest, and a sharded
+        module's weights are whole only inside this forward."""
+        if content_features is None:
+            content_features = reference_features(self.model.content_encoder, reference)
         if self.text_encoder is not None:
             text = encode_text(self.text_encoder, text)
         reweighted, _ = self.model.reweight_text(text)
@@ -505,21 +511,21 @@ class Trainer:
         dropped = [torch.rand(1, generator=g).item() < text_dropout for g in generators]
         if self.encoders is None:
             text = torch.stack([self.empty_text if drop else row.to(device) for row, drop in zip(batch["text"], dropped)])
-            content = batch["content"].to(device)
+            content = {"content_features": batch["content"].to(device)}
         else:
             captions = ["" if drop else caption for caption, drop in zip(batch["caption"], dropped)]
             if config.model.train_text_encoder:
                 text = tokenize_captions(self.base.tokenizer, captions).to(device)
             else:
                 text = self.encoders.text_embeddings(captions)
-            content = self.encoders.content_features(batch["reference"])
+            content = {"reference": batch["reference"].to(device)}
         conditioning = self.model.conditioning_channels(latents[:, 0], num_frames, batch["level"].to(latents))
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.livephoto_config.prediction_type == "epsilon":
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        prediction = module(noisy, timesteps, text, content, conditioning)
+        prediction = module(noisy, timesteps, text, conditioning, **content)
         return F.mse_loss(prediction.float(), target.float())
 
     # -- checkpoints, validation, export --
