@@ -434,7 +434,7 @@ def test_the_nodes_are_registered_with_category_and_tooltips(comfy):
     ours = {name: entry for name, entry in info.items() if entry.get("category") == "LivePhoto"}
     assert set(ours) == {"LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
                          "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong",
-                         "LivePhotoContextWindows"}
+                         "LivePhotoContextWindows", "LoadLivePhotoWanModel", "LivePhotoWanSampler"}
     for name, entry in ours.items():
         for section in ("required", "optional"):
             for input_name, (_, options) in entry["input"].get(section, {}).items():
