@@ -147,8 +147,9 @@ save_file({key: value.half().contiguous() for key, value in model.state_dict().i
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """Cached random files under $COMFYUI_HOME/models, linked under the names the workflows use."""
+def models_dir(tmp_path_factory, wan_files):
+    """Cached random files under $COMFYUI_HOME/models, linked under the names the workflows use; for
+    livephoto_wan.json the tiny umT5, Wan VAE, DiT and LoRA of `wan_files` under the names it loads."""
     cache = HOME / "models"
     checkpoint = cache / "checkpoints" / RANDOM_CHECKPOINT
     if not checkpoint.is_file():
@@ -172,11 +173,14 @@ def models_dir(tmp_path_factory):
         "livephoto/livephoto_sd15.safetensors": livephoto,
         "livephoto/dinov2-large.safetensors": dinov2,
         "frame_interpolation/film_net_fp16.safetensors": film,
+        "diffusion_models/base.safetensors": wan_files["base"],
+        "loras/lora.safetensors": wan_files["lora"],
+        "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors": wan_files["text"],
+        "vae/wan_2.1_vae.safetensors": wan_files["vae"],
     }
     for name, target in links.items():
         (models / name).parent.mkdir(parents=True, exist_ok=True)
         (models / name).symlink_to(target)
-    (models / "loras").mkdir()
     random_lora(models / "loras" / "random_lora.safetensors")
     return models
 
@@ -466,7 +470,8 @@ def test_the_template_browser_serves_each_workflow_and_its_thumbnail(comfy):
             assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128
 
 
-@pytest.mark.parametrize("name", ["animate", "animate_smooth", "intensity_sweep", "measure_video", "text_weights"])
+@pytest.mark.parametrize("name", ["animate", "animate_smooth", "intensity_sweep", "livephoto_wan", "long_loop",
+                                  "measure_video", "text_weights"])
 def test_each_ui_workflow_converts_to_its_api_twin_with_comfy_cli(comfy, name, tmp_path):
     converter = os.environ.get("COMFY_CLI_PYTHON", str(ROOT.parent / ".comfycli" / "bin" / "python"))
     if not Path(converter).is_file():
@@ -766,7 +771,8 @@ def test_a_missing_dependency_is_one_log_line_and_the_server_runs(tmp_path):
 def test_the_frontend_opens_each_template_through_the_template_route(models_dir, inputs, tmp_path):
     """ComfyUI's own web frontend in headless Chromium (Debian's chromium; the harness' browser_check.py)
     fetches each template from the pack's template route, as its template browser does, and loads it:
-    every node type present, every node of the file in the graph, no dialog. Screenshots land in the
+    every node type present, every node of the file in the graph, no dialog, no node outlined as missing its
+    model or input file (models_dir and inputs hold every file the templates name). Screenshots land in the
     test's folder; with LIVEPHOTO_THUMBNAILS=workflows they also refresh the templates' thumbnails."""
     if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chromium (apt-get install -y chromium)")
@@ -782,7 +788,7 @@ def test_the_frontend_opens_each_template_through_the_template_route(models_dir,
     report_json = json.loads((tmp_path / "report.json").read_text())
     assert [w["ok"] for w in report_json["workflows"]] == [True] * len(workflows)
     for path, loaded in zip(workflows, report_json["workflows"]):
-        assert not loaded["missing"], path.name
+        assert not loaded["missing"] and not loaded["outlined"], path.name
         assert loaded["nodes_in_graph"] == len(json.loads(path.read_text())["nodes"]), path.name
         assert Path(loaded["screenshot"]).stat().st_size > 10_000, path.name
     print(f"\n[screenshots] {tmp_path}", flush=True)
