@@ -11,11 +11,12 @@ from .paths import register_model_folders
 from .sampler import LivePhotoSampler, PriorInversion
 from .save_for_phone import SaveForPhone
 from .text import TextReweight
+from .wan import LivePhotoWanSampler, LoadLivePhotoWanModel
 from .windows import ContextWindows
 
 NODES = [
     LoadLivePhotoModel, TextReweight, PriorInversion, ContextWindows, LivePhotoSampler, EstimateIntensity, SaveForPhone,
-    PingPong,
+    PingPong, LoadLivePhotoWanModel, LivePhotoWanSampler,
 ]
 
 

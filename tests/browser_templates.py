@@ -6,6 +6,10 @@ find the pack, then /api/workflow_templates/<pack>/<name>.json, as the frontend'
 does before its own app.loadGraphData call); the file only tells browser_check which node types to
 expect. Same command line as browser_check.py; run with the harness folder on PYTHONPATH.
 
+Beyond browser_check's checks, a template fails when the frontend outlines a node in red after loading it
+(`node.has_errors`): frontend 1.49 does that, with no dialog, to a loader whose file is not in the server's
+models folder and to Load Image without its image, so a template whose files are not all in place fails here.
+
 Environment: LIVEPHOTO_MODELS_DIR (a models folder for the server, so that the frontend finds the
 files the workflows name and flags nothing), LIVEPHOTO_INPUTS (files for its input folder, separated
 by os.pathsep), LIVEPHOTO_THUMBNAILS (a folder: each screenshot is also written there as
@@ -46,6 +50,9 @@ SAVE_AND_REOPEN = """(async () => {
   return { saved, prompt: prompt.output };
 })()"""
 
+# The nodes the frontend outlines in red: a model or input file the node names is not on the server.
+OUTLINED = "app.graph.nodes.filter((node) => node.has_errors).map((node) => String(node.id) + ' ' + node.type)"
+
 _load_file = browser_check.load_script
 _check_one = browser_check.check_one
 
@@ -61,6 +68,12 @@ def load_from_template_route(workflow, name, types):
 def check_and_save(page, path, workflow, out_dir, taken):
     """browser_check's check of one template; then, with LIVEPHOTO_SAVED set, its save and reopening."""
     report = _check_one(page, path, workflow, out_dir, taken)
+    report["outlined"] = page.evaluate(OUTLINED)
+    if report["outlined"]:
+        problem = "node(s) outlined as missing a file: " + ", ".join(report["outlined"])
+        report["problems"].append(problem)
+        report["ok"] = False
+        browser_check.log(f"{browser_check.show(os.path.abspath(path))}: {problem}")
     folder = os.environ.get("LIVEPHOTO_SAVED")
     if folder and report["ok"]:
         name = Path(path).stem

@@ -222,6 +222,23 @@ class LatentFormatSD15:
     latent_channels = 4
 
 
+class LatentFormatWan21:
+    """comfy.latent_formats.Wan21: the Wan 2.1 VAE's latent statistics and process_in/out, as ComfyUI 0.33 has them."""
+
+    latent_channels = 16
+    scale_factor = 1.0
+    latents_mean = torch.tensor([-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
+                                 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]).view(1, 16, 1, 1, 1)
+    latents_std = torch.tensor([2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
+                                1.5579, 1.6382, 1.1253, 2.8251, 1.9160]).view(1, 16, 1, 1, 1)
+
+    def process_in(self, latent):
+        return (latent - self.latents_mean.to(latent)) * self.scale_factor / self.latents_std.to(latent)
+
+    def process_out(self, latent):
+        return latent * self.latents_std.to(latent) / self.scale_factor + self.latents_mean.to(latent)
+
+
 class RecordingPreviewer:
     """latent_preview's previewer stand-in: the "image" is the latent it was given, recorded."""
 
@@ -400,6 +417,56 @@ class StandInVAE:
             return ((self.vae.decode(samples).sample + 1) / 2).clamp(0, 1).movedim(1, -1)
 
 
+class StandInWanCLIP:
+    """comfy.sd.CLIP loaded by CLIPLoader (type wan) over a transformers UMT5EncoderModel and tokenizer: ComfyUI's
+    umT5 path (comfy/text_encoders/wan.py): the prompt's tokens and end token, padded with 0 to at least 512,
+    attention masked past the end token, and the outputs there zeroed (zero_out_masked)."""
+
+    def __init__(self, text_encoder, tokenizer, min_length: int = 512):
+        self.text_encoder, self.tokenizer, self.min_length = text_encoder, tokenizer, min_length
+
+    def tokenize(self, text, return_word_ids=False):
+        ids = self.tokenizer(text).input_ids
+        return {"umt5xxl": [[(token, 1.0) for token in ids + [0] * max(0, self.min_length - len(ids))]]}
+
+    def encode_from_tokens_scheduled(self, tokens):
+        [pairs] = tokens["umt5xxl"]
+        ids = [token for token, _ in pairs]
+        end = ids.index(self.tokenizer.eos_token_id) + 1  # attended up to and including the end token
+        mask = (torch.arange(len(ids)) < end).long()[None]
+        ids = torch.tensor([ids])
+        with torch.no_grad():
+            hidden = self.text_encoder(ids, attention_mask=mask).last_hidden_state.float()
+        return [[hidden * mask[..., None], {"pooled_output": None}]]
+
+
+class WanVAE(torch.nn.Module):
+    """Named as comfy.ldm.wan.vae's class, the VAE model the LivePhoto-Wan sampler checks for."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+
+class StandInWanVAE:
+    """comfy.sd.VAE loaded by VAELoader from a Wan 2.1 VAE (over a diffusers AutoencoderKLWan): IMAGE [B, H, W, 3]
+    0..1 as B frames -> raw latents [1, 16, F, h, w] (posterior mode, no normalisation) -> [1, F', H, W, 3] 0..1."""
+
+    latent_channels = 16
+
+    def __init__(self, vae):
+        self.first_stage_model = WanVAE(vae)
+
+    def encode(self, pixels):
+        with torch.no_grad():
+            video = pixels[..., :3].movedim(-1, 0).unsqueeze(0) * 2 - 1
+            return self.first_stage_model.vae.encode(video).latent_dist.mode()
+
+    def decode(self, samples):
+        with torch.no_grad():
+            return ((self.first_stage_model.vae.decode(samples).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
+
+
 _CLASSIC_DINOV2_NAMES = {
     "attention.q_proj.": "attention.attention.query.",
     "attention.k_proj.": "attention.attention.key.",
@@ -431,7 +498,7 @@ def _folder_paths(models_dir: Path):
     module.models_dir = str(models_dir)
     module.supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
     module.folder_names_and_paths = {
-        name: ([str(models_dir / name)], set(module.supported_pt_extensions)) for name in ("checkpoints", "clip_vision", "loras")
+        name: ([str(models_dir / name)], set(module.supported_pt_extensions)) for name in ("checkpoints", "clip_vision", "loras", "diffusion_models")
     }
 
     def get_filename_list(folder_name):
@@ -502,7 +569,7 @@ def stubbed_comfyui(models_dir: Path):
     patcher.ModelPatcher = ModelPatcher
     supported = _supported_models()
     formats = types.ModuleType("comfy.latent_formats")
-    formats.SD15 = LatentFormatSD15
+    formats.SD15, formats.Wan21 = LatentFormatSD15, LatentFormatWan21
     previews = types.ModuleType("latent_preview")
     previews.get_previewer = get_previewer
     comfy.model_management, comfy.utils, comfy.model_patcher, comfy.supported_models = management, utils, patcher, supported

@@ -147,8 +147,9 @@ save_file({key: value.half().contiguous() for key, value in model.state_dict().i
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    """Cached random files under $COMFYUI_HOME/models, linked under the names the workflows use."""
+def models_dir(tmp_path_factory, wan_files):
+    """Cached random files under $COMFYUI_HOME/models, linked under the names the workflows use; for
+    livephoto_wan.json the tiny umT5, Wan VAE, DiT and LoRA of `wan_files` under the names it loads."""
     cache = HOME / "models"
     checkpoint = cache / "checkpoints" / RANDOM_CHECKPOINT
     if not checkpoint.is_file():
@@ -172,11 +173,14 @@ def models_dir(tmp_path_factory):
         "livephoto/livephoto_sd15.safetensors": livephoto,
         "livephoto/dinov2-large.safetensors": dinov2,
         "frame_interpolation/film_net_fp16.safetensors": film,
+        "diffusion_models/base.safetensors": wan_files["base"],
+        "loras/lora.safetensors": wan_files["lora"],
+        "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors": wan_files["text"],
+        "vae/wan_2.1_vae.safetensors": wan_files["vae"],
     }
     for name, target in links.items():
         (models / name).parent.mkdir(parents=True, exist_ok=True)
         (models / name).symlink_to(target)
-    (models / "loras").mkdir()
     random_lora(models / "loras" / "random_lora.safetensors")
     return models
 
@@ -434,7 +438,7 @@ def test_the_nodes_are_registered_with_category_and_tooltips(comfy):
     ours = {name: entry for name, entry in info.items() if entry.get("category") == "LivePhoto"}
     assert set(ours) == {"LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
                          "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong",
-                         "LivePhotoContextWindows"}
+                         "LivePhotoContextWindows", "LoadLivePhotoWanModel", "LivePhotoWanSampler"}
     for name, entry in ours.items():
         for section in ("required", "optional"):
             for input_name, (_, options) in entry["input"].get(section, {}).items():
@@ -466,7 +470,8 @@ def test_the_template_browser_serves_each_workflow_and_its_thumbnail(comfy):
             assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128
 
 
-@pytest.mark.parametrize("name", ["animate", "animate_smooth", "intensity_sweep", "measure_video", "text_weights"])
+@pytest.mark.parametrize("name", ["animate", "animate_smooth", "intensity_sweep", "livephoto_wan", "long_loop",
+                                  "measure_video", "text_weights"])
 def test_each_ui_workflow_converts_to_its_api_twin_with_comfy_cli(comfy, name, tmp_path):
     converter = os.environ.get("COMFY_CLI_PYTHON", str(ROOT.parent / ".comfycli" / "bin" / "python"))
     if not Path(converter).is_file():
@@ -766,7 +771,8 @@ def test_a_missing_dependency_is_one_log_line_and_the_server_runs(tmp_path):
 def test_the_frontend_opens_each_template_through_the_template_route(models_dir, inputs, tmp_path):
     """ComfyUI's own web frontend in headless Chromium (Debian's chromium; the harness' browser_check.py)
     fetches each template from the pack's template route, as its template browser does, and loads it:
-    every node type present, every node of the file in the graph, no dialog. Screenshots land in the
+    every node type present, every node of the file in the graph, no dialog, no node outlined as missing its
+    model or input file (models_dir and inputs hold every file the templates name). Screenshots land in the
     test's folder; with LIVEPHOTO_THUMBNAILS=workflows they also refresh the templates' thumbnails."""
     if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chromium (apt-get install -y chromium)")
@@ -782,7 +788,7 @@ def test_the_frontend_opens_each_template_through_the_template_route(models_dir,
     report_json = json.loads((tmp_path / "report.json").read_text())
     assert [w["ok"] for w in report_json["workflows"]] == [True] * len(workflows)
     for path, loaded in zip(workflows, report_json["workflows"]):
-        assert not loaded["missing"], path.name
+        assert not loaded["missing"] and not loaded["outlined"], path.name
         assert loaded["nodes_in_graph"] == len(json.loads(path.read_text())["nodes"]), path.name
         assert Path(loaded["screenshot"]).stat().st_size > 10_000, path.name
     print(f"\n[screenshots] {tmp_path}", flush=True)
@@ -821,3 +827,229 @@ def test_a_workflow_saved_by_the_frontend_opens_again_and_runs_to_a_video(comfy,
     [video] = comfy.download(entry, "11")
     assert frames_of(video).shape == (SMALL["frames"], SMALL["size"], SMALL["size"], 3)
     print(f"\n[saved workflow] {saved_dir / 'animate.json'}", flush=True)
+
+
+# --- LivePhoto-Wan2.1: ComfyUI's umT5 and Wan VAE against the core's, and the workflow on a server ----------
+
+TINY_UMT5_PACK = ROOT / "tests" / "comfyui_tiny_umt5"
+# Built in ComfyUI's venv (it has sentencepiece): a tiny umT5 in the layout of ComfyUI's umT5 files (transformers'
+# UMT5EncoderModel keys + the tokenizer's sentencepiece model as the "spiece_model" tensor), the size of the test
+# pack's TINY_UMT5, and a tiny Wan 2.1 VAE in the original layout that Load VAE reads (ComfyUI's own WanVAE class).
+WAN_TINY_FILES_SCRIPT = r'''
+import io, random, sys
+sys.path.insert(0, ".")  # the ComfyUI work tree
+text_path, vae_path = sys.argv[1:3]
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import sentencepiece as spm
+import torch
+from safetensors.torch import save_file
+from transformers import UMT5Config, UMT5EncoderModel
+import comfy.ldm.wan.vae
+
+words = ("the a cat dog kitten dances sways left right moves slowly red circle blue sky waves water tree wind blows "
+         "hair smiles turns head camera pans bright tones overexposed static blurred details worst quality low").split()
+rng = random.Random(0)
+proto = io.BytesIO()
+spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(" ".join(rng.choice(words) for _ in range(12)) + rng.choice(".,!") for _ in range(2000)),
+    model_writer=proto, vocab_size=60, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+torch.manual_seed(0)
+encoder = UMT5EncoderModel(UMT5Config(vocab_size=60, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                      relative_attention_num_buckets=32, feed_forward_proj="gated-gelu"))
+state = {k: v.clone().contiguous() for k, v in encoder.state_dict().items() if k != "encoder.embed_tokens.weight"}
+state["spiece_model"] = torch.frombuffer(bytearray(proto.getvalue()), dtype=torch.uint8)
+save_file(state, text_path)
+vae = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                               temperal_downsample=[False, True, True])
+with torch.no_grad():
+    for name, parameter in vae.named_parameters():  # ComfyUI's layers start uninitialised
+        parameter.copy_(1 + 0.1 * torch.randn_like(parameter) if name.endswith("gamma") else 0.1 * torch.randn_like(parameter))
+save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, vae_path)
+'''
+
+# In ComfyUI's venv: the same weights through ComfyUI's path (the CLIP object CLIPLoader builds for type wan, with
+# CLIPTextEncode's tokenize + encode; comfy.sd.VAE as Load VAE builds it, with the Wan21 latent format) and through
+# the core's (livephoto_core.wan.pipeline over a diffusers folder made from the same files).
+WAN_CHAIN_CHECK = r'''
+import importlib.util, json, sys
+from pathlib import Path
+sys.path.insert(0, ".")  # the ComfyUI work tree
+repo, text_path, vae_path, folder = sys.argv[1:5]
+import comfy.options
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import numpy as np
+import sentencepiece as spm
+import torch
+import comfy.latent_formats, comfy.sd
+from PIL import Image
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers.models import Unigram
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+from diffusers import AutoencoderKLWan
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+def load(name, path, package=False):
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=[str(Path(path).parent)] if package else None)
+    module = importlib.util.module_from_spec(spec); sys.modules[name] = module; spec.loader.exec_module(module)
+    return module
+load("livephoto_pack", repo + "/__init__.py", package=True)
+from livephoto_pack.livephoto_core.wan import pipeline
+tiny = load("tiny_umt5_pack", repo + "/tests/comfyui_tiny_umt5/__init__.py", package=True)
+
+folder, result = Path(folder), {}
+state = load_file(text_path)
+clip = tiny.tiny_wan_clip(state)
+sp = spm.SentencePieceProcessor(model_proto=state.pop("spiece_model").numpy().tobytes())
+# The vocabulary as a transformers tokenizer (the diffusers folder's tokenizer.json is umT5's sentencepiece model
+# converted the same way): Unigram pieces and scores, "▁" word boundaries, </s> appended.
+unigram = Tokenizer(Unigram([(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())], unk_id=2))
+unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+unigram.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+PreTrainedTokenizerFast(tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+                        ).save_pretrained(folder / "tokenizer")
+encoder = UMT5EncoderModel(UMT5Config(vocab_size=60, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                      relative_attention_num_buckets=32, feed_forward_proj="gated-gelu"))
+encoder.load_state_dict(state, strict=False)  # encoder.embed_tokens is shared.weight, stored once
+encoder.save_pretrained(folder / "text_encoder")
+prompts = ["the kitten dances, swaying left and right", pipeline.DEFAULT_NEGATIVE.lower()]
+ours = pipeline.encode_prompts(folder, prompts, torch.device("cpu"), torch.float32)
+tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+result["text_same_token_ids"], result["text_shapes"], diffs = [], [], []
+for prompt, embedding in zip(prompts, ours):
+    tokens = clip.tokenize(prompt)
+    ids = tokenizer(prompt).input_ids
+    result["text_same_token_ids"].append([t for t, _ in tokens["umt5xxl"][0]][:len(ids)] == ids)
+    cond = clip.encode_from_tokens_scheduled(tokens)[0][0]
+    result["text_shapes"].append(list(cond.shape))
+    diffs.append((cond - embedding).abs().max().item())
+result["text_max_abs_diff"], result["text_scale"] = max(diffs), max(e.abs().max().item() for e in ours)
+
+original = load_file(vae_path)
+vae = comfy.sd.VAE(sd=dict(original))
+ported = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                          temperal_downsample=[False, True, True]).eval()
+ported.load_state_dict(convert_wan_vae_to_diffusers(dict(original)), strict=True)
+latent_format = comfy.latent_formats.Wan21()
+mean, std = pipeline.latent_normalisation(ported)
+result["latent_format_max_abs_diff"] = max((latent_format.latents_mean - mean).abs().max().item(),
+                                           (latent_format.latents_std - std).abs().max().item())
+photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+ours = pipeline.encode_photo(ported, photo, 32, 48)
+pixels = torch.from_numpy(np.asarray(photo.resize((48, 32), resample=Image.LANCZOS), dtype=np.float32) / 255)[None]
+theirs = latent_format.process_in(vae.encode(pixels).float())
+result["encode_shape"], result["encode_max_abs_diff"] = list(theirs.shape), (theirs - ours).abs().max().item()
+result["encode_scale"] = ours.abs().max().item()
+latents = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(1))
+ours = pipeline.decode_frames(ported, latents)
+theirs = vae.decode(latent_format.process_out(latents)).float()
+result["decode_shape"] = list(theirs.shape)
+result["decode_max_abs_diff"] = (theirs.reshape(ours.shape) - ours).abs().max().item()
+result["decode_unclamped_fraction"] = ((ours > 0) & (ours < 1)).float().mean().item()
+print("RESULT " + json.dumps(result))
+'''
+
+
+def tiny_wan_dit(base: Path, lora: Path) -> None:
+    """A LivePhoto-Wan DiT of the released key layout (the fixture's key names) with Wan's 128-wide heads, so the
+    loader needs no test setting: width 128 (one head), text width 32 (the tiny umT5's), 2 blocks, random weights;
+    and a PEFT LoRA on two of its projections."""
+    from safetensors.torch import load_file, save_file
+
+    from livephoto_core.testing.tiny import randomize_
+    from livephoto_core.wan.keys import model_state_dict
+    from livephoto_core.wan.model import LivePhotoWan, transformer_config
+
+    fixture = load_file(ROOT / "tests" / "fixtures" / "wan" / "tiny_base.safetensors")
+    original_name = {converted: name for name, converted in zip(fixture, model_state_dict(dict.fromkeys(fixture)))}
+    config = transformer_config(dim=128, num_heads=1, in_channels=16, out_channels=16, text_dim=32, freq_dim=256,
+                                ffn_dim=256, num_layers=2, patch_size=(1, 2, 2))
+    model = LivePhotoWan(config)
+    randomize_(model, 3)
+    with torch.no_grad():
+        model.text_reweight.warmup.fill_(0.5)  # the re-weighting on, as in the released file
+    save_file({original_name[k]: v.contiguous() for k, v in model.state_dict().items() if k in original_name}, str(base))
+    generator = torch.Generator().manual_seed(4)
+    save_file({f"blocks.{block}.self_attn.q.lora_{part}.default.weight": torch.randn(shape, generator=generator) * 0.05
+               for block in (0, 1) for part, shape in (("A", (4, 128)), ("B", (128, 4)))}, str(lora))
+
+
+@pytest.fixture(scope="module")
+def wan_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wan_files")
+    files = {"text": folder / "umt5_tiny.safetensors", "vae": folder / "wan_vae_tiny.safetensors",
+             "base": folder / "base.safetensors", "lora": folder / "lora.safetensors"}
+    subprocess.run([str(HOME / "venv" / "bin" / "python"), "-c", WAN_TINY_FILES_SCRIPT, str(files["text"]),
+                    str(files["vae"])], cwd=HOME / "ComfyUI", check=True)
+    tiny_wan_dit(files["base"], files["lora"])
+    return files
+
+
+def test_comfyuis_umt5_and_wan_vae_compute_what_the_core_computes(wan_files, tmp_path):
+    """The chain decision (docs/comfyui.md): on the same random weights, CLIPTextEncode's umT5 conditioning equals the
+    core's prompt embeddings (512 tokens, zero past the end) and Load VAE's Wan VAE, with ComfyUI's Wan21 latent
+    format, encodes and decodes as the core's diffusers AutoencoderKLWan with its normalisation."""
+    started = time.monotonic()
+    run = subprocess.run(
+        [str(HOME / "venv" / "bin" / "python"), "-c", WAN_CHAIN_CHECK, str(ROOT), str(wan_files["text"]),
+         str(wan_files["vae"]), str(tmp_path)], cwd=HOME / "ComfyUI", capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    report("umT5 and Wan VAE comparison", time.monotonic() - started)
+    print(f"[wan chain] {result}")
+    assert result["text_same_token_ids"] == [True, True] and result["text_shapes"] == [[1, 512, 32]] * 2
+    assert result["text_max_abs_diff"] < 1e-5 < result["text_scale"]
+    assert result["latent_format_max_abs_diff"] == 0
+    assert result["encode_shape"] == [1, 16, 1, 4, 6] and result["encode_max_abs_diff"] < 1e-5 < result["encode_scale"]
+    assert result["decode_shape"] == [1, 9, 32, 48, 3] and result["decode_max_abs_diff"] < 1e-5
+    assert result["decode_unclamped_fraction"] > 0.2  # the comparison is not of saturated pixels alone
+
+
+def test_livephoto_wan_workflow_on_a_server(wan_files, inputs, tmp_path):
+    """workflows/livephoto_wan.json on a headless server at toy size: Load CLIP swapped for the test pack's tiny
+    umT5 loader (the same CLIP object), 5 frames of 32x32, 2 steps; then an SD-1.5 file picked as the base is
+    refused when the prompt is queued, in one line."""
+    models = tmp_path / "models"
+    for name, target in {"diffusion_models/base.safetensors": wan_files["base"], "loras/lora.safetensors": wan_files["lora"],
+                         "text_encoders/umt5_tiny.safetensors": wan_files["text"],
+                         "vae/wan_2.1_vae.safetensors": wan_files["vae"]}.items():
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        (models / name).symlink_to(target)
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
+               "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(32, 768)},
+              str(models / "diffusion_models" / "v1-5-pruned-emaonly.safetensors"))
+    workflow = api_workflow("livephoto_wan")
+    workflow["2"] = {"class_type": "LoadTinyUMT5", "inputs": {"clip_name": "umt5_tiny.safetensors"}}
+    workflow["7"]["inputs"].update(frames=5, width=32, height=32, steps=2)
+    workflow["8"]["inputs"]["lossless"] = True
+    rw = harness()
+    run_dir = tmp_path / "run"
+    server = rw.Server(str(HOME / "ComfyUI"), str(HOME / "venv" / "bin" / "python"), [str(ROOT), str(TINY_UMT5_PACK)],
+                       str(models), [str(p) for p in inputs], [], str(run_dir), None)
+    try:
+        report("server start (Wan)", server.wait_ready(180))
+        server.check_packs_loaded()
+        comfy = Comfy(server, rw)
+        entry, _ = comfy.run(workflow, "workflow livephoto_wan (tiny)")
+        [video] = comfy.download(entry, "8")
+        frames = frames_of(video)
+        assert frames.shape == (5, 32, 32, 3) and frames.std() > 1
+        assert webp_durations(video) == [40] * 5  # the sampler's fps output, 25, reached Save Animated WEBP
+        settings = json.loads(texts(entry, "7")[0])
+        assert settings["intensity"] == 4 and settings["lora"] == "lora.safetensors" and settings["lora_alpha"] == 1.2
+
+        workflow["1"]["inputs"]["base"] = "v1-5-pruned-emaonly.safetensors"
+        status, body = rw.http_json(server.base_url, "/prompt", {"prompt": workflow, "client_id": comfy.client_id})
+        assert status == 400
+        # ComfyUI attaches a validate_inputs message to each input it names (base and lora): one message.
+        [details] = {error["details"].split(" - ", 1)[1] for error in body["node_errors"]["1"]["errors"]}
+        assert "v1-5-pruned-emaonly.safetensors is an SD-1.5" in details and "\n" not in details
+        assert "'base' needs the LivePhoto-Wan2.1 base.safetensors" in details
+        comfy.events.close()
+    finally:
+        server.stop()

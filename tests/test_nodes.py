@@ -48,10 +48,11 @@ def _fresh_progress(env):
 # --- registration ----------------------------------------------------------------------------------
 
 
-def test_eight_nodes_in_the_livephoto_category_with_a_tooltip_on_every_input_and_output(env):
+def test_ten_nodes_in_the_livephoto_category_with_a_tooltip_on_every_input_and_output(env):
     assert set(env.stubs.nodes) == {
         "LoadLivePhotoModel", "LivePhotoTextReweight", "LivePhotoPriorInversion", "LivePhotoSampler",
         "LivePhotoEstimateIntensity", "LivePhotoSaveForPhone", "LivePhotoPingPong", "LivePhotoContextWindows",
+        "LoadLivePhotoWanModel", "LivePhotoWanSampler",
     }
     for node in env.stubs.nodes.values():
         schema = node.define_schema()

@@ -59,7 +59,8 @@ def schemas(tmp_path_factory):
 
 
 def test_every_ui_workflow_has_an_api_twin_and_back():
-    assert NAMES == ["animate", "animate_smooth", "intensity_sweep", "long_loop", "measure_video", "text_weights"]
+    assert NAMES == ["animate", "animate_smooth", "intensity_sweep", "livephoto_wan", "long_loop", "measure_video",
+                     "text_weights"]
     assert sorted(path.name.removesuffix("_api.json") for path in API_DIR.glob("*_api.json")) == NAMES
 
 

@@ -17,20 +17,9 @@ BASE, LORA = FIXTURES / "tiny_base.safetensors", FIXTURES / "tiny_lora.safetenso
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory):
     """Wan2.1-T2V-1.3B-Diffusers' text_encoder/, tokenizer/ and vae/ at toy sizes (text width 32, as the DiT's)."""
-    from diffusers import AutoencoderKLWan
-    from transformers import UMT5Config, UMT5EncoderModel
+    from livephoto_core.testing.tiny import tiny_wan_folder
 
-    from livephoto_core.testing.tiny import tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("wan")
-    tokenizer = tiny_tokenizer(folder / "words")
-    tokenizer.save_pretrained(folder / "tokenizer")
-    torch.manual_seed(0)
-    UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                                relative_attention_num_buckets=8)).save_pretrained(folder / "text_encoder")
-    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                     temperal_downsample=[False, True, True]).save_pretrained(folder / "vae")
-    return folder
+    return tiny_wan_folder(tmp_path_factory.mktemp("wan"))
 
 
 @pytest.fixture

@@ -179,3 +179,22 @@ def tiny_pipeline(folder, config: LivePhotoConfig | None = None, seed: int = 0, 
     return LivePhotoPipeline(
         model, models.vae, models.text_encoder, tiny_tokenizer(folder), SD_SCHEDULER, {"model": "tiny-random"}
     )
+
+
+def tiny_wan_folder(folder, text_dim: int = 32, seed: int = 0):
+    """Wan2.1-T2V-1.3B-Diffusers' text_encoder/, tokenizer/ and vae/ at toy sizes (umT5 width ``text_dim``, which
+    the DiT's text width must equal); returns the folder."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer(folder / "words")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    torch.manual_seed(seed)
+    UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=text_dim, d_kv=8, d_ff=64, num_layers=1,
+                                num_heads=4, relative_attention_num_buckets=8)).save_pretrained(folder / "text_encoder")
+    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                     temperal_downsample=[False, True, True]).save_pretrained(folder / "vae")
+    return folder
