@@ -1,6 +1,7 @@
 """LivePhotoPipeline end to end on a tiny random model."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 from livephoto_core.testing.tiny import tiny_config, tiny_pipeline
 
+from livephoto_core import render
 from livephoto_core.errors import InvalidInputError
 from livephoto_core.video import read_metadata, read_video, write_video
 
@@ -78,6 +80,36 @@ def test_two_threads_sharing_one_pipeline_get_the_frames_they_get_one_after_the_
     assert not torch.equal(serial[0], serial[1])
     for alone, shared in zip(serial, together):
         torch.testing.assert_close(shared, alone, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),  # guided, with prior inversion
+    dict(num_frames=10, window_length=4, content_scale=0.6),  # windows (3 calls a step), another scale
+], ids=["guided+inversion", "windows"])
+def test_content_projected_once_a_loop_gives_the_frames_of_projecting_it_every_call(pipeline, photo, monkeypatch,
+                                                                                  settings):
+    processors = pipeline.model.unet.content_processors()
+    projections, unet_calls = [], []
+    hooks = [processor.to_k.register_forward_hook(lambda module, args, out: projections.append(args[0].shape[0]))
+             for processor in processors]
+    hooks.append(pipeline.model.unet.register_forward_hook(lambda module, args, out: unet_calls.append(1)))
+    try:
+        once = run(pipeline, photo, **settings).frames
+        per_loop = list(projections)
+        projections.clear()
+        unet_calls.clear()
+        plain_conditioning = render.build_conditioning
+        monkeypatch.setattr(render, "build_conditioning",
+                            lambda *args, **kwargs: replace(plain_conditioning(*args, **kwargs), content_kv=None))
+        every_call = run(pipeline, photo, **settings).frames
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # One row projected per layer in each of the two loops (inversion, sampling), where without the store every
+    # layer projects every row of every UNet call.
+    assert per_loop == [1] * 2 * len(processors)
+    assert len(projections) == len(unet_calls) * len(processors) and 2 in projections
+    torch.testing.assert_close(once, every_call, rtol=1e-5, atol=1e-5)
 
 
 def test_without_an_intensity_the_checkpoints_default_is_used(tmp_path, photo):
