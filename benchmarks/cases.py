@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from livephoto_core.offload import choose_low_memory
+
 from .measure import ForwardTimer, PeakMemory, median, rss_gb, timed_function
 from .models import NEGATIVE_PROMPT, PROMPT, build_components, diffusers_pipeline, livephoto_pipeline
 
@@ -125,6 +127,9 @@ def video(impl: str = "ours", size: str = "full", dtype: str = "float32", frames
         photo = sample_photo(resolution, resolution)
         release_freed_memory()  # building leaves freed heap pages mapped; start both sides from the same state
         resident_gb = rss_gb()
+        # What a pipeline left to choose (low_memory=None) would choose here now: its note, or None for the default.
+        auto_choice = choose_low_memory(unet.device, frames, resolution, resolution, torch_dtype) if impl == "ours" \
+            else None
 
         def call():
             if impl == "ours":
@@ -149,7 +154,7 @@ def video(impl: str = "ours", size: str = "full", dtype: str = "float32", frames
         return {
             "impl": impl, "size": size, "dtype": dtype, "frames": frames, "resolution": resolution,
             "steps": steps, "guidance": guidance, "inversion": inversion if impl == "ours" else None,
-            "low_memory": low_memory, "decode_chunk_size": decode_chunk_size,
+            "low_memory": low_memory, "auto_low_memory_note": auto_choice, "decode_chunk_size": decode_chunk_size,
             "wall_s": median(walls), "walls_s": walls, "cpu_s": median(cpu_times), "unet_s": median(unet_times),
             "unet_calls": timer.calls,
             "unet_call_s": timer.call_seconds,  # the last video's calls: inversion (1 frame) first, then guided

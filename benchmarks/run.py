@@ -171,6 +171,8 @@ def bench_memory(args) -> tuple[dict, list]:
             ("memory fp32", f"{name}: resident before the call (weights)",
              f"{result['resident_before_gb']:.2f} GB", ""),
             ("memory fp32", f"{name}: wall", f"{result['wall_s']:.1f} s", ""),
+            ("memory fp32", f"{name}: what low_memory=None would choose here",
+             result["auto_low_memory_note"] or "the default mode", ""),
         ]
     return figures, rows
 
