@@ -158,10 +158,11 @@ def psutil_total() -> int:
 
 
 def faults_of_a_second_use(megabytes: int = 64) -> int:
-    """Page faults in filling a block of `megabytes` just after an equal one was filled and freed."""
+    """Page faults in filling a block of `megabytes` just after one a megabyte larger was filled and freed
+    (larger, so that the freed block holds the new one with the padding of torch's aligned allocation)."""
     import resource
 
-    torch.ones(megabytes << 18)  # float32: 4 bytes each; freed at once
+    torch.ones((megabytes + 1) << 18)  # float32: 4 bytes each; freed at once
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(megabytes << 18)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
