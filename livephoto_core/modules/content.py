@@ -49,21 +49,23 @@ class ContentEncoder(nn.Module):
 
 
 class ContentKeyValues:
-    """The content tokens' keys and values in every content-attention layer, projected once per render.
+    """The content tokens' keys and values in every content-attention layer, projected once per loop.
 
     The photo's content tokens are the same at every step, in both rows of guidance, in every window of
     a long video and whatever the content scale, so each layer projects them once, from one row, and
-    keeps them for the rest of the render: per UNet call that saves projecting them for every context
+    keeps them for the rest of the loop: per UNet call that saves projecting them for every context
     row. It serves only contexts whose rows all carry the same content tokens (``build_conditioning``
-    makes them so, with one of these per conditioning); a training batch of different photos uses none.
-    One render's: it holds no setting, and a render's calls run one after another.
+    makes them so, with one of these per conditioning: a render's inversion and its sampling each have
+    their own); a training batch of different photos uses none. It holds no setting, and one loop's
+    calls run one after another.
     """
 
     def __init__(self):
         self.projected: dict[ContentAttnProcessor, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def get(self, processor: "ContentAttnProcessor", content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`processor`'s keys and values of the content tokens [1, N, D], from `content` [rows, N, D] the first time."""
+    def get(self, processor: ContentAttnProcessor, content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`processor`'s keys and values of the content tokens, [1, N, inner] each, projected from
+        `content` [rows, N, D] the first time."""
         if processor not in self.projected:
             first = content[:1]
             self.projected[processor] = processor.to_k(first), processor.to_v(first)
@@ -80,8 +82,8 @@ class ContentAttnProcessor(nn.Module):
     ``hidden_states``, which are frame-major): then the keys and values are projected once per video
     rather than once per frame, and each video's frames attend to them as one long query sequence.
     The result is the same; per step it saves projecting (text + content) tokens for every frame.
-    Given a render's ``ContentKeyValues``, every row's queries attend to its one row of content keys
-    and values as one sequence, and the content tokens are projected once per render.
+    Given a loop's ``ContentKeyValues``, every row's queries attend to its one row of content keys
+    and values as one sequence, and the content tokens are projected once per loop.
     """
 
     def __init__(self, attn: nn.Module, num_content_tokens: int):
@@ -132,8 +134,10 @@ class ContentAttnProcessor(nn.Module):
         )
         out = attn.to_out[1](attn.to_out[0](merge_heads(text_out)))  # [rows * tokens, out]
         if content_scale != 0:
-            key, value = content_kv.get(self, content) if content_kv is not None else (self.to_k(content),
-                                                                                       self.to_v(content))
+            if content_kv is None:
+                key, value = self.to_k(content), self.to_v(content)
+            else:
+                key, value = content_kv.get(self, content)
             groups = key.shape[0]  # one per video, or one for all rows when the render's projection is shared
             content_out = F.scaled_dot_product_attention(
                 split_heads(query, groups), split_heads(key, groups), split_heads(value, groups)
@@ -148,7 +152,7 @@ class ContentAttnProcessor(nn.Module):
 class SpatialSelfAttnProcessor(AttnProcessor2_0):
     """SD's own self-attention (attn1), unchanged. A transformer block hands its cross_attention_kwargs
     to attn1 as well as attn2; this processor takes the content scale and leaves it unused, where
-    diffusers' would log a warning on every call. The same for a render's content keys and values."""
+    diffusers' would log a warning on every call. The same for a loop's content keys and values."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  content_scale=DEFAULT_CONTENT_SCALE, content_kv=None):

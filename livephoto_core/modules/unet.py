@@ -267,7 +267,7 @@ class LivePhotoUNet(nn.Module):
         b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w].
 
         `content_scale` weighs the content attention in this call only (0 turns the photo tokens off).
-        `content_kv`, where every context row carries the same content tokens: the render's store of their
+        `content_kv`, where every context row carries the same content tokens: the loop's store of their
         keys and values, filled by its first call and read by the rest (``ContentKeyValues``)."""
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
         text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
