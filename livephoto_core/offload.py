@@ -130,49 +130,6 @@ def return_freed_memory() -> None:
         pass
 
 
-# glibc's mallopt parameters, and its defaults to restore.
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
-_keeping_lock = threading.Lock()
-_keeping = 0  # renders under way in this process that keep freed memory
-
-
-@contextmanager
-def keeping_freed_memory() -> Iterator[None]:
-    """Keep the memory that tensors free inside the process for the block, and hand it back after.
-
-    glibc serves every block over its mmap threshold with a fresh mapping and unmaps it when freed, and
-    trims the heap's free top, so each UNet call page-faults its working memory in again: about a million
-    faults and 8 % of a full-size guided call's CPU time, in the kernel. With no mappings and no trimming
-    the freed blocks are reused instead; when the last render of the process ends, the defaults come back
-    and malloc_trim returns the free pages. Renders in several threads count as one. Where the C library
-    has no mallopt (not glibc), nothing changes. The setting stops glibc adjusting its mmap threshold on
-    its own from then on.
-    """
-    global _keeping
-    with _keeping_lock:
-        _keeping += 1
-        if _keeping == 1:
-            mallopt(M_MMAP_MAX, 0)
-            mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # the largest a C int holds: never trim
-    try:
-        yield
-    finally:
-        with _keeping_lock:
-            _keeping -= 1
-            if _keeping == 0:
-                mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-                return_freed_memory()
-
-
-def mallopt(parameter: int, value: int) -> None:
-    try:
-        ctypes.CDLL(None).mallopt(parameter, value)  # glibc; other C libraries may have none
-    except (OSError, AttributeError):
-        pass
-
-
 def restore_from_file(module: torch.nn.Module, path: Path, device: torch.device) -> None:
     from safetensors.torch import load_file
 

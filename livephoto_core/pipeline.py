@@ -39,7 +39,7 @@ from .errors import InvalidInputError
 from .images import load_image, prepare_photo
 from .intensity import IntensityMeasurement, check_frame_levels, measure_intensity
 from .model import LivePhotoModel
-from .offload import IdleOffload, choose_low_memory, keeping_freed_memory
+from .offload import IdleOffload, choose_low_memory
 from .render import (
     InversionRequest,
     PhotoConditioning,
@@ -208,7 +208,7 @@ class LivePhotoPipeline:
             content_scale=content_scale, prior=prior, split_guidance=self.low_memory, windows=windows,
         )
         latents = generate_latents(self.model, sampling, callback)
-        with self.offload.visiting(self.vae), keeping_freed_memory():
+        with self.offload.visiting(self.vae):
             frames = decode_latents(self.vae, latents[0], decode_chunk_size)
 
         settings = {

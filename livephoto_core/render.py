@@ -23,7 +23,6 @@ from .errors import InvalidInputError
 from .intensity import first_level
 from .inversion import ddim_invert, inversion_timesteps, mix_prior, prior_weights
 from .model import LivePhotoModel
-from .offload import keeping_freed_memory
 from .sampling import ProgressCallback, build_conditioning, initial_noise, make_scheduler, sample_video
 from .windows import ContextWindows
 
@@ -110,16 +109,15 @@ def invert_reference(
     # One frame: the photo's own, at frame 0's level and position.
     channels = model.conditioning_channels(photo.reference_latent, 1, torch.tensor([first_level(photo.intensity)]))
     cond = build_conditioning(request.empty_text, None, photo.content, channels)
-    with keeping_freed_memory():
-        inverted = ddim_invert(
-            model.unet,
-            photo.reference_latent.unsqueeze(1),
-            cond,
-            scheduler.alphas_cumprod,
-            inversion_timesteps(target, request.steps, scheduler.config.num_train_timesteps),
-            model.config.prediction_type,
-            callback,
-        )
+    inverted = ddim_invert(
+        model.unet,
+        photo.reference_latent.unsqueeze(1),
+        cond,
+        scheduler.alphas_cumprod,
+        inversion_timesteps(target, request.steps, scheduler.config.num_train_timesteps),
+        model.config.prediction_type,
+        callback,
+    )
     return Prior(inverted, target, request.start, request.end)
 
 
@@ -151,10 +149,9 @@ def generate_latents(
         request.text, request.uncond_text, photo.content, photo_channels(model, photo, positions),
         content_scale=request.content_scale, split_guidance=request.split_guidance,
     )
-    with keeping_freed_memory():
-        return sample_video(
-            model.unet, latents, cond, scheduler, schedule.steps, request.guidance_scale, generator, callback, windows
-        )
+    return sample_video(
+        model.unet, latents, cond, scheduler, schedule.steps, request.guidance_scale, generator, callback, windows
+    )
 
 
 def photo_channels(model: LivePhotoModel, photo: PhotoConditioning, positions: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,5 @@
 """LivePhotoPipeline end to end on a tiny random model."""
 
-import platform
 import threading
 from dataclasses import replace
 
@@ -155,28 +154,6 @@ def psutil_total() -> int:
     import psutil
 
     return psutil.virtual_memory().total
-
-
-def faults_of_a_second_use(megabytes: int = 64) -> int:
-    """Page faults in filling a block of `megabytes` just after one a megabyte larger was filled and freed
-    (larger, so that the freed block holds the new one with the padding of torch's aligned allocation)."""
-    import resource
-
-    torch.ones((megabytes + 1) << 18)  # float32: 4 bytes each; freed at once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(megabytes << 18)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
-def test_a_render_reuses_the_memory_it_frees_and_hands_it_back_after():
-    pages = (64 << 20) // 4096
-    assert faults_of_a_second_use() > pages // 2  # glibc maps and unmaps a block this large each time
-    with offload.keeping_freed_memory():
-        with offload.keeping_freed_memory():  # a second render beside the first
-            assert faults_of_a_second_use() < pages // 20
-        assert faults_of_a_second_use() < pages // 20  # still kept while the first runs
-    assert faults_of_a_second_use() > pages // 2  # the defaults are back
 
 
 def test_without_an_intensity_the_checkpoints_default_is_used(tmp_path, photo):
