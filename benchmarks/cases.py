@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from livephoto_core.offload import choose_low_memory
+
 from .measure import ForwardTimer, PeakMemory, median, rss_gb, timed_function
 from .models import NEGATIVE_PROMPT, PROMPT, build_components, diffusers_pipeline, livephoto_pipeline
 
@@ -125,6 +127,9 @@ def video(impl: str = "ours", size: str = "full", dtype: str = "float32", frames
         photo = sample_photo(resolution, resolution)
         release_freed_memory()  # building leaves freed heap pages mapped; start both sides from the same state
         resident_gb = rss_gb()
+        # What a pipeline left to choose (low_memory=None) would choose here now: its note, or None for the default.
+        auto_choice = choose_low_memory(unet.device, frames, resolution, resolution, torch_dtype) if impl == "ours" \
+            else None
 
         def call():
             if impl == "ours":
@@ -136,20 +141,22 @@ def video(impl: str = "ours", size: str = "full", dtype: str = "float32", frames
                         width=resolution, num_inference_steps=steps, guidance_scale=guidance,
                         generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).frames
 
-        walls, unet_times, decode_times = [], [], []
+        walls, cpu_times, unet_times, decode_times = [], [], [], []
         with PeakMemory() as peak:
             for _ in range(repeats):
                 with ForwardTimer(unet) as timer, ForwardTimer(pipe.vae.decoder) as decoder:
-                    started = time.perf_counter()
+                    started, cpu_started = time.perf_counter(), process_cpu_s()
                     frames_out = call()
                     walls.append(time.perf_counter() - started)
+                    cpu_times.append(process_cpu_s() - cpu_started)
                 unet_times.append(timer.seconds)
                 decode_times.append(decoder.seconds)
         return {
             "impl": impl, "size": size, "dtype": dtype, "frames": frames, "resolution": resolution,
             "steps": steps, "guidance": guidance, "inversion": inversion if impl == "ours" else None,
-            "low_memory": low_memory, "decode_chunk_size": decode_chunk_size,
-            "wall_s": median(walls), "walls_s": walls, "unet_s": median(unet_times), "unet_calls": timer.calls,
+            "low_memory": low_memory, "auto_low_memory_note": auto_choice, "decode_chunk_size": decode_chunk_size,
+            "wall_s": median(walls), "walls_s": walls, "cpu_s": median(cpu_times), "unet_s": median(unet_times),
+            "unet_calls": timer.calls,
             "unet_call_s": timer.call_seconds,  # the last video's calls: inversion (1 frame) first, then guided
             "vae_decode_s": median(decode_times), "decoder_calls": decoder.calls,
             "peak_gb": peak.peak_gb, "peak_exact": peak.exact, "resident_before_gb": resident_gb,
@@ -229,6 +236,13 @@ def profile(size: str = "full", frames: int = 16, resolution: int = 256, rounds:
         "top_ops": [(e.key, e.self_cpu_time_total / total, e.count) for e in top],
         "profiled_call_s": total / 1e6,
     }
+
+
+def process_cpu_s() -> float:
+    """CPU seconds this process has used (user + system, all its threads). On a loaded machine a 1-thread
+    run's wall time counts the time it waited for a core too; its CPU time does not."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def release_freed_memory() -> None:

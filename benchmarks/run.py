@@ -4,6 +4,7 @@
     python benchmarks/run.py overhead --sizes tiny full  # loop overhead, also on full-size SD-1.5
     python benchmarks/run.py diffusers memory profile    # vs AnimateDiffPipeline; peak RSS; one UNet call
     python benchmarks/run.py diffusers --size tiny --frames 4 --resolution 64   # a quick check
+    python benchmarks/run.py diffusers --dtypes float32 --variants ours diffusers --repeats 3   # interleaved pairs
 
 The GPU benchmark is its own script, benchmarks/gpu.py.
 
@@ -95,22 +96,26 @@ def video_settings(args) -> dict:
     return {"size": args.size, "frames": args.frames, "resolution": args.resolution, "steps": args.steps}
 
 
+VARIANTS = ("diffusers", "ours", "ours+inversion")
+
+
 def bench_diffusers(args) -> tuple[dict, list]:
-    """ours (inversion off: like for like; on: the full method) against AnimateDiffPipeline, interleaved."""
+    """ours (inversion off: like for like; on: the full method) against AnimateDiffPipeline, interleaved:
+    each repeat runs every variant once, in the order of --variants, so that each side sees the same
+    drift in load, and repeat i of ours pairs with repeat i of diffusers."""
     from benchmarks.measure import cpu_has_bf16
 
     dtypes = [d for d in args.dtypes if d != "bfloat16" or cpu_has_bf16()]
-    variants = [("diffusers", False), ("ours", False), ("ours", True)]
     need = args.need_gb if args.size == "full" else 0
     runs: dict[str, list[dict]] = {}
-    for _ in range(args.repeats or 1):  # A B C A B C: each side sees the same drift in load
+    for _ in range(args.repeats or 1):
         for dtype in dtypes:
-            for impl, inversion in variants:
-                key = f"{impl}{'+inversion' if inversion else ''} {dtype}"
-                runs.setdefault(key, []).append(
-                    run_case("video", need, threads=args.threads, impl=impl, dtype=dtype, inversion=inversion,
+            for variant in args.variants:
+                impl, _, inversion = variant.partition("+")
+                runs.setdefault(f"{variant} {dtype}", []).append(
+                    run_case("video", need, threads=args.threads, impl=impl, dtype=dtype, inversion=bool(inversion),
                              **video_settings(args)))
-    figures, rows = {"runs": runs, "ratios": {}}, []
+    figures, rows = {"runs": runs, "ratios": {}, "pairs": {}}, []
     for dtype in dtypes:
         base = runs[f"diffusers {dtype}"]
         base_wall = median([r["wall_s"] for r in base])
@@ -118,14 +123,17 @@ def bench_diffusers(args) -> tuple[dict, list]:
         base_peak = median([r["peak_gb"] for r in base])
         rows.append((f"vs diffusers {dtype}", "AnimateDiffPipeline wall / UNet / peak",
                      f"{base_wall:.1f} s / {base_unet:.1f} s / {base_peak:.2f} GB", ""))
-        for impl, inversion in variants[1:]:
-            key = f"{impl}{'+inversion' if inversion else ''} {dtype}"
+        for variant in [v for v in args.variants if v != "diffusers"]:
+            key = f"{variant} {dtype}"
             wall = median([r["wall_s"] for r in runs[key]])
             unet = median([r["unet_s"] for r in runs[key]])
             peak = median([r["peak_gb"] for r in runs[key]])
             ratios = {"time_ratio": wall / base_wall, "unet_ratio": unet / base_unet, "peak_ratio": peak / base_peak}
             figures["ratios"][key] = ratios
-            label = "ours, inversion off (like for like)" if not inversion else "ours, full method (inversion on)"
+            # Each repeat's ours over the diffusers run beside it: the spread says how much the load moved them.
+            pairs = [pair_ratios(ours, theirs) for ours, theirs in zip(runs[key], base)]
+            figures["pairs"][key] = pairs
+            label = "ours, inversion off (like for like)" if variant == "ours" else "ours, full method (inversion on)"
             rows += [
                 (f"vs diffusers {dtype}", f"{label} wall / UNet / peak",
                  f"{wall:.1f} s / {unet:.1f} s / {peak:.2f} GB", ""),
@@ -135,7 +143,18 @@ def bench_diffusers(args) -> tuple[dict, list]:
                 (f"vs diffusers {dtype}", "  peak memory ratio", f"{ratios['peak_ratio']:.3f}",
                  goal(ratios["peak_ratio"] <= GOALS["peak_ratio"], "<= 1.0")),
             ]
+            rows += [(f"vs diffusers {dtype}", f"  pair {index}: wall / CPU / UNet / peak ratio (load)",
+                      f"{pair['time_ratio']:.3f} / {pair['cpu_ratio']:.3f} / {pair['unet_ratio']:.3f} / "
+                      f"{pair['peak_ratio']:.3f} ({pair['load']})", "")
+                     for index, pair in enumerate(pairs, start=1)]
     return figures, rows
+
+
+def pair_ratios(ours: dict, theirs: dict) -> dict:
+    """One run of ours over the diffusers run of the same repeat, with the 1-minute load before each."""
+    return {"time_ratio": ours["wall_s"] / theirs["wall_s"], "cpu_ratio": ours["cpu_s"] / theirs["cpu_s"],
+            "unet_ratio": ours["unet_s"] / theirs["unet_s"], "peak_ratio": ours["peak_gb"] / theirs["peak_gb"],
+            "load": f"{ours['load_before']['load_1m']} / {theirs['load_before']['load_1m']}"}
 
 
 def bench_memory(args) -> tuple[dict, list]:
@@ -152,6 +171,8 @@ def bench_memory(args) -> tuple[dict, list]:
             ("memory fp32", f"{name}: resident before the call (weights)",
              f"{result['resident_before_gb']:.2f} GB", ""),
             ("memory fp32", f"{name}: wall", f"{result['wall_s']:.1f} s", ""),
+            ("memory fp32", f"{name}: what low_memory=None would choose here",
+             result["auto_low_memory_note"] or "the default mode", ""),
         ]
     return figures, rows
 
@@ -229,6 +250,8 @@ def parse_args(argv=None):
     parser.add_argument("--overhead-frames", type=int, default=4, help="overhead: frames (default 4)")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="diffusers: dtypes")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="diffusers: the pipelines each repeat runs, in this order (default: all three)")
     parser.add_argument("--repeats", type=int,
                         help="runs per configuration, the median reported (default: overhead 10 tiny / 2 full, else 1)")
     parser.add_argument("--threads", type=int, help="torch threads in each case (default: torch's)")
@@ -237,6 +260,8 @@ def parse_args(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if "diffusers" not in args.variants:
+        parser.error("--variants must include diffusers: the ratios are over it")
     unknown = sorted(set(args.benchmarks) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")

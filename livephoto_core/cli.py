@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--content-scale", type=float, default=DEFAULT_CONTENT_SCALE,
                          help=f"strength of the photo's DINOv2 tokens (default {DEFAULT_CONTENT_SCALE:g})")
     animate.add_argument("--no-inversion", action="store_true", help="start from pure noise instead of the inverted photo")
-    animate.add_argument("--low-memory", action="store_true",
+    animate.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                          help="a lower peak at about the same speed: idle parts wait off the device, smaller batches "
-                              "(full-size fp32 on a CPU: 7.2 GB instead of 9.7 GB)")
+                              "(full-size fp32 on a CPU: 7.2 GB instead of 10.6 GB); default: chosen when a render "
+                              "would not fit in the free memory, and said so")
     animate.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="output size (default: the model's)")
     animate.add_argument("-o", "--output", help="output file of one video, .webp, .gif or .mp4, or for a phone "
                          "NAME.MP.jpg (Android Motion Photo) or NAME.livephoto (Apple Live Photo: NAME.jpg + NAME.mov); "

@@ -57,7 +57,7 @@ def ddim_invert(
     for step, (timestep, unet_timestep) in enumerate(zip(timesteps, unet_timesteps), start=1):
         alpha = alphas[timestep]
         prediction = unet(
-            latent.to(unet.dtype), unet_timestep, cond.video_context, cond.channels, cond.content_scale
+            latent.to(unet.dtype), unet_timestep, cond.video_context, cond.channels, cond.content_scale, cond.content_kv
         ).float()
         epsilon = to_epsilon(prediction, latent, alpha, prediction_type)
         original = (latent - (1 - alpha_prev).sqrt() * epsilon) / alpha_prev.sqrt()

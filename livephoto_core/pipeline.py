@@ -39,7 +39,7 @@ from .errors import InvalidInputError
 from .images import load_image, prepare_photo
 from .intensity import IntensityMeasurement, check_frame_levels, measure_intensity
 from .model import LivePhotoModel
-from .offload import IdleOffload
+from .offload import IdleOffload, choose_low_memory
 from .render import (
     InversionRequest,
     PhotoConditioning,
@@ -73,7 +73,9 @@ class LivePhotoPipeline:
     encoder, DINOv2, VAE) hold no memory on the UNet's device while idle (see ``offload``); the
     UNet's feed-forward layers and the VAE decoder work a frame at a time, and guidance runs as two
     half batches. Choose the device before building the pipeline; it sets the UNet's feed-forward
-    chunking on `model`. Threads may share a pipeline, except in low-memory mode.
+    chunking on `model`. ``low_memory=None`` (the default) chooses it when a render at the model's size
+    would not fit in the memory free on the device with every part loaded, and every output's notes say
+    so (``offload.choose_low_memory``). Threads may share a pipeline.
     """
 
     def __init__(
@@ -84,7 +86,7 @@ class LivePhotoPipeline:
         tokenizer,
         scheduler_config: dict,
         model_hashes: dict[str, str] | None = None,
-        low_memory: bool = False,
+        low_memory: bool | None = None,
     ):
         self.model = model
         self.vae = vae
@@ -92,10 +94,14 @@ class LivePhotoPipeline:
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self.model_hashes = dict(model_hashes or {})
-        self.low_memory = low_memory
-        if low_memory:
+        config = model.config
+        # Why low-memory mode was chosen for the caller, said in every output; None when the caller chose.
+        self.memory_note = None if low_memory is not None else choose_low_memory(
+            model.device, config.num_frames, config.height, config.width, model.dtype)
+        self.low_memory = low_memory if low_memory is not None else self.memory_note is not None
+        if self.low_memory:
             model.unet.set_feed_forward_chunking(True)
-        self.offload = IdleOffload(self.occasional_modules() if low_memory else (), model.device)
+        self.offload = IdleOffload(self.occasional_modules() if self.low_memory else (), model.device)
 
     @property
     def config(self):
@@ -225,6 +231,7 @@ class LivePhotoPipeline:
             "window_overlap": windows.overlap,
             "window_schedule": windows.schedule,
             "loop": windows.loop,
+            "low_memory": self.low_memory,
             "fps": config.fps,
             "model_hashes": self.model_hashes,
             "livephoto_version": __version__,
@@ -234,7 +241,8 @@ class LivePhotoPipeline:
             token_weights=list(zip(tokens, weights[0, 1 : 1 + len(tokens)].tolist())),
             intensity=measure_intensity(frames, config.intensity_thresholds),
             settings=settings,
-            notes=([photo.note] if photo.resized else []) + prompt_notes(config.base_model, self.tokenizer, prompt),
+            notes=([photo.note] if photo.resized else []) + prompt_notes(config.base_model, self.tokenizer, prompt)
+            + ([self.memory_note] if self.memory_note else []),
         )
 
     def batch(self, images: Sequence, prompts: Sequence[str], **settings) -> list[LivePhotoOutput]:

@@ -26,6 +26,7 @@ from diffusers import (
 
 from .defaults import DEFAULT_CONTENT_SCALE, DEFAULT_GUIDANCE_SCALE
 from .errors import InvalidInputError
+from .modules.content import ContentKeyValues
 from .modules.unet import FRAME_EMBEDDING_CHANNEL, LivePhotoUNet
 from .windows import ContextWindows, blend_weights
 
@@ -104,6 +105,10 @@ class VideoConditioning:
     # (low-memory mode), at the cost of one more call per step.
     split_guidance: bool = False
     content_scale: float = DEFAULT_CONTENT_SCALE  # the weight of the photo's content tokens in every UNet call
+    # The content tokens' keys and values in each layer, projected by the first UNet call of the loop and
+    # reused by every later one: every row of the context carries the same photo. None: every call projects
+    # them for each row.
+    content_kv: ContentKeyValues | None = field(default_factory=ContentKeyValues)
 
     @property
     def num_frames(self) -> int:
@@ -146,13 +151,16 @@ def guided_prediction(
     """Classifier-free guidance over [uncond, cond]: one UNet call on both, or one each when split."""
     scale = cond.content_scale
     if not cond.guided:
-        return unet(latents, timestep, cond.video_context, cond.channels, scale)
+        return unet(latents, timestep, cond.video_context, cond.channels, scale, cond.content_kv)
     if cond.split_guidance:
         uncond, text = (
-            unet(latents, timestep, cond.video_context[i : i + 1], cond.channels[i : i + 1], scale) for i in (0, 1)
+            unet(latents, timestep, cond.video_context[i : i + 1], cond.channels[i : i + 1], scale, cond.content_kv)
+            for i in (0, 1)
         )
     else:
-        prediction = unet(torch.cat([latents, latents]), timestep, cond.video_context, cond.channels, scale)
+        prediction = unet(
+            torch.cat([latents, latents]), timestep, cond.video_context, cond.channels, scale, cond.content_kv
+        )
         uncond, text = prediction.chunk(2)
     return uncond + guidance_scale * (text - uncond)
 

@@ -9,7 +9,7 @@ from PIL import Image
 from livephoto_core.testing.tiny import TINY_UNET, randomize_, tiny_model
 
 from benchmarks import cases, gpu, run
-from benchmarks.measure import ForwardTimer, PeakMemory
+from benchmarks.measure import ForwardTimer, PeakMemory, load
 from benchmarks.models import build_components, livephoto_pipeline
 from livephoto_core.errors import InvalidInputError
 from livephoto_core.modules.unet import conditioning_channels
@@ -84,7 +84,7 @@ def test_runner_prints_a_table_and_writes_json(tmp_path, capsys):
 
 def in_process(case: str, need_gb: float = 0.0, threads: int | None = None, **kwargs) -> dict:
     """run.run_case without the subprocess: the same figures, for the runner's bookkeeping."""
-    return cases.CASES[case](**kwargs)
+    return {**cases.CASES[case](**kwargs), "load_before": load()}
 
 
 def test_runner_ratios_are_the_medians_of_ours_over_diffusers(tmp_path, monkeypatch, capsys):
@@ -105,6 +105,31 @@ def test_runner_ratios_are_the_medians_of_ours_over_diffusers(tmp_path, monkeypa
     assert results["memory"]["low-memory mode"]["low_memory"] and not results["memory"]["default"]["low_memory"]
     table = capsys.readouterr().out
     assert "time ratio" in table and "low-memory mode: peak RSS" in table
+
+
+def test_runner_interleaves_the_variants_asked_for_and_pairs_each_repeat(tmp_path, monkeypatch, capsys):
+    order = []
+
+    def recorded(case, need_gb=0.0, threads=None, **kwargs):
+        order.append(kwargs["impl"] + ("+inversion" if kwargs["inversion"] else ""))
+        return {**in_process(case, **kwargs), "load_before": {"load_1m": len(order)}}
+
+    monkeypatch.setattr(run, "run_case", recorded)
+    path = tmp_path / "figures.json"
+    run.main(["diffusers", "--size", "tiny", "--frames", "2", "--resolution", "64", "--dtypes", "float32",
+              "--variants", "ours", "diffusers", "--repeats", "3", "--json", str(path)])
+    assert order == ["ours", "diffusers"] * 3
+    results = json.loads(path.read_text())["results"]["diffusers"]
+    runs, pairs = results["runs"], results["pairs"]["ours float32"]
+    assert len(pairs) == 3
+    for index, pair in enumerate(pairs):
+        ours, theirs = runs["ours float32"][index], runs["diffusers float32"][index]
+        assert pair["time_ratio"] == pytest.approx(ours["wall_s"] / theirs["wall_s"])
+        assert pair["cpu_ratio"] == pytest.approx(ours["cpu_s"] / theirs["cpu_s"])
+        assert pair["load"] == f"{2 * index + 1} / {2 * index + 2}"
+    assert "pair 3: wall / CPU / UNet / peak ratio" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run.main(["diffusers", "--variants", "ours"])
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """LivePhotoPipeline end to end on a tiny random model."""
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ import torch
 from PIL import Image
 from livephoto_core.testing.tiny import tiny_config, tiny_pipeline
 
+from livephoto_core import offload, render
 from livephoto_core.errors import InvalidInputError
+from livephoto_core.pipeline import LivePhotoPipeline
 from livephoto_core.video import read_metadata, read_video, write_video
 
 PROMPT = "the red circle moves left"
@@ -60,7 +63,9 @@ def test_a_run_at_another_content_scale_leaves_the_next_run_unchanged(pipeline, 
     torch.testing.assert_close(run(pipeline, photo).frames, first.frames, rtol=0, atol=0)
 
 
-def test_two_threads_sharing_one_pipeline_get_the_frames_they_get_one_after_the_other(pipeline, photo):
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_two_threads_sharing_one_pipeline_get_the_frames_they_get_one_after_the_other(tmp_path, photo, low_memory):
+    pipeline = low_memory_twin(tiny_pipeline(tmp_path / "tokenizer"), low_memory)
     settings = [dict(content_scale=0.0, seed=3), dict(content_scale=1.5, seed=3)]
     serial = [run(pipeline, photo, **kwargs).frames for kwargs in settings]
     together = [None, None]
@@ -78,6 +83,77 @@ def test_two_threads_sharing_one_pipeline_get_the_frames_they_get_one_after_the_
     assert not torch.equal(serial[0], serial[1])
     for alone, shared in zip(serial, together):
         torch.testing.assert_close(shared, alone, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),  # guided, with prior inversion
+    dict(num_frames=10, window_length=4, content_scale=0.6),  # windows (3 calls a step), another scale
+], ids=["guided+inversion", "windows"])
+def test_content_projected_once_a_loop_gives_the_frames_of_projecting_it_every_call(pipeline, photo, monkeypatch,
+                                                                                  settings):
+    processors = pipeline.model.unet.content_processors()
+    projections, unet_calls = [], []
+    hooks = [processor.to_k.register_forward_hook(lambda module, args, out: projections.append(args[0].shape[0]))
+             for processor in processors]
+    hooks.append(pipeline.model.unet.register_forward_hook(lambda module, args, out: unet_calls.append(1)))
+    try:
+        once = run(pipeline, photo, **settings).frames
+        per_loop = list(projections)
+        projections.clear()
+        unet_calls.clear()
+        plain_conditioning = render.build_conditioning
+        monkeypatch.setattr(render, "build_conditioning",
+                            lambda *args, **kwargs: replace(plain_conditioning(*args, **kwargs), content_kv=None))
+        every_call = run(pipeline, photo, **settings).frames
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # One row projected per layer in each of the two loops (inversion, sampling), where without the store every
+    # layer projects every row of every UNet call.
+    assert per_loop == [1] * 2 * len(processors)
+    assert len(projections) == len(unet_calls) * len(processors) and 2 in projections
+    torch.testing.assert_close(once, every_call, rtol=1e-5, atol=1e-5)
+
+
+def low_memory_twin(pipeline, low_memory):
+    """A pipeline on `pipeline`'s parts (which it takes over) with low-memory mode set or left to choose (None)."""
+    return LivePhotoPipeline(pipeline.model, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer,
+                             pipeline.scheduler_config, pipeline.model_hashes, low_memory=low_memory)
+
+
+def test_low_memory_mode_is_chosen_when_a_render_would_not_fit_and_the_output_says_so(tmp_path, photo,
+                                                                                      monkeypatch):
+    config = tiny_config()
+    need = offload.render_bytes(config.num_frames, config.height, config.width, torch.float32)
+    monkeypatch.setattr(offload, "free_memory_bytes", lambda device: need)
+    roomy = tiny_pipeline(tmp_path / "tokenizer")
+    assert not roomy.low_memory and roomy.memory_note is None
+    plain = run(roomy, photo)
+    assert plain.settings["low_memory"] is False and not any("low-memory" in note for note in plain.notes)
+
+    monkeypatch.setattr(offload, "free_memory_bytes", lambda device: need - 1)
+    tight = tiny_pipeline(tmp_path / "tokenizer")  # which leaves the choice to the pipeline
+    assert tight.low_memory and all(p.is_meta for p in tight.vae.parameters())  # the VAE waits in a file
+    frugal = run(tight, photo)
+    assert frugal.settings["low_memory"] is True
+    assert [note for note in frugal.notes if "low-memory" in note] == [
+        f"low-memory mode chosen: {(need - 1) / 1e9:.1f} GB free on cpu, where a default-mode render of "
+        f"{config.num_frames} x {config.height} x {config.width} adds about {need / 1e9:.1f} GB"]
+    torch.testing.assert_close(frugal.frames, plain.frames, rtol=0, atol=1e-5)
+    # The caller's choice stands whatever the memory.
+    assert not low_memory_twin(tiny_pipeline(tmp_path / "tokenizer"), False).low_memory
+
+
+def test_free_memory_is_read_from_the_kernel_on_the_cpu():
+    free = offload.free_memory_bytes(torch.device("cpu"))
+    assert free is None or 0 < free <= psutil_total()
+    assert offload.free_memory_bytes(torch.device("meta")) is None
+
+
+def psutil_total() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def test_without_an_intensity_the_checkpoints_default_is_used(tmp_path, photo):

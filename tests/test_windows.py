@@ -94,7 +94,7 @@ class FrameLocal(torch.nn.Module):
         super().__init__()
         self.windows_seen = []
 
-    def forward(self, latents, timestep, context, channels, content_scale):
+    def forward(self, latents, timestep, context, channels, content_scale, content_kv):
         self.windows_seen.append(channels[0, :, FRAME_EMBEDDING_CHANNEL, 0, 0].tolist())
         levels = channels[:, :, -1:]
         return torch.sin(latents) * levels + context.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)

@@ -44,7 +44,7 @@ def load_pipeline(
     tokenizer: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    low_memory: bool = False,
+    low_memory: bool | None = None,
 ) -> LivePhotoPipeline:
     """Load every part from local paths (the bundled demo model when `livephoto` is None).
     `low_memory`: see LivePhotoPipeline."""

@@ -56,6 +56,30 @@ class ContentEncoder(nn.Module):
         return self.proj(features.to(self.proj.weight.dtype))
 
 
+class ContentKeyValues:
+    """The content tokens' keys and values in every content-attention layer, projected once per loop.
+
+    The photo's content tokens are the same at every step, in both rows of guidance, in every window of
+    a long video and whatever the content scale, so each layer projects them once, from one row, and
+    keeps them for the rest of the loop: per UNet call that saves projecting them for every context
+    row. It serves only contexts whose rows all carry the same content tokens (``build_conditioning``
+    makes them so, with one of these per conditioning: a render's inversion and its sampling each have
+    their own); a training batch of different photos uses none. It holds no setting, and one loop's
+    calls run one after another.
+    """
+
+    def __init__(self):
+        self.projected: dict[ContentAttnProcessor, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, processor: ContentAttnProcessor, content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`processor`'s keys and values of the content tokens, [1, N, inner] each, projected from
+        `content` [rows, N, D] the first time."""
+        if processor not in self.projected:
+            first = content[:1]
+            self.projected[processor] = processor.to_k(first), processor.to_v(first)
+        return self.projected[processor]
+
+
 class ContentAttnProcessor(nn.Module):
     """SD cross-attention over text plus a decoupled attention over content tokens.
 
@@ -66,6 +90,8 @@ class ContentAttnProcessor(nn.Module):
     ``hidden_states``, which are frame-major): then the keys and values are projected once per video
     rather than once per frame, and each video's frames attend to them as one long query sequence.
     The result is the same; per step it saves projecting (text + content) tokens for every frame.
+    Given a loop's ``ContentKeyValues``, every row's queries attend to its one row of content keys
+    and values as one sequence, and the content tokens are projected once per loop.
     """
 
     def __init__(self, attn: nn.Module, num_content_tokens: int):
@@ -86,9 +112,9 @@ class ContentAttnProcessor(nn.Module):
             self.to_out.bias.zero_()
 
     # __call__, not forward: diffusers' Attention hands a processor only the keyword arguments its
-    # __call__ names (here content_scale, from the UNet call's cross_attention_kwargs).
+    # __call__ names (here content_scale and content_kv, from the UNet call's cross_attention_kwargs).
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 content_scale=DEFAULT_CONTENT_SCALE):
+                 content_scale=DEFAULT_CONTENT_SCALE, content_kv: ContentKeyValues | None = None):
         if attention_mask is not None:
             raise ValueError("ContentAttnProcessor does not take an attention mask (SD-1.5 uses none)")
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= self.num_content_tokens:
@@ -103,29 +129,39 @@ class ContentAttnProcessor(nn.Module):
         content = encoder_hidden_states[:, -self.num_content_tokens :]
         heads = attn.heads
 
-        def split_heads(x):
-            return x.view(videos, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+        def split_heads(x, groups):
+            return x.view(groups, -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
         def merge_heads(x):
-            return x.transpose(1, 2).reshape(videos, -1, x.shape[1] * x.shape[-1])
+            return x.transpose(1, 2).reshape(-1, x.shape[1] * x.shape[-1])
 
         # Frame-major rows: a video's frames are consecutive, so this view puts their queries side by side.
-        query = split_heads(attn.to_q(hidden_states.reshape(videos, -1, hidden_states.shape[-1])))
-        text_out = F.scaled_dot_product_attention(query, split_heads(attn.to_k(text)), split_heads(attn.to_v(text)))
-        out = attn.to_out[1](attn.to_out[0](merge_heads(text_out)))
+        query = attn.to_q(hidden_states.reshape(videos, -1, hidden_states.shape[-1]))
+        text_out = F.scaled_dot_product_attention(
+            split_heads(query, videos), split_heads(attn.to_k(text), videos), split_heads(attn.to_v(text), videos)
+        )
+        out = attn.to_out[1](attn.to_out[0](merge_heads(text_out)))  # [rows * tokens, out]
         if content_scale != 0:
+            if content_kv is None:
+                key, value = self.to_k(content), self.to_v(content)
+            else:
+                key, value = content_kv.get(self, content)
+            groups = key.shape[0]  # one per video, or one for all rows when the render's projection is shared
             content_out = F.scaled_dot_product_attention(
-                query, split_heads(self.to_k(content)), split_heads(self.to_v(content))
+                split_heads(query, groups), split_heads(key, groups), split_heads(value, groups)
             )
-            out = out + content_scale * self.to_out(merge_heads(content_out))
+            # out + content_scale * to_out(content_out) as one GEMM that adds onto out, and the scaled bias:
+            # no scaled copy of the branch's output and no separate sum over the whole activation.
+            out = torch.addmm(out, merge_heads(content_out), self.to_out.weight.t(), alpha=content_scale)
+            out = out.add_(self.to_out.bias, alpha=content_scale)
         return out.reshape(rows, tokens, -1)
 
 
 class SpatialSelfAttnProcessor(AttnProcessor2_0):
     """SD's own self-attention (attn1), unchanged. A transformer block hands its cross_attention_kwargs
     to attn1 as well as attn2; this processor takes the content scale and leaves it unused, where
-    diffusers' would log a warning on every call."""
+    diffusers' would log a warning on every call. The same for a loop's content keys and values."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 content_scale=DEFAULT_CONTENT_SCALE):
+                 content_scale=DEFAULT_CONTENT_SCALE, content_kv=None):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

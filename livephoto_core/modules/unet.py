@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import CONDITIONING_CHANNELS, LivePhotoConfig
 from ..defaults import DEFAULT_CONTENT_SCALE
-from .content import ContentAttnProcessor, SpatialSelfAttnProcessor
+from .content import ContentAttnProcessor, ContentKeyValues, SpatialSelfAttnProcessor
 
 
 def build_motion_adapter(config: LivePhotoConfig, unet2d: UNet2DConditionModel) -> MotionAdapter:
@@ -260,12 +260,15 @@ class LivePhotoUNet(nn.Module):
         context: torch.Tensor,
         conditioning: torch.Tensor,
         content_scale: float = DEFAULT_CONTENT_SCALE,
+        content_kv: ContentKeyValues | None = None,
     ) -> torch.Tensor:
         """noisy_latents [B, F, 4, h, w], timestep [] or [B], context [B, text+content tokens, D] (one row
         per video, shared by its frames: the cheaper form) or [B*F, ...] (one per frame, frame-major: row
         b*F + f), conditioning [B, F, 6, h, w] -> prediction [B, F, 4, h, w].
 
-        `content_scale` weighs the content attention in this call only (0 turns the photo tokens off)."""
+        `content_scale` weighs the content attention in this call only (0 turns the photo tokens off).
+        `content_kv`, where every context row carries the same content tokens: the loop's store of their
+        keys and values, filled by its first call and read by the rest (``ContentKeyValues``)."""
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
         text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
         positions = conditioning[:, :, FRAME_EMBEDDING_CHANNEL, 0, 0]  # [B, F]: the same in every pixel
@@ -274,7 +277,7 @@ class LivePhotoUNet(nn.Module):
             out = self.motion_unet(
                 sample.transpose(1, 2), timestep, encoder_hidden_states=context,
                 timestep_cond=text_vector if self.text_time_embedding else None,
-                cross_attention_kwargs={"content_scale": content_scale}, return_dict=False,
+                cross_attention_kwargs={"content_scale": content_scale, "content_kv": content_kv}, return_dict=False,
             )[0]
         finally:
             _FILM_TEXT.reset(film)
