@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.measure import high_water_mark_gb, load, machine, now, reset_high_water_mark  # noqa: E402
+from benchmarks.measure import high_water_mark_gb, load, machine, now, reset_high_water_mark, rss_gb  # noqa: E402
 from benchmarks.run import wait_for_memory  # noqa: E402
 
 RESULT_MARK = "WAN_RESULT "
@@ -211,7 +211,10 @@ class Phases:
             reset_high_water_mark()
             previous = self.figures.get(phase, {"peak_gb": 0.0, "seconds": 0.0})
             self.figures[phase] = {"peak_gb": round(max(previous["peak_gb"], peak), 3),
-                                   "seconds": round(previous["seconds"] + seconds, 2)}
+                                   "seconds": round(previous["seconds"] + seconds, 2),
+                                   "rss_after_gb": round(rss_gb(), 3)}
+            # Said as it happens, so that a run stopped for memory or time still shows where it got to.
+            print(f"{phase}: {self.figures[phase]}", file=sys.stderr, flush=True)
             return result
 
         setattr(namespace, attribute, wrapper)
