@@ -180,7 +180,7 @@ def write_files(folder: Path, size: str, scale: float) -> dict:
     tiny_tokenizer(folder / "words").save_pretrained(wan_base / "tokenizer")
     torch.manual_seed(0)
     AutoencoderKLWan(**sizes["vae"]).save_pretrained(wan_base / "vae")  # 127M parameters: torch's init is quick
-    file_gb = {part: round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e9, 3)
+    file_gb = {part: round(sum(f.stat().st_size for f in [path, *path.rglob("*")] if f.is_file()) / 1e9, 3)
                for part, path in (("base.safetensors", base), ("lora.safetensors", lora),
                                   ("text_encoder", wan_base / "text_encoder"), ("vae", wan_base / "vae"))}
     return {"dit": str(base), "lora": str(lora), "wan_base": str(wan_base), "file_gb": file_gb}
