@@ -296,3 +296,19 @@ def test_the_training_benchmark_runs_at_tiny_size_on_the_cpu(tmp_path):
     assert json.loads(out.read_text())["results"] == report["results"]
     table = out.with_suffix(".md").read_text().splitlines()
     assert len(table) == 2 + 4 and table[2].startswith("| 1 | off | off |")
+
+
+def test_the_wan_memory_script_runs_at_tiny_size(tmp_path):
+    from benchmarks import wan_memory
+
+    report = wan_memory.main(["--size", "tiny", "--height", "32", "--width", "32", "--threads", "1", "--need-gb", "0",
+                              "--tmp", str(tmp_path), "--json", str(tmp_path / "wan.json")])
+    render = report["render"]
+    assert render["dit_passes"] == 6 and render["latents_finite"]  # 2 steps of three guided passes
+    assert set(render["phases"]) == {"text encoding (umT5 load + 2 prompts)", "DiT load + LoRA merge",
+                                     "VAE encode (photo)", "DiT sampling", "VAE decode"}
+    assert render["peak_gb"] >= max(phase["peak_gb"] for phase in render["phases"].values()) > 0
+    assert render["s_per_step"] > 0
+    assert set(report["file_gb"]) == {"base.safetensors", "lora.safetensors", "text_encoder", "vae"}
+    assert not list(tmp_path.glob("wan_memory_*"))  # the model files are deleted
+    assert json.loads((tmp_path / "wan.json").read_text())["settings"]["steps"] == 2
