@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--no-inversion", action="store_true", help="start from pure noise instead of the inverted photo")
     animate.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                          help="a lower peak at about the same speed: idle parts wait off the device, smaller batches "
-                              "(full-size fp32 on a CPU: 7.2 GB instead of 10.6 GB); default: chosen when a render "
+                              "(full-size fp32 on a CPU: 7.2 GB instead of 9.5 GB); default: chosen when a render "
                               "would not fit in the free memory, and said so")
     animate.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="output size (default: the model's)")
     animate.add_argument("-o", "--output", help="output file of one video, .webp, .gif or .mp4, or for a phone "
