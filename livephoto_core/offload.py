@@ -24,8 +24,8 @@ OFFLOAD_DEVICE = torch.device("cpu")
 MEMINFO = Path("/proc/meminfo")
 
 # What a default-mode render adds to the resident weights at its peak, per frame pixel and byte of the UNet's
-# dtype: full-size SD-1.5 in fp32 at 16 x 256 x 256 added 2.61 GB, keeping its freed memory
-# (docs/performance.md, section 3).
+# dtype: full-size SD-1.5 in fp32 at 16 x 256 x 256 added 2.61 GB in a run that kept its freed memory, about
+# 1 GB more than renders now add (docs/performance.md, section 3): the choice errs towards low-memory mode.
 RENDER_BYTES_PER_FRAME_PIXEL_BYTE = 2.61e9 / (16 * 256 * 256 * 4)
 
 
