@@ -528,25 +528,12 @@ def test_truncated_video_never_leaks_a_raw_error(tmp_path):
 
 def test_decoder_error_mid_stream_is_translated(tmp_path, monkeypatch):
     path = write_video(palette_clip(), tmp_path / "c.mp4")
-    real_open = av.open
 
-    class FailingContainer:
-        def __init__(self, container):
-            self.container, self.streams = container, container.streams
+    def fail_at_the_third(index):
+        if index == 2:
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc_info):
-            self.container.close()
-
-        def decode(self, stream):
-            for index, frame in enumerate(self.container.decode(stream)):
-                if index == 2:
-                    raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
-                yield frame
-
-    monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: FailingContainer(real_open(*args, **kwargs)))
+    watch_decoding(monkeypatch, fail_at_the_third)
     with pytest.raises(InvalidInputError, match="c.mp4 is not a video that can be decoded: Invalid data"):
         read_video(path)
 
@@ -617,29 +604,37 @@ def raw_h264(path, *parts):
     return path
 
 
+def watch_decoding(monkeypatch, on_frame) -> None:
+    """av.open wrapped so that `on_frame(index)` runs before each decoded frame is handed on (it may raise)."""
+    real_open = av.open
+
+    class Container:
+        def __init__(self, container):
+            self.container, self.streams = container, container.streams
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.container.close()
+
+        def decode(self, stream):
+            for index, frame in enumerate(self.container.decode(stream)):
+                on_frame(index)
+                yield frame
+
+    monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: Container(real_open(*args, **kwargs)))
+
+
 class DecodeRecorder:
-    """av.open wrapped so that the test sees whether any frame was decoded."""
+    """Counts the frames decoded, so that a test sees whether any was."""
 
     def __init__(self, monkeypatch):
         self.decoded = 0
-        real_open, recorder = av.open, self
+        watch_decoding(monkeypatch, self.count)
 
-        class Container:
-            def __init__(self, container):
-                self.container, self.streams = container, container.streams
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc_info):
-                self.container.close()
-
-            def decode(self, stream):
-                for frame in self.container.decode(stream):
-                    recorder.decoded += 1
-                    yield frame
-
-        monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: Container(real_open(*args, **kwargs)))
+    def count(self, _index):
+        self.decoded += 1
 
 
 def test_a_tiny_mp4_of_4096x4096_frames_is_refused_from_its_header_before_any_frame_is_decoded(tmp_path, monkeypatch):
