@@ -345,7 +345,7 @@ def animate_batch(args, rows) -> int:
     for video in share:
         row, output = video[0], video[-1]
         if not args.overwrite and all(path.exists() for path in written_files(output)):
-            print(f"{prefix}skipped {row.where}: {output} is already written")
+            report(f"{prefix}skipped {row.where}: {output} is already written")
         else:
             check_output(output, args.overwrite)
             to_render.append(video)
@@ -414,10 +414,10 @@ def render_and_write(pipe, args, row, intensity, asked, seed, output: Path, phot
                 "token_weights": [[token, round(weight, 4)] for token, weight in result.token_weights]}
     count, fps = write_frames(args, result.frames, metadata, output, row.photo)
     weights = " ".join(f"{token}:{weight:.2f}" for token, weight in result.token_weights)
-    print(f"{prefix}wrote {' + '.join(map(str, written_files(output)))} ({count} frames at {fps:g} fps, "
-          f"seed {result.settings['seed']}, asked intensity {asked if isinstance(intensity, tuple) else intensity}, "
-          f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))")
-    print(f"{prefix}token weights: {weights}")
+    report(f"{prefix}wrote {' + '.join(map(str, written_files(output)))} ({count} frames at {fps:g} fps, "
+           f"seed {result.settings['seed']}, asked intensity {asked if isinstance(intensity, tuple) else intensity}, "
+           f"measured {result.intensity.level} (mean SSIM {result.intensity.mean_ssim:.3f}))\n"
+           f"{prefix}token weights: {weights}")
 
 
 def row_intensity(asked: str | None, config, frames: int):
@@ -557,6 +557,14 @@ def quiet_library_progress() -> None:
 
 def status(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def report(lines: str) -> None:
+    """Print a result in one write, flushed: processes under `accelerate launch` share stdout, and where it
+    is unbuffered (PYTHONUNBUFFERED) print writes the newline separately, so another process's line could
+    land mid-line."""
+    sys.stdout.write(lines + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
