@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from livephoto_core.defaults import DEFAULT_STEPS
 from livephoto_core.offload import choose_low_memory
 
 from .measure import ForwardTimer, PeakMemory, median, rss_gb, timed_function
@@ -329,7 +330,7 @@ def command_times(command: list[str], repeats: int) -> dict:
     return {"median_s": median(times), "min_s": min(times), "max_s": max(times)}
 
 
-def demo_command(steps: int = 25) -> dict:
+def demo_command(steps: int = DEFAULT_STEPS) -> dict:
     """`livephoto animate` end to end. Runs the bundled demo model when it exists, else the tiny test
     model files as a stand-in (said in the result)."""
     from livephoto_core.loading.assemble import CHECKPOINT_NAME, DEMO_MODEL_DIR

@@ -58,7 +58,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.motion_measure import displacement_direction, zoom_direction  # noqa: E402
+from livephoto_core.defaults import DEFAULT_SCHEDULER, DEFAULT_STEPS  # noqa: E402
 from livephoto_core.images import prepare_photo  # noqa: E402
+from livephoto_core.sampling import SCHEDULERS  # noqa: E402
 from livephoto_core.training.toyworld import (  # noqa: E402
     PALETTE,
     SHAPE_KINDS,
@@ -294,10 +296,10 @@ def evaluate(render: Render, measure_level: Callable[[np.ndarray], int], workloa
     return scores
 
 
-def pipeline_renderer(pipe, steps: int, guidance: float) -> Render:
+def pipeline_renderer(pipe, steps: int, guidance: float, scheduler: str) -> Render:
     def render(photo, prompt, level, prior_inversion, seed):
         result = pipe(photo, prompt, intensity=level, num_inference_steps=steps, guidance_scale=guidance,
-                      seed=seed, prior_inversion=prior_inversion)
+                      seed=seed, prior_inversion=prior_inversion, scheduler=scheduler)
         return result.frames.numpy()
 
     return render
@@ -428,14 +430,14 @@ def token_weight_means(pipe, workload: Workload) -> dict[str, float]:
 INVERSION_ROWS = {"with inversion": True, "without prior inversion": False}
 
 
-def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guidance: float, rows: list[str],
-                    photo_sets: list[str], log: Callable[[str], None]) -> dict:
+def benchmark_model(checkpoint: str | None, workload: Workload, steps: int, guidance: float, scheduler: str,
+                    rows: list[str], photo_sets: list[str], log: Callable[[str], None]) -> dict:
     from livephoto_core.intensity import measure_intensity
     from livephoto_core.loading.assemble import load_pipeline
 
     pipe = load_pipeline(checkpoint)
     thresholds = pipe.config.intensity_thresholds
-    render = pipeline_renderer(pipe, steps, guidance)
+    render = pipeline_renderer(pipe, steps, guidance, scheduler)
 
     def measure_level(frames: np.ndarray) -> int:
         return measure_intensity(frames, thresholds).level
@@ -532,8 +534,10 @@ def parse_models(values: list[str] | None) -> dict[str, str | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="NAME=PATH of a LivePhoto checkpoint (repeatable)")
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"sampling steps (default {DEFAULT_STEPS})")
     parser.add_argument("--guidance", type=float, default=4.0, help="CFG scale (default 4)")
+    parser.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=DEFAULT_SCHEDULER,
+                        help=f"the renders' sampler (default {DEFAULT_SCHEDULER}); the first-step probe is the same for all")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every clip count (0.25 for a quick look)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--inversion", choices=("both", "on", "off"), default="both",
@@ -560,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: {message}", file=sys.stderr, flush=True)
 
         rows = {"both": list(INVERSION_ROWS), "on": ["with inversion"], "off": ["without prior inversion"]}
-        results[name] = benchmark_model(checkpoint, workload, args.steps, args.guidance, rows[args.inversion],
-                                        photo_sets, log)
+        results[name] = benchmark_model(checkpoint, workload, args.steps, args.guidance, args.scheduler,
+                                        rows[args.inversion], photo_sets, log)
         results[name]["checkpoint"] = checkpoint
     print(table(results))
     print()
@@ -570,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": " ".join(["benchmarks/motion_control.py", *(argv if argv is not None else sys.argv[1:])]),
-            "settings": {"steps": args.steps, "guidance": args.guidance, "split": args.split,
+            "settings": {"steps": args.steps, "guidance": args.guidance, "scheduler": args.scheduler,
+                         "split": args.split,
                          "workload": workload.__dict__,
                          "levels": list(LEVELS)},
             "results": results,

@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.motion_control import Workload, centred_translations, with_direction  # noqa: E402
+from livephoto_core.defaults import DEFAULT_SCHEDULER, DEFAULT_STEPS  # noqa: E402
 from livephoto_core.training.toyworld import render_photo  # noqa: E402
 
 MOTIONS = ("left", "right", "up", "down", "in", "out")
@@ -40,7 +41,8 @@ def strip_rows(pipe, seed: int, steps: int, guidance: float) -> tuple[list[np.nd
             rows.append((output.frames.numpy() * 255).round().astype(np.uint8))
             labels.append(f"{prompt}\nlevel {level} -> {output.intensity.level}")
     shape = spec.scene.shapes[spec.subject]
-    return rows, labels, f"held-out photo: a {shape.colour} {shape.kind}; seed {seed}, {steps} steps, CFG {guidance}"
+    return rows, labels, (f"held-out photo: a {shape.colour} {shape.kind}; seed {seed}, {steps} {DEFAULT_SCHEDULER} "
+                          f"steps, CFG {guidance}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
     parser.add_argument("--model", help="LivePhoto checkpoint (default: the bundled demo model)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=4.0)
     args = parser.parse_args(argv)
 

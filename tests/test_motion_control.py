@@ -108,8 +108,8 @@ def test_the_benchmark_runs_through_a_pipeline(tmp_path):
 
     pipe = tiny_pipeline(tmp_path)
     workload = Workload(direction_photos=1, zoom_photos=1, intensity_photos=1, conflict_clips=1, swap_clips=2)
-    scores = evaluate(pipeline_renderer(pipe, steps=2, guidance=4.0), measure_level, workload, 64, 8,
-                      photo_set="photos")
+    render = pipeline_renderer(pipe, steps=2, guidance=4.0, scheduler="dpmpp_2m")
+    scores = evaluate(render, measure_level, workload, 64, 8, photo_set="photos")
     summary = scores.summary()
     assert summary["clips"] == 4 + 2 + 1 + 8
     assert 0 <= summary["frame0_ssim"] <= 1 and summary["intensity_spearman"] is None or -1 <= summary[
