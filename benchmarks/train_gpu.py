@@ -112,7 +112,7 @@ def run_case(components, device: torch.device, precision: str, batch: int, check
             if step >= warmup:
                 times.append(time.perf_counter() - started)
         seconds = median(times)
-        result.update(s_per_step=seconds, clips_per_s=batch / seconds, loss=float(loss))
+        result.update(s_per_step=seconds, clips_per_s=batch / seconds, loss=loss.item())
     except torch.cuda.OutOfMemoryError:
         result.update(s_per_step=None, clips_per_s=None, error="out of memory")
     finally:

@@ -13,6 +13,7 @@ _LAZY = {
     "LivePhotoPipeline": "pipeline",
     "LivePhotoOutput": "pipeline",
     "check_output": "video",
+    "auto_dtype": "precision",
     "LivePhotoConfig": "config",
     "LivePhotoError": "errors",
     "InvalidInputError": "errors",

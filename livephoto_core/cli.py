@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                               f"{WAN_DEFAULT_GUIDANCE:g}, for both its text and its intensity guidance)")
     animate.add_argument("--negative", help="negative prompt (default: none; LivePhoto-Wan2.1: Wan's standard one)")
     animate.add_argument("--scheduler", default=DEFAULT_SCHEDULER,
-                         help=f"the denoising schedule (default {DEFAULT_SCHEDULER}): ddim, euler, euler_ancestral, "
-                              f"dpmpp_2m, ...")
+                         help=f"the denoising schedule (default {DEFAULT_SCHEDULER}): dpmpp_2m, ddim, unipc, euler, "
+                              f"euler_ancestral, ...")
     animate.add_argument("--content-scale", type=float, default=DEFAULT_CONTENT_SCALE,
                          help=f"strength of the photo's DINOv2 tokens (default {DEFAULT_CONTENT_SCALE:g})")
     animate.add_argument("--no-inversion", action="store_true", help="start from pure noise instead of the inverted photo")
@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--dinov2", help="DINOv2: a transformers folder or a .safetensors file")
     animate.add_argument("--tokenizer", help="a folder with CLIP's vocab.json and merges.txt (for single-file bases)")
     animate.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
-    animate.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
-                         help="default float32; LivePhoto-Wan2.1: bfloat16, as its authors run it")
+    animate.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"),
+                         help="default auto: float16 on CUDA, bfloat16 on a CPU that computes it natively (AMX or "
+                              "AVX512-BF16), else float32; LivePhoto-Wan2.1: bfloat16, as its authors run it")
     wan = animate.add_argument_group(
         "LivePhoto-Wan2.1", "the authors' released model (hub: shirley430316/LivePhoto-Wan2.1) on Wan2.1-T2V-1.3B; "
         "81 frames at 480 x 832 and 25 fps by default")
@@ -169,7 +170,7 @@ def run_animate(args) -> int:
     args.steps = DEFAULT_STEPS if args.steps is None else args.steps
     args.guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
     args.negative = "" if args.negative is None else args.negative
-    args.dtype = args.dtype or "float32"
+    args.dtype = args.dtype or "auto"
     rows = animate_rows(args)
     if args.manifest is None and len(rows) == 1:
         return animate_one(args, rows[0])
@@ -238,7 +239,7 @@ def run_wan_animate(args) -> int:
         result = wan.animate_wan(
             photo, prompt, dit=args.wan_dit, base_folder=args.wan_base, lora=args.wan_lora, lora_alpha=alpha,
             intensity=intensity, negative_prompt=negative, steps=steps, guidance=guidance, num_frames=frames,
-            height=height, width=width, seed=seed, device=args.device, dtype=getattr(torch, args.dtype or "bfloat16"),
+            height=height, width=width, seed=seed, device=args.device, dtype=getattr(torch, "bfloat16" if args.dtype in (None, "auto") else args.dtype),
             status=status, callback=lambda step, total: progress(SamplingStep("sampling", step, total)),
         )
     count, fps = write_frames(args, result.frames, result.settings, output, Path(photo_path))
@@ -377,19 +378,18 @@ def process_share(videos: list) -> tuple[list, object]:
 
 
 def load_model(args, device: str):
-    import torch
-
     from .loading.assemble import load_pipeline
+    from .precision import resolve_dtype
 
     quiet_library_progress()
-    status(f"loading {'the demo model' if args.livephoto is None else args.livephoto} ...")
+    dtype = resolve_dtype(args.dtype, device)
+    named = str(dtype).removeprefix("torch.")
+    auto = " (--dtype auto; --dtype float32 for full precision)" if args.dtype == "auto" and named != "float32" else ""
+    status(f"loading {'the demo model' if args.livephoto is None else args.livephoto} in {named}{auto} ...")
     pipe = load_pipeline(
         args.livephoto, args.base, args.motion_module, args.dinov2, args.tokenizer,
-        device=device, dtype=getattr(torch, args.dtype), low_memory=args.low_memory,
+        device=device, dtype=dtype, low_memory=args.low_memory,
     )
-    if args.livephoto is None:
-        status("the demo model knows only its toy world: coloured shapes that move left/right/up/down, "
-               "rotate, or a camera that zooms in/out")
     return pipe
 
 

@@ -232,6 +232,7 @@ class LivePhotoPipeline:
             "window_schedule": windows.schedule,
             "loop": windows.loop,
             "low_memory": self.low_memory,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
             "fps": config.fps,
             "model_hashes": self.model_hashes,
             "livephoto_version": __version__,

@@ -8,6 +8,14 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch):
+    """`--dtype auto` renders in bf16 on a CPU that computes it natively: the same test would render in
+    another precision on another machine. Every test sees a CPU without it; tests of the choice say otherwise.
+    Subprocesses (the CLI run as a command) still ask the real CPU."""
+    monkeypatch.setattr("livephoto_core.precision.cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture
 def pipeline(tmp_path):
     from livephoto_core.testing.tiny import tiny_pipeline

@@ -312,3 +312,26 @@ def test_the_wan_memory_script_runs_at_tiny_size(tmp_path):
     assert set(report["file_gb"]) == {"base.safetensors", "lora.safetensors", "text_encoder", "vae"}
     assert not list(tmp_path.glob("wan_memory_*"))  # the model files are deleted
     assert json.loads((tmp_path / "wan.json").read_text())["settings"]["steps"] == 2
+
+
+def test_the_dtype_difference_script_compares_bf16_with_fp32_on_the_demo_model(tmp_path, capsys):
+    from benchmarks import dtype_difference
+
+    figures = tmp_path / "dtype.json"
+    assert dtype_difference.main(["--photos", "1", "--steps", "2", "--json", str(figures)]) == 0
+    results = json.loads(figures.read_text())["results"]
+    assert set(results) == {"toy", "photos"}
+    for rows in results.values():
+        assert rows["float32"]["videos"] == 4 and rows["bfloat16"]["videos"] == 4
+        # bf16 rounds: not identical to fp32, but close (the demo model measured 50-59 dB)
+        assert 25 < rows["bfloat16"]["video_psnr_db_mean"] < 200
+        assert 0 <= rows["bfloat16"]["same_direction_as_float32"] <= 4
+    assert "bfloat16" in capsys.readouterr().out
+
+
+def test_psnr_of_identical_videos_is_infinite_and_falls_with_the_difference():
+    from benchmarks.dtype_difference import psnr
+
+    video = np.random.default_rng(0).random((2, 8, 8, 3))
+    assert psnr(video, video) == float("inf")
+    assert psnr(video, video + 0.01) > psnr(video, video + 0.1) > 0

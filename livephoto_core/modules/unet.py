@@ -40,9 +40,9 @@ def build_motion_adapter(config: LivePhotoConfig, unet2d: UNet2DConditionModel) 
 
 
 def match_device_and_dtype(module, like):
-    # diffusers' ModelMixin.to logs a warning on every dtype cast, needed or not.
+    # torch's own .to: diffusers' ModelMixin.to logs a warning on every dtype cast, needed or not.
     if module.device != like.device or module.dtype != like.dtype:
-        module = module.to(device=like.device, dtype=like.dtype)
+        module = torch.nn.Module.to(module, device=like.device, dtype=like.dtype)
     return module
 
 
