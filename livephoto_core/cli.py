@@ -234,12 +234,13 @@ def run_wan_animate(args) -> int:
 
     import torch
 
+    wan_dtype = "bfloat16" if args.dtype in (None, "auto") else args.dtype  # auto: as the authors run it
     quiet_library_progress()
     with ProgressBar() as progress:
         result = wan.animate_wan(
             photo, prompt, dit=args.wan_dit, base_folder=args.wan_base, lora=args.wan_lora, lora_alpha=alpha,
             intensity=intensity, negative_prompt=negative, steps=steps, guidance=guidance, num_frames=frames,
-            height=height, width=width, seed=seed, device=args.device, dtype=getattr(torch, "bfloat16" if args.dtype in (None, "auto") else args.dtype),
+            height=height, width=width, seed=seed, device=args.device, dtype=getattr(torch, wan_dtype),
             status=status, callback=lambda step, total: progress(SamplingStep("sampling", step, total)),
         )
     count, fps = write_frames(args, result.frames, result.settings, output, Path(photo_path))

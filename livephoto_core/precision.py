@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU runs bf16 convolutions and matmuls in hardware through oneDNN."""
     if not torch.backends.mkldnn.is_available():
