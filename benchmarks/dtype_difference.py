@@ -34,6 +34,7 @@ from benchmarks.motion_control import (  # noqa: E402
     Workload,
     direction_cases,
     moved_as_asked,
+    pipeline_renderer,
     subject_colour,
 )
 from benchmarks.motion_measure import displacement_direction  # noqa: E402
@@ -48,12 +49,9 @@ def psnr(reference: np.ndarray, other: np.ndarray) -> float:
 def render_all(pipe, cases: list[Case], steps: int, guidance: float, scheduler: str,
                level: int) -> tuple[list[np.ndarray], float]:
     """Every case's frames, and the seconds per video."""
+    render = pipeline_renderer(pipe, steps, guidance, scheduler)  # as the motion benchmark renders
     started = time.perf_counter()
-    renders = [
-        pipe(case.photo(), case.spec.caption, intensity=level, num_inference_steps=steps, guidance_scale=guidance,
-             seed=index, scheduler=scheduler).frames.float().numpy()
-        for index, case in enumerate(cases)
-    ]
+    renders = [render(case.photo(), case.spec.caption, level, True, index) for index, case in enumerate(cases)]
     return renders, (time.perf_counter() - started) / len(cases)
 
 

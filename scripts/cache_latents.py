@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -37,18 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     from livephoto_core.errors import LivePhotoError
+    from livephoto_core.training.engine import several_cpu_processes
     from livephoto_core.training.latent_cache import build_latent_cache
     from livephoto_core.training.recipe import load_train_config
 
     try:
         config = load_train_config(args.config, args.overrides)
-        # As the trainer: several processes without CUDA run on the CPU over gloo.
-        accelerator = Accelerator(cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        accelerator = Accelerator(cpu=several_cpu_processes())  # as the trainer's
         try:
             counts = build_latent_cache(config, args.epochs, args.dtype, args.clips_per_part,
                                         accelerator.process_index, accelerator.num_processes, accelerator.device,

@@ -190,12 +190,17 @@ def distributed_strategy() -> str:
     return "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" else "ddp"
 
 
+def several_cpu_processes() -> bool:
+    """Several processes without CUDA (torchrun, or accelerate launch --multi_gpu, on a CPU machine): accelerate
+    connects them (DDP over gloo) only when told they run on the CPU. (accelerate launch --cpu starts a single
+    process unless MPI is set up.)"""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def make_accelerator(config: TrainConfig, strategy: str):
     from accelerate import Accelerator
 
-    # Several processes without CUDA (torchrun, or accelerate launch --multi_gpu, on a CPU machine):
-    # DDP over gloo on the CPU. (accelerate launch --cpu starts a single process unless MPI is set up.)
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    multi_cpu = several_cpu_processes()
     plugin = fsdp_plugin(config) if strategy == "fsdp" else None
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation_steps,
