@@ -54,7 +54,6 @@ SCHEMA = Schema(
         "intensity_map": Bool(),
         "text_time_embedding": Bool(),
         "text_film": Bool(),
-        "text_film_time_gate": Bool(),
         "reweighter_layers": Int(1, 64),
         "reweighter_heads": Int(1, 1024),
         "reweighter_ff_mult": Int(1, 64),
@@ -114,9 +113,6 @@ class LivePhotoConfig:
     # every ResNet after its second norm (FiLM), by a still part and a part that grows with the frame's
     # place in the clip. See modules.unet.install_text_film.
     text_film: bool = False
-    # With text_film: the FiLM's terms are scaled per channel by the timestep too, so the words can push
-    # hard at high noise and step back near the clean clip. See modules.unet.install_text_film.
-    text_film_time_gate: bool = False
 
     # Text reweighter: transformer encoder + Linear + sigmoid (paper §3.5).
     reweighter_layers: int = 3
@@ -167,8 +163,6 @@ class LivePhotoConfig:
             problems.append(f"{self.num_frames} frames exceed the motion modules' {self.motion_max_seq_length}")
         if self.height % 8 or self.width % 8:
             problems.append(f"size {self.width}x{self.height} is not a multiple of 8 (the VAE's factor)")
-        if self.text_film_time_gate and not self.text_film:
-            problems.append("text_film_time_gate gates the text FiLM: set text_film too")
         if self.dinov2_patch_size > self.dinov2_image_size:
             problems.append(f"DINOv2 patch size {self.dinov2_patch_size} exceeds its image size {self.dinov2_image_size}")
         # Attention splits a width evenly between its heads, and a GroupNorm its channels between groups.

@@ -64,8 +64,7 @@ class LivePhotoModel(nn.Module):
             )
         dtype, device = unet2d.dtype, unet2d.device
         unet = LivePhotoUNet.from_unet2d(
-            unet2d, adapter, config.num_content_tokens, config.text_time_embedding, config.text_film,
-            config.text_film_time_gate,
+            unet2d, adapter, config.num_content_tokens, config.text_time_embedding, config.text_film
         )
         content_encoder = ContentEncoder(dinov2, config.cross_attention_dim, config.dinov2_image_size)
         reweighter = TextReweighter(

@@ -211,14 +211,13 @@ def test_ablation_switches_turn_the_modules_off():
     assert torch.all(channels[:, :, 5] == 0) and torch.all(channels[:, -1, 4] == 1)
 
 
-@pytest.mark.parametrize("switch", ["text_time_embedding", "text_film", "text_film_time_gate"])
+@pytest.mark.parametrize("switch", ["text_time_embedding", "text_film"])
 def test_a_text_path_starts_as_identity_trains_and_reads_each_video_s_own_words(switch):
-    config = tiny_config(**{switch: True}, **({"text_film": True} if switch == "text_film_time_gate" else {}))
+    config = tiny_config(**{switch: True})
     adapter = random_motion_adapter(config, tiny_unet2d())
     plain = LivePhotoModel.from_base(tiny_config(), tiny_unet2d(), tiny_dinov2(), adapter).eval()
     model = LivePhotoModel.from_base(config, tiny_unet2d(), tiny_dinov2(), adapter).eval()
-    marker = {"text_time_embedding": "time_embedding.cond_proj.", "text_film": ".text_film.",
-              "text_film_time_gate": ".text_film"}[switch]  # the FiLM and its gate
+    marker = "time_embedding.cond_proj." if switch == "text_time_embedding" else ".text_film."
     added = {k: v for k, v in model.unet.motion_unet.named_parameters() if marker in k}
     assert added and all(p.requires_grad for p in added.values())
     assert {f"unet.{k}" for k in added} <= set(model.trainable_state_dict())
@@ -246,18 +245,18 @@ def test_a_text_path_starts_as_identity_trains_and_reads_each_video_s_own_words(
 def test_text_film_gives_each_frame_its_share_of_the_motion():
     """Frame f of video b gets h * (1 + a + p_f c) + (b + p_f d), with p_f its frame-embedding value and
     (a, b, c, d) the FiLM of video b's own text: the first frame only the still part, the last all of it."""
-    from livephoto_core.modules.unet import _FILM_INPUTS, FilmInputs, _apply_text_film
+    from livephoto_core.modules.unet import _FILM_TEXT, _apply_text_film
 
     videos, frames, channels, dim = 2, 4, 3, 5
     film = torch.nn.Linear(dim, 4 * channels)
     text = torch.randn(videos, dim)
     features = torch.randn(videos * frames, channels, 2, 2)
     positions = torch.tensor([[0.0, 1 / 3, 2 / 3, 1.0], [0.0, 0.5, 1.0, 1.0]])  # a clip; a later window's clamp
-    token = _FILM_INPUTS.set(FilmInputs(text, positions))
+    token = _FILM_TEXT.set((text, positions))
     try:
-        out = _apply_text_film(film, None, None, None, features)
+        out = _apply_text_film(film, None, None, features)
     finally:
-        _FILM_INPUTS.reset(token)
+        _FILM_TEXT.reset(token)
     a, b, c, d = film(text).detach().chunk(4, dim=1)
     for video in range(videos):
         for frame in range(frames):
@@ -265,41 +264,3 @@ def test_text_film_gives_each_frame_its_share_of_the_motion():
             row = video * frames + frame
             expected = features[row] * (1 + a[video] + p * c[video])[:, None, None] + (b[video] + p * d[video])[:, None, None]
             torch.testing.assert_close(out[row], expected)
-
-
-def test_text_film_time_gate_scales_the_film_by_the_timestep():
-    """Each FiLM term is multiplied by 1 + g(e_t), e_t the UNet's own timestep embedding of the call: a
-    gate of -1 turns the FiLM off (the paper's UNet again), and the gate reads that embedding."""
-    config = tiny_config(text_film=True, text_film_time_gate=True)
-    adapter = random_motion_adapter(config, tiny_unet2d())
-    plain = LivePhotoModel.from_base(tiny_config(), tiny_unet2d(), tiny_dinov2(), adapter).eval()
-    model = LivePhotoModel.from_base(config, tiny_unet2d(), tiny_dinov2(), adapter).eval()
-    films = [m.text_film for m in model.unet.motion_unet.modules() if hasattr(m, "text_film_gate")]
-    gates = [m.text_film_gate for m in model.unet.motion_unet.modules() if hasattr(m, "text_film_gate")]
-    assert films and len(gates) == len(films)
-
-    noisy = torch.randn(1, F, 4, 8, 8)
-    context = torch.cat([torch.randn(1, 77, D), model.encode_content(torch.rand(1, 3, 64, 64))], dim=1)
-    channels = conditioning_channels(torch.randn(1, 4, 8, 8), F, torch.tensor([5.0]))
-
-    def both(t):
-        timestep = torch.tensor(t)
-        return model.unet(noisy, timestep, context, channels), plain.unet(noisy, timestep, context, channels)
-
-    with torch.no_grad():
-        for film in films:
-            film.weight.copy_(torch.randn_like(film.weight) * 0.3)
-        ungated = both(500)[0]
-        for gate in gates:
-            gate.bias.fill_(-1.0)
-        gated_off, paper = both(500)
-        torch.testing.assert_close(gated_off, paper)
-        assert not torch.allclose(ungated, paper)
-        # What the gate reads is the UNet's timestep embedding of this call, one row per video.
-        seen = []
-        gates[0].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
-        model.unet(noisy.expand(2, -1, -1, -1, -1), torch.tensor(900), context.expand(2, -1, -1),
-                   channels.expand(2, -1, -1, -1, -1))
-        unet = model.unet.motion_unet
-        expected = unet.time_embedding(unet.time_proj(torch.tensor([900, 900])))
-    torch.testing.assert_close(seen[0], expected)

@@ -253,7 +253,6 @@ def test_a_tokenizer_config_field_of_the_wrong_type_is_refused(tmp_path, field, 
     ("num_frames", [8], r"'num_frames' is \[8\] \(a list\)"),
     ("unet_block_out_channels", 320, "'unet_block_out_channels' is 320; expected a list"),
     ("text_film", "yes", "'text_film' is \"yes\"; expected true or false"),
-    ("text_film_time_gate", True, "text_film_time_gate gates the text FiLM: set text_film too"),
     ("reweighter_heads", 7, "7 reweighter heads do not divide width 768"),
     ("height", 260, "size 256x260 is not a multiple of 8"),
 ])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from dataclasses import dataclass
 
 import torch
 from accelerate import init_empty_weights
@@ -109,22 +108,14 @@ def install_text_time_embedding(unet: UNetMotionModel, text_dim: int) -> None:
     unet.register_to_config(time_cond_proj_dim=text_dim)
 
 
-@dataclass
-class FilmInputs:
-    """What the FiLM hooks read in the current forward call: each video's pooled text [B, D], its frames'
-    positions [B, F], and (for the time gate) its timestep embedding [B, T], which the hook on the UNet's
-    time embedding fills in when the call computes it."""
-
-    text: torch.Tensor
-    positions: torch.Tensor
-    time: torch.Tensor | None = None
+# The text vector [B, D] and frame positions [B, F] of the current forward call, for the FiLM hooks (a
+# context variable: each thread's call sees its own, as content_scale travels per call).
+_FILM_TEXT: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor] | None] = contextvars.ContextVar(
+    "livephoto_film_text", default=None
+)
 
 
-# A context variable: each thread's call sees its own, as content_scale travels per call.
-_FILM_INPUTS: contextvars.ContextVar[FilmInputs | None] = contextvars.ContextVar("livephoto_film_inputs", default=None)
-
-
-def install_text_film(unet: UNetMotionModel, text_dim: int, time_gate: bool = False) -> None:
+def install_text_film(unet: UNetMotionModel, text_dim: int) -> None:
     """Give every ResNet of the UNet a FiLM from the text that also moves with time: features of frame
     f after its second GroupNorm become h * (1 + a + p_f * c) + (b + p_f * d), with p_f the frame's
     value in the frame-embedding channel (f / (F - 1) in one clip; what the context windows give it in
@@ -136,51 +127,24 @@ def install_text_film(unet: UNetMotionModel, text_dim: int, time_gate: bool = Fa
     reaches the features unnormalised, as FiLM-conditioned networks (Perez et al., 2018) apply it. The
     terms in p_f hand each frame its share of a motion (how far along "moves left" it is) directly,
     instead of leaving the network to multiply the word by the frame channel of conv_in itself.
-
-    With `time_gate` (LivePhotoConfig.text_film_time_gate), each of the four terms is multiplied per
-    channel by 1 + g(e_t), g a zero-initialised Linear of the timestep embedding e_t. Without it the same
-    push reaches every noise level: a FiLM trained where the words decide the motion (high noise) still
-    pushes near the clean clip, where the photo should decide, and painted textures into the later frames.
     """
-    if time_gate:
-        unet.time_embedding.register_forward_hook(_keep_time_embedding)
     for module in unet.modules():
         if isinstance(module, ResnetBlock2D):
             weight = module.conv1.weight
-            channels = module.norm2.num_channels
-            film = _zero_linear(text_dim, 4 * channels, weight)
+            film = nn.Linear(text_dim, 4 * module.norm2.num_channels, device=weight.device, dtype=weight.dtype)
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
             module.text_film = film
-            gate = None
-            if time_gate:
-                gate = _zero_linear(module.time_emb_proj.in_features, 4 * channels, weight)
-                module.text_film_gate = gate
-            module.norm2.register_forward_hook(functools.partial(_apply_text_film, film, gate))
+            module.norm2.register_forward_hook(functools.partial(_apply_text_film, film))
 
 
-def _zero_linear(in_features: int, out_features: int, like: torch.Tensor) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features, device=like.device, dtype=like.dtype)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _keep_time_embedding(_module: nn.Module, _inputs, embedding: torch.Tensor) -> None:
-    current = _FILM_INPUTS.get()
-    if current is not None:
-        current.time = embedding  # [B, T]: one row per video, before the UNet repeats it per frame
-
-
-def _apply_text_film(
-    film: nn.Linear, gate: nn.Linear | None, _norm: nn.Module, _inputs, features: torch.Tensor
-) -> torch.Tensor:
-    current = _FILM_INPUTS.get()
+def _apply_text_film(film: nn.Linear, _norm: nn.Module, _inputs, features: torch.Tensor) -> torch.Tensor:
+    current = _FILM_TEXT.get()
     if current is None:
         return features
-    terms = film(current.text.to(features.dtype))
-    if gate is not None:
-        terms = terms * (1 + gate(current.time.to(features.dtype)))
-    still_scale, still_shift, frame_scale, frame_shift = terms.chunk(4, dim=1)
-    position = current.positions.to(features)[:, :, None]  # [B, F, 1]
+    text, positions = current
+    still_scale, still_shift, frame_scale, frame_shift = film(text.to(features.dtype)).chunk(4, dim=1)
+    position = positions.to(features)[:, :, None]  # [B, F, 1]
     # one row per frame, frame-major within each video (row b * F + f), as the ResNets see them
     scale = (still_scale[:, None] + position * frame_scale[:, None]).flatten(0, 1)
     shift = (still_shift[:, None] + position * frame_shift[:, None]).flatten(0, 1)
@@ -225,7 +189,7 @@ def is_trainable_key(name: str) -> bool:
     """The parameters LivePhoto trains inside the UNet: conv_in, motion modules, content attention (and
     the text's timestep projection or FiLM layers, when the model has them)."""
     return (name.startswith(("conv_in.", "time_embedding.cond_proj.")) or ".motion_modules." in name
-            or ".processor." in name or ".text_film." in name or ".text_film_gate." in name)
+            or ".processor." in name or ".text_film." in name)
 
 
 class LivePhotoUNet(nn.Module):
@@ -243,7 +207,6 @@ class LivePhotoUNet(nn.Module):
         cls, unet2d: UNet2DConditionModel, adapter: MotionAdapter, num_content_tokens: int,
         text_time_embedding: bool = False,
         text_film: bool = False,
-        text_film_time_gate: bool = False,
     ) -> "LivePhotoUNet":
         unet = assemble_motion_unet(unet2d, adapter)
         widen_conv_in(unet)
@@ -251,7 +214,7 @@ class LivePhotoUNet(nn.Module):
         if text_time_embedding:
             install_text_time_embedding(unet, unet.config.cross_attention_dim)
         if text_film:
-            install_text_film(unet, unet.config.cross_attention_dim, text_film_time_gate)
+            install_text_film(unet, unet.config.cross_attention_dim)
         return cls(unet, num_content_tokens)
 
     @property
@@ -309,7 +272,7 @@ class LivePhotoUNet(nn.Module):
         sample = torch.cat([noisy_latents, conditioning.to(noisy_latents.dtype)], dim=2)
         text_vector = pooled_text(context, self.num_content_tokens, noisy_latents.shape[0])
         positions = conditioning[:, :, FRAME_EMBEDDING_CHANNEL, 0, 0]  # [B, F]: the same in every pixel
-        film = _FILM_INPUTS.set(FilmInputs(text_vector, positions) if self.text_film else None)
+        film = _FILM_TEXT.set((text_vector, positions) if self.text_film else None)
         try:
             out = self.motion_unet(
                 sample.transpose(1, 2), timestep, encoder_hidden_states=context,
@@ -317,5 +280,5 @@ class LivePhotoUNet(nn.Module):
                 cross_attention_kwargs={"content_scale": content_scale, "content_kv": content_kv}, return_dict=False,
             )[0]
         finally:
-            _FILM_INPUTS.reset(film)
+            _FILM_TEXT.reset(film)
         return out.transpose(1, 2)
