@@ -17,7 +17,8 @@ DECODE_CHUNK_SIZE = 2  # frames the VAE decodes at once: ~0.2 GB each in fp32 at
 
 def tokenize(tokenizer, prompt: str, what: str = "prompt") -> tuple[torch.Tensor, list[str]]:
     """-> input ids [1, 77] and the prompt's own tokens (without start, end and padding)."""
-    ids = tokenizer(prompt, truncation=False).input_ids
+    # Not verbose: the tokenizer would warn of "indexing errors" before the clear refusal below.
+    ids = tokenizer(prompt, truncation=False, verbose=False).input_ids
     check_prompt_tokens(len(ids) - 2, what)
     tokens = [t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(ids[1:-1])]
     padded = ids + [tokenizer.pad_token_id] * (CLIP_CONTEXT - len(ids))

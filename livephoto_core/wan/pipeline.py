@@ -99,7 +99,7 @@ def encode_prompts(folder: Path, prompts: list[str], device: torch.device, dtype
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     cleaned = [clean_prompt(prompt) for prompt in prompts]
     for what, text in zip(("prompt", "negative prompt"), cleaned):
-        length = len(tokenizer(text).input_ids)
+        length = len(tokenizer(text, verbose=False).input_ids)  # refused below, in words, when too long
         if length > TEXT_LENGTH:
             raise InvalidInputError(f"the {what} is {length} umT5 tokens long; LivePhoto-Wan2.1 reads at most "
                                     f"{TEXT_LENGTH}: shorten it")
