@@ -234,7 +234,12 @@ def validate_level(level, levels: int = LEVELS) -> int:
     """An intensity level as int: whole numbers 1..`levels` (the integers and whole floats that every
     setting takes, ``checks.whole_number``), else InvalidInputError.
     `levels`: the model's (LivePhotoConfig.intensity_levels) where one is at hand."""
-    shown = level if isinstance(level, numbers.Number) else repr(level)  # repr: text may hold line breaks
+    if isinstance(level, float):
+        shown = f"{level:g}"  # the CLI reads "11" as 11.0: show it as typed
+    elif isinstance(level, numbers.Number):
+        shown = level
+    else:
+        shown = repr(level)  # text may hold line breaks
     message = f"intensity must be a whole number from 1 (still) to {levels} (most motion); got {shown}"
     try:
         value = whole_number("intensity", level)

@@ -220,6 +220,9 @@ def test_validate_level_message():
     with pytest.raises(InvalidInputError) as caught:
         validate_level(11)
     assert str(caught.value) == "intensity must be a whole number from 1 (still) to 10 (most motion); got 11"
+    for typed in ("11", "2.5"):  # the CLI's and the nodes' text, read as a float: shown as typed
+        with pytest.raises(InvalidInputError, match=f"got {typed}$"):
+            intensity_from_text(typed, 8)
 
 
 def test_measure_intensity():
