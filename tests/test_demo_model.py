@@ -30,10 +30,10 @@ def test_the_demo_model_is_complete_and_under_25_mb():
 
 
 def test_the_recipe_that_trained_it_is_in_the_repository():
-    """The shipped model records the config it was trained with: the committed fine-tune recipe's, but for
-    where the run's files lay (the recipe unpacks the first demo model to runs/demo-v1; the run read it from
-    livephoto_core/demo_model, where it was then)."""
-    recipe = json.loads((ROOT / "configs" / "train" / "demo_finetune.json").read_text())
+    """The shipped model records the config it was trained with: the committed second phase's, but for
+    where the run's files lay (the recipe unpacks the fine-tune it starts from to runs/demo-ft1; the run read
+    it from livephoto_core/demo_model, where it was then)."""
+    recipe = json.loads((ROOT / "configs" / "train" / "demo_second_phase.json").read_text())
     trained = read_livephoto_config(demo_checkpoint()).extra["training"]["config"]
     for section in ("model", "scratch"):
         for where in ("init_from", "images_from", "base", "dinov2", "tokenizer", "motion_module"):
