@@ -69,6 +69,8 @@ def test_motion_mix_follows_weights_and_directions_are_balanced():
         {"motion_weights": {"left": 0.0}},
         {"conflict_rate": 1.5},
         {"two_shape_rate": -0.1},
+        {"min_translation": 0.0},
+        {"min_translation": 0.9},
     ],
 )
 def test_bad_sampling_arguments_are_refused(bad):
@@ -124,6 +126,12 @@ def test_speeds_spread_from_very_slow_to_fast():
     assert (counts > 60).all(), counts
     zooms = [s.speed ** (s.frames - 1) for s in specs(600, motion_weights={"zoom_in": 1.0})]
     assert min(zooms) < 1.06 and max(zooms) > 1.9
+
+
+def test_min_translation_lets_translations_go_slower():
+    slow = [s.speed * (s.frames - 1) for s in specs(300, motion_weights={"up": 1.0}, min_translation=0.03)]
+    assert 0.03 * 64 <= min(slow) < 2.5 and max(slow) > 25.0
+    assert 0.3 < np.mean(np.array(slow) < 8.0) < 0.7  # log-uniform: about half below the default's 8 px
 
 
 # ---------------------------------------------------------------------------------------------

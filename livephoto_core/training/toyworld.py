@@ -404,6 +404,7 @@ def sample_clip_spec(
     two_shape_rate: float = 0.5,
     motion_weights: dict[str, float] | None = None,
     look: ToyLook | str = VARIED_LOOK,
+    min_translation: float = _MIN_TRANSLATION,
 ) -> ToyClipSpec:
     """Draw one clip: scene, motion, speed and caption.
 
@@ -411,11 +412,15 @@ def sample_clip_spec(
     e.g. {"left": 1, "right": 1} gives only horizontal translations. two_shape_rate is the chance of
     a second, static distractor shape (lower it for a single-shape curriculum). A conflict clip (its
     caption names a shape the scene lacks) always shows one shape: with two, which of them the
-    caption means would be anyone's guess. look: a ToyLook or a key of LOOKS.
+    caption means would be anyone's guess. look: a ToyLook or a key of LOOKS. min_translation: the
+    shortest travel of a translation, as a fraction of the frame (lower it for slow translations, the
+    only way a large shape reaches the low intensity levels).
     """
     look = _checked_look(look)
     if size < 16 or frames < 2:
         raise InvalidInputError(f"toy clips need size >= 16 and frames >= 2 (got size {size}, frames {frames})")
+    if not _TRAVEL_RANGE[0] <= min_translation <= _TRAVEL_RANGE[1]:
+        raise InvalidInputError(f"min_translation must be in {_TRAVEL_RANGE[0]}..{_TRAVEL_RANGE[1]} (got {min_translation})")
     if not (0 <= conflict_rate <= 1 and 0 <= two_shape_rate <= 1):
         raise InvalidInputError(
             f"conflict_rate and two_shape_rate are probabilities in 0..1 (got {conflict_rate}, {two_shape_rate})"
@@ -433,7 +438,7 @@ def sample_clip_spec(
     margin = _MARGIN * size
     half = size / 2
     r_min, r_max = (f * size for f in look.radius_range)
-    lowest_travel = _MIN_TRANSLATION if motion == "translate" else _TRAVEL_RANGE[0]
+    lowest_travel = min_translation if motion == "translate" else _TRAVEL_RANGE[0]
     travel = (
         0.0
         if motion == "still"
@@ -751,6 +756,7 @@ def write_dataset(
     two_shape_rate: float = 0.5,
     motion_weights: dict[str, float] | None = None,
     look: ToyLook | str = VARIED_LOOK,
+    min_translation: float = _MIN_TRANSLATION,
     overwrite: bool = False,
 ) -> Path:
     """Render `num_clips` clips into out_dir and return the path of its captions.csv.
@@ -782,6 +788,7 @@ def write_dataset(
             two_shape_rate=two_shape_rate,
             motion_weights=motion_weights,
             look=look,
+            min_translation=min_translation,
         )
         relative = f"clips/{index:06d}.mp4"
         write_video_lossless(out / relative, render_clip(spec), fps)
