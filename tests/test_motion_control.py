@@ -145,3 +145,47 @@ def test_model_arguments_are_name_equals_path():
                                                                             "no map": "b.safetensors"}
     with pytest.raises(SystemExit, match="NAME=PATH"):
         parse_models(["a.safetensors"])
+
+
+def test_level_summary_separates_the_offset_between_photos_from_following_the_level():
+    from benchmarks.motion_levels import summary
+
+    # Two photos that each follow the level exactly, one placed 2 levels higher: perfect within a
+    # photo, less than perfect pooled.
+    rows = [["toy", "translate", 0, level, level - 1] for level in range(2, 10)]
+    rows += [["toy", "zoom", 1, level, level + 1] for level in range(2, 10)]
+    figures = summary(rows)
+    assert figures["mean_within_photo"] == 1.0
+    assert figures["by_motion"] == {"translate": 1.0, "zoom": 1.0}
+    assert 0.5 < figures["pooled"] < 0.95
+
+
+def test_the_ideal_model_gives_each_level_the_nearest_level_the_scene_reaches():
+    from benchmarks.motion_control import LEVELS
+    from benchmarks.motion_levels import ceiling_rows, reachable_levels
+
+    specs = heldout_specs(7, ("left", "zoom_in"), 2, False, 64, 8, "classic")
+    for spec in specs:
+        reachable = reachable_levels(spec, DEFAULT_THRESHOLDS)
+        rows = ceiling_rows([spec], "toy", DEFAULT_THRESHOLDS)
+        measured = [row[4] for row in rows]
+        assert [row[3] for row in rows] == list(LEVELS) and set(measured) <= reachable
+        assert measured == sorted(measured) and len(reachable) >= 3  # slow to fast: several levels
+        for row in rows:
+            assert all(abs(row[4] - row[3]) <= abs(level - row[3]) for level in reachable)
+
+
+def test_reweighter_gradient_probe_reads_every_word_class(tmp_path):
+    from benchmarks.reweighter_gradient import summary, token_gradients
+    from livephoto_core.training import toyworld as tw
+
+    pipe = tiny_pipeline(tmp_path)
+    config = pipe.config
+    data = tw.write_dataset(tmp_path / "toy", 6, seed=0, size=config.height, frames=config.num_frames,
+                            conflict_rate=0.5).parent
+    gradients = token_gradients(pipe, data, clips=6)
+    assert len(gradients["padding"]) == 6 and gradients["motion words"]
+    assert gradients["content words"] or gradients["content words, conflicting"]
+    assert all(np.isfinite(v).all() for v in gradients.values())
+    figures = summary({"motion words": [1.0, 3.0], "padding": [2.0]})
+    assert figures == {"motion words": {"count": 2, "mean": 2.0, "sd": pytest.approx(2 ** 0.5), "t": pytest.approx(2.0)}}
