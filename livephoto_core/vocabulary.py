@@ -39,12 +39,16 @@ def unknown_words(tokenizer, prompt: str) -> list[str]:
     return [w for w in words if len(tokenizer.tokenize(w)) != 1]
 
 
+EMPTY_PROMPT_NOTE = "the prompt is empty: no words ask for a motion, so the seed decides it"
+
+
 def prompt_notes(base_model: str, tokenizer, prompt: str) -> list[str]:
-    """Notes for a render of `prompt`: for a model with its own from-scratch base ("bundled"), its card
-    and the prompt's unknown words; none for models on a real SD-1.5."""
+    """Notes for a render of `prompt`: that it is empty, if it is; for a model with its own from-scratch
+    base ("bundled"), its card and the prompt's unknown words too."""
+    notes = [] if prompt.strip() else [EMPTY_PROMPT_NOTE]
     if base_model != "bundled":
-        return []
-    notes = [f"model: {model_card(known_words(tokenizer))}"]
+        return notes
+    notes.append(f"model: {model_card(known_words(tokenizer))}")
     unknown = unknown_words(tokenizer, prompt)
     if unknown:
         notes.append(f"words this model has never seen (it reads them as noise): {', '.join(unknown)}")

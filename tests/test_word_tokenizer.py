@@ -38,3 +38,5 @@ def test_unknown_words_are_named_once_in_order(tmp_path):
     assert card.startswith("model: a miniature") and "left, right, up, down" in card
     assert unknown == "words this model has never seen (it reads them as noise): wiggles"
     assert prompt_notes("sd15", tokenizer, "the red circle wiggles") == []  # a real SD-1.5: nothing to say
+    for base in ("sd15", "bundled"):  # an empty prompt leaves the motion to the seed, on any model
+        assert prompt_notes(base, tokenizer, "  ")[0] == "the prompt is empty: no words ask for a motion, so the seed decides it"
