@@ -23,9 +23,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr

@@ -2,11 +2,12 @@
 ``python scripts/balance_toy_levels.py --data data/toy2/train data/toy2slow/train --out data/toy2_levels.csv``.
 
 Why: a clip's level is its mean adjacent-frame SSIM, so it depends on the scene as much as on the
-speed. In the toy world a translation of a large shape never falls below level 5, a zoom rarely
-rises above level 5, and a model trained on that learns a level per motion and per shape size rather
-than a speed per level (docs/demo-model.md, the seventh session). This index draws, for each motion,
-the same number of clips from every level that motion has in the data (repeating clips of a rare
-level, at most `--max-repeats` times), and gives each motion its share of the rows.
+speed. In the toy world's default data a translation of a large shape hardly ever falls below level
+5, and most zooms sit at levels 2-4, so each motion sees some levels far more often than others.
+This index draws, for each motion, the same number of clips from every level that motion has in the
+data (repeating clips of a rare level, at most `--max-repeats` times), and gives each motion its
+share of the rows. On the demo model a phase on such an index ranked levels no better than as many
+steps on the old index (docs/demo-model.md, seventh session): it is a tool for a recipe, not a fix.
 
 Levels are measured as training measures them (the same labelling pass and cache), with the
 thresholds of the checkpoint the index is for. Clips come from each data set's labels.jsonl
@@ -33,10 +34,16 @@ DEFAULT_SHARES = {"zoom": 0.5, "translate": 0.37, "rotate": 0.08, "still": 0.05}
 
 
 def parse_shares(text: str) -> dict[str, float]:
+    """"zoom=0.5,translate=0.5" -> {"zoom": 0.5, "translate": 0.5}."""
     shares = {}
     for part in text.split(","):
         motion, _, share = part.partition("=")
-        shares[motion.strip()] = float(share)
+        try:
+            shares[motion.strip()] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not MOTION=SHARE (e.g. zoom=0.5)") from None
+    if any(share < 0 for share in shares.values()) or sum(shares.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"shares {text!r} must be >= 0 and not all 0")
     return shares
 
 
@@ -68,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the index to write (CSV path,caption; paths relative to it)")
     parser.add_argument("--thresholds-from", default="configs/train/demo_second_phase.json",
                         help="a training config whose data.thresholds label the levels (the checkpoint's)")
-    parser.add_argument("--shares", default=",".join(f"{k}={v}" for k, v in DEFAULT_SHARES.items()),
-                        help="share of the rows per motion (default %(default)s)")
+    parser.add_argument("--shares", type=parse_shares, default=DEFAULT_SHARES,
+                        help="share of the rows per motion, e.g. zoom=0.5,translate=0.5 (default: "
+                             + ",".join(f"{k}={v}" for k, v in DEFAULT_SHARES.items()) + ")")
     parser.add_argument("--rows", type=int, default=4000, help="rows to write (default 4000)")
     parser.add_argument("--max-repeats", type=int, default=3, help="most times one clip is listed (default 3)")
     parser.add_argument("--min-clips", type=int, default=20,
@@ -86,27 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists():
         print(f"error: {out} exists; choose another --out or delete it", file=sys.stderr)
         return EXIT_USAGE
-    config = json.loads(Path(args.thresholds_from).read_text())
-    data = config["data"]
-    sampling = ClipSampling(num_frames=data["num_frames"], stride=data["stride"], size=data["size"])
-    entries, motions = [], {}
-    for folder in map(Path, args.data):
-        for line in open(folder / "labels.jsonl"):
-            label = json.loads(line)
-            path = (folder / label["path"]).resolve()
-            entries.append(VideoEntry(path, label["caption"]))
-            motions[path] = label["motion"]
     try:
+        data = json.loads(Path(args.thresholds_from).read_text())["data"]
+        sampling = ClipSampling(num_frames=data["num_frames"], stride=data["stride"], size=data["size"])
+        entries, motions = [], {}
+        for folder in map(Path, args.data):
+            with open(folder / "labels.jsonl") as handle:  # what toyworld.write_dataset writes
+                for line in handle:
+                    label = json.loads(line)
+                    path = (folder / label["path"]).resolve()
+                    entries.append(VideoEntry(path, label["caption"]))
+                    motions[path] = label["motion"]
         labelled = label_videos(entries, sampling, out.with_name(out.stem + ".labels.jsonl"), args.workers,
                                 data["thresholds"])
-    except LivePhotoError as error:
-        print(f"error: {error}", file=sys.stderr)
+        clips = defaultdict(lambda: defaultdict(list))
+        for video in labelled.videos:
+            clips[motions[video.path]][level_from_ssim(video.ssim, labelled.thresholds)].append(video)
+        rows = balanced_rows(clips, args.shares, args.rows, args.max_repeats, args.min_clips,
+                             np.random.default_rng(args.seed))
+    except (LivePhotoError, OSError, ValueError, KeyError) as error:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    clips = defaultdict(lambda: defaultdict(list))
-    for video in labelled.videos:
-        clips[motions[video.path]][level_from_ssim(video.ssim, labelled.thresholds)].append(video)
-    rng = np.random.default_rng(args.seed)
-    rows = balanced_rows(clips, parse_shares(args.shares), args.rows, args.max_repeats, args.min_clips, rng)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")

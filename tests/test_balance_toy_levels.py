@@ -45,3 +45,14 @@ def test_writes_an_index_that_training_reads_and_refuses_to_overwrite(tmp_path, 
     assert {row["path"].split("/")[1] for row in rows} == {"a", "b"}
     assert "translate: clips per level" in capsys.readouterr().out
     assert main(args) == 2 and "exists" in capsys.readouterr().err
+
+
+def test_bad_arguments_get_one_clear_line(tmp_path, capsys):
+    import pytest
+
+    out = str(tmp_path / "index.csv")
+    assert main(["--data", str(tmp_path / "nothing"), "--out", out]) == 2
+    assert "labels.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), "--out", out, "--shares", "zoom"])
+    assert "MOTION=SHARE" in capsys.readouterr().err
