@@ -1,5 +1,7 @@
 """Train a LivePhoto model: ``python scripts/train.py --config configs/train/demo.json [--set key=value ...] [--resume latest]``.
 
+``--resume runs/x/checkpoints/step-000600 --export-only`` exports that checkpoint instead of training.
+
 Also runs under ``accelerate launch`` (several processes: DDP, or FSDP with
 ``--config_file configs/accelerate/fsdp.yaml``). See docs/training.md.
 """
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="latest|CHECKPOINT",
                         help="continue from the newest checkpoint of output_dir (starts fresh if there is none) "
                              "or from a given checkpoint folder")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export the checkpoint --resume names (to output_dir/export/step-N) and train nothing")
     return parser
 
 
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_train_config(args.config, args.overrides)
-        result = train(config, args.resume)
+        result = train(config, args.resume, args.export_only)
     except LivePhotoError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if os.environ.get("RANK", "0") != "0":
         return 0  # one summary line per run, not per process
+    if args.export_only:
+        print(f"step {result.step} exported to {result.export}")
+        return 0
     where = f"; model in {result.export}" if result.export else ""
     state = "stopped at the time limit" if result.stopped_early else "done"
     print(f"{state}: step {result.step} of {config.steps}{where}")

@@ -20,7 +20,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from livephoto_core import cli
 from livephoto_core.errors import InvalidInputError, OutputExistsError
 from livephoto_core.loading.assemble import load_pipeline
-from livephoto_core.loading.checkpoint import read_livephoto_checkpoint
+from livephoto_core.loading.checkpoint import read_livephoto_checkpoint, read_livephoto_config
 from livephoto_core.encoding import tokenize
 from livephoto_core.pipeline import LivePhotoPipeline
 from livephoto_core.training import resume, toyworld
@@ -272,6 +272,30 @@ def test_a_finished_run_refuses_to_start_over_and_resumes_to_nothing(toy_data, r
     assert again.losses == {} and again.step == 10 and again.export == output_dir / "export" / "step-000010"
     train(TrainConfig.from_dict(tiny_config(toy_data, output_dir, log_every=3)), resume="latest")
     assert log_records(output_dir, "config_changed")[-1]["keys"] == ["log_every", "output_dir"]  # the copy moved
+
+
+def test_export_only_turns_a_picked_checkpoint_into_the_model_the_run_would_have_exported(toy_data, reference,
+                                                                                          tmp_path):
+    from safetensors.torch import load_file
+
+    output_dir = tmp_path / "run"
+    shutil.copytree(reference[1].output_dir, output_dir)
+    shutil.rmtree(output_dir / "export")
+    config = TrainConfig.from_dict(tiny_config(toy_data, output_dir))
+    with pytest.raises(InvalidInputError, match="exporting needs a checkpoint"):
+        Trainer(config, export_only=True)
+    last = train(config, resume="latest", export_only=True)
+    assert last.losses == {} and last.export == output_dir / "export" / "step-000010"
+    at_the_end = load_file(reference[1].export / "livephoto.safetensors")
+    exported = load_file(last.export / "livephoto.safetensors")
+    assert at_the_end.keys() == exported.keys()
+    assert all(torch.equal(at_the_end[k], exported[k]) for k in at_the_end)  # the EMA weights, as the run exported
+    picked = train(config, resume=str(output_dir / "checkpoints" / "step-000008"), export_only=True)
+    assert picked.export == output_dir / "export" / "step-000008"
+    recorded = read_livephoto_config(picked.export / "livephoto.safetensors").extra["training"]
+    assert recorded["steps"] == 8 and recorded["config"]["steps"] == 10  # the step exported, the run's own schedule
+    assert not all(torch.equal(at_the_end[k], v) for k, v in load_file(picked.export / "livephoto.safetensors").items())
+    assert len(log_records(output_dir, "step")) == len(log_records(reference[1].output_dir, "step"))  # no training
 
 
 # --- pretrained mode (the paper's recipe on a tiny SD-1.5-structured base) ---------------------------------

@@ -275,14 +275,22 @@ def gather_to_main(tensors: dict[str, torch.Tensor], main: bool) -> dict[str, to
 
 
 class Trainer:
-    """One invocation of a training run; ``Trainer(config, resume).run()``."""
+    """One invocation of a training run; ``Trainer(config, resume).run()``. With ``export_only`` it
+    exports the checkpoint it resumes from (the EMA weights, as at the end of a run) and trains nothing:
+    how a checkpoint picked mid-run becomes a model."""
 
-    def __init__(self, config: TrainConfig, resume: str | None = None):
+    def __init__(self, config: TrainConfig, resume: str | None = None, export_only: bool = False):
         self.config = config
+        self.export_only = export_only
         self.output_dir = Path(config.output_dir)
         self.checkpoints_dir = self.output_dir / "checkpoints"
         self.started = time.perf_counter()
         resume_from = resolve_resume(self.checkpoints_dir, resume)
+        if export_only and resume_from is None:
+            raise InvalidInputError(
+                f"exporting needs a checkpoint: pass --resume with a step-* folder of {self.checkpoints_dir}, "
+                f"or latest (it holds none yet)"
+            )
         started_before = list_checkpoints(self.checkpoints_dir) or list_checkpoints(self.output_dir / "vae_checkpoints")
         if resume is None and started_before:
             raise OutputExistsError(
@@ -699,12 +707,15 @@ class Trainer:
                      f"stopping in the VAE stage: time limit of {config.time_limit_minutes} minutes reached; "
                      f"continue with --resume latest")
             return TrainResult(self.output_dir, 0, stopped_early=True)
+        result = TrainResult(self.output_dir, self.step)
+        if self.export_only:
+            result.export = self.export()
+            return result
         self.validation_sample = (
             validation_sample(config.validation, config.data.validation_index, config.data.root, self.sampling)
             if self.main else None
         )
         self.heldout = self.load_heldout()
-        result = TrainResult(self.output_dir, self.step)
         if self.step >= config.steps:
             self.log({"event": "stop", "reason": "already trained", "step": self.step},
                      f"already at step {self.step} of {config.steps}")
@@ -795,6 +806,7 @@ def trainee_parameters(trainee: nn.Module) -> dict[str, nn.Parameter]:
     return {name: param for name, param in trainee.named_parameters() if param.requires_grad}
 
 
-def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Run (or, with resume="latest" or a checkpoint folder, continue) the training `config` describes."""
-    return Trainer(config, resume).run()
+def train(config: TrainConfig, resume: str | None = None, export_only: bool = False) -> TrainResult:
+    """Run (or, with resume="latest" or a checkpoint folder, continue) the training `config` describes;
+    with export_only, export the checkpoint `resume` names instead."""
+    return Trainer(config, resume, export_only).run()
