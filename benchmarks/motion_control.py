@@ -406,12 +406,13 @@ def first_step_directions(pipe, workload: Workload, guidance: float, photo_set: 
 
 
 def token_weight_means(pipe, workload: Workload) -> dict[str, float]:
-    """The reweighter's mean weight on motion words and on content words, over the direction and zoom prompts."""
+    """The reweighter's mean weight on motion words, content words, the other words, the start token
+    and the padding after the prompt (end token included), over the direction and zoom prompts."""
     import torch
 
     from livephoto_core.encoding import tokenize
 
-    motion, content = [], []
+    groups = {name: [] for name in ("motion_words", "content_words", "other_words", "start_token", "padding")}
     config = pipe.config
     prompts = {spec.caption for variants in direction_cases(workload, config.height, config.num_frames, "classic")
                + zoom_cases(workload, config.height, config.num_frames, "classic") for spec in variants}
@@ -419,12 +420,13 @@ def token_weight_means(pipe, workload: Workload) -> dict[str, float]:
         input_ids, tokens = tokenize(pipe.tokenizer, prompt)
         with torch.no_grad():
             _, weights = pipe.reweighted_text(input_ids)
-        for token, weight in zip(tokens, weights[0, 1 : 1 + len(tokens)].tolist()):
-            if token in MOTION_WORDS:
-                motion.append(weight)
-            elif token in CONTENT_WORDS:
-                content.append(weight)
-    return {"motion_words": float(np.mean(motion)), "content_words": float(np.mean(content))}
+        weights = weights[0].tolist()
+        groups["start_token"].append(weights[0])
+        groups["padding"] += weights[1 + len(tokens):]
+        for token, weight in zip(tokens, weights[1 : 1 + len(tokens)]):
+            name = "motion_words" if token in MOTION_WORDS else "content_words" if token in CONTENT_WORDS else "other_words"
+            groups[name].append(weight)
+    return {name: float(np.mean(values)) for name, values in groups.items()}
 
 
 INVERSION_ROWS = {"with inversion": True, "without prior inversion": False}

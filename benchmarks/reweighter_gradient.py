@@ -5,7 +5,8 @@ prediction type, timesteps drawn as the demo recipe draws them: half at t >= 900
 respect to a multiplier on each reweighted token, at 1. Grouped by word class: motion words, content
 words (split by whether the caption's content conflicts with the clip), other words, and the padding
 after the prompt. A negative mean says a larger weight lowers the loss; t is the mean over its
-standard error. Means near zero with |t| < 2 say the loss gives the reweighter nothing to learn.
+standard error. On a trained model, means near zero with |t| < 2 say the weights sit where this
+loss is content: more training of the same recipe would not move that class's weights.
 
     python benchmarks/reweighter_gradient.py --data data/toy2/train --clips 384 --json benchmarks/results_reweighter_gradient.json
 """

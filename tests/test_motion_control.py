@@ -119,7 +119,8 @@ def test_the_benchmark_runs_through_a_pipeline(tmp_path):
     first_steps = first_step_directions(pipe, workload, guidance=4.0)
     assert len(first_steps) == 4 and all(isinstance(hit, bool) for hit in first_steps)
     weights = token_weight_means(pipe, workload)
-    assert 0 <= weights["motion_words"] <= 1 and 0 <= weights["content_words"] <= 1
+    assert set(weights) == {"motion_words", "content_words", "other_words", "start_token", "padding"}
+    assert all(0 <= value <= 1 for value in weights.values())
     result = {"rows": {"photos, with inversion": summary}, "vae_round_trip_psnr_db": {"photos": 12.0},
               "caption_swap_gap": {"photos": gaps}, "token_weights": weights,
               "first_step_direction": {"photos": {"accuracy": 0.5, "ci95": (0.1, 0.9), "count": 4}}}
