@@ -126,12 +126,12 @@ def _from_array(source) -> Image.Image:
         raise InvalidInputError(f"a photo array must be [H, W, 3] or [1, H, W, 3] RGB; got shape {array.shape}")
     _check_side_lengths((array.shape[1], array.shape[0]), "the photo")
     if array.dtype == np.uint8:
-        return Image.fromarray(array, "RGB")
+        return Image.fromarray(array)  # uint8 [H, W, 3]: RGB (passing the mode is deprecated)
     if not np.issubdtype(array.dtype, np.floating):
         raise InvalidInputError(f"a photo array must be float in 0..1 or uint8; got {array.dtype}")
     if not np.isfinite(array).all():
         raise InvalidInputError("the photo contains NaN or infinite values")
-    return Image.fromarray(np.rint(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.rint(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8))
 
 
 def _check_side_lengths(width_height: tuple[int, int], name: str) -> None:
@@ -148,11 +148,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16-bit data (Pillow opens 16-bit PNG/TIFF as I;16 or I): 0..65535 -> 0..255.
         values = np.asarray(image, dtype=np.float64)
         gray = np.rint(np.clip(values / 257, 0, 255)).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")  # uint8 [H, W]: L
     if image.mode == "F":  # 32-bit float images hold 0..1
         values = np.asarray(image, dtype=np.float64)
         gray = np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")  # uint8 [H, W]: L
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
         background = Image.new("RGBA", image.size, _WHITE)
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")

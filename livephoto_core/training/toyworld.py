@@ -695,7 +695,7 @@ def render_frame(spec: ToyClipSpec, frame: int, full_resolution: bool = False) -
 
 def _resize_lanczos(image: np.ndarray, size: int) -> np.ndarray:
     """Float RGB [H, W, 3] -> [size, size, 3], channel by channel with Pillow's Lanczos (antialiased)."""
-    channels = [Image.fromarray(image[..., c].astype(np.float32), mode="F") for c in range(3)]
+    channels = [Image.fromarray(image[..., c].astype(np.float32)) for c in range(3)]  # float32 [H, W]: mode F
     return np.stack([np.asarray(c.resize((size, size), Image.Resampling.LANCZOS)) for c in channels], axis=-1)
 
 
