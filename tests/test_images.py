@@ -47,7 +47,7 @@ def test_rgba_is_composited_on_white(tmp_path):
     rgba[:, :10, 3] = 0
     rgba[:, 10:20, 3] = 255
     rgba[:, 20:, 3] = 128
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    Image.fromarray(rgba).save(tmp_path / "cutout.png")
     result = np.asarray(load_image(tmp_path / "cutout.png")).astype(int)
     expected_half = 128 / 255 * colour + (1 - 128 / 255) * 255
     assert (result[:, :10] == 255).all()
@@ -57,10 +57,10 @@ def test_rgba_is_composited_on_white(tmp_path):
 
 def test_la_and_grayscale_become_equal_channels(tmp_path):
     gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))
-    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    Image.fromarray(gray).save(tmp_path / "gray.png")
     result = np.asarray(load_image(tmp_path / "gray.png"))
     assert (result == gray[..., None]).all()
-    la = Image.merge("LA", [Image.fromarray(gray, "L"), Image.new("L", (64, 40), 255)])
+    la = Image.merge("LA", [Image.fromarray(gray), Image.new("L", (64, 40), 255)])
     assert (np.asarray(load_image(la)) == gray[..., None]).all()
 
 
@@ -106,7 +106,7 @@ def test_cmyk_and_float_images():
     cmyk = Image.new("CMYK", (40, 40), (0, 255, 255, 0))  # pure red
     assert np.asarray(load_image(cmyk))[0, 0].tolist() == [255, 0, 0]
     values = np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(40, 40)
-    result = np.asarray(load_image(Image.fromarray(values, "F")))
+    result = np.asarray(load_image(Image.fromarray(values)))
     assert (result == np.rint(values * 255).astype(np.uint8)[..., None]).all()
 
 

@@ -101,7 +101,7 @@ def write_photos(folder: Path) -> None:
     Image.fromarray(rgb).save(folder / "photo.png")
     Image.fromarray(rgb).convert("L").save(folder / "grayscale.png")
     rgba = np.concatenate([rgb, rng.integers(0, 256, (80, 96, 1), dtype=np.uint8)], axis=-1)
-    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rgba).save(folder / "rgba.png")
     Image.fromarray(rng.integers(0, 65536, (80, 96), dtype=np.uint16)).save(folder / "16bit.png")
     assert Image.open(folder / "16bit.png").mode.startswith("I")
     Image.new("RGB", (1, 1)).save(folder / "1x1.png")
