@@ -134,9 +134,6 @@ class Scores:
     seconds: float = 0.0
 
     def summary(self) -> dict:
-        # Undefined (None) when either side is constant, e.g. a model that ignores the level.
-        varied = len(set(self.requested_levels)) > 1 and len(set(self.measured_levels)) > 1
-        rho = spearmanr(self.requested_levels, self.measured_levels).statistic if varied else None
         return {
             "direction_accuracy": _mean(self.direction),
             "direction_ci95": wilson_interval(self.direction),
@@ -144,7 +141,7 @@ class Scores:
             "zoom_ci95": wilson_interval(self.zoom),
             "conflict_direction_accuracy": _mean(self.conflict),
             "conflict_ci95": wilson_interval(self.conflict),
-            "intensity_spearman": None if rho is None else float(rho),
+            "intensity_spearman": level_spearman(self.requested_levels, self.measured_levels),
             "frame0_psnr_db": _mean(self.frame0_psnr),
             "frame0_ssim": _mean(self.frame0_ssim),
             "direction_pixel_spread": _mean(self.direction_spread),
@@ -153,6 +150,14 @@ class Scores:
             "counts": {"direction": len(self.direction), "zoom": len(self.zoom), "conflict": len(self.conflict),
                        "intensity": len(self.measured_levels)},
         }
+
+
+def level_spearman(requested: list[int], measured: list[int]) -> float | None:
+    """Rank correlation of the levels asked and measured; None when either side is constant (e.g. a
+    model that ignores the level), where it is undefined."""
+    if len(set(requested)) < 2 or len(set(measured)) < 2:
+        return None
+    return float(spearmanr(requested, measured).statistic)
 
 
 def _mean(values: list) -> float | None:
@@ -328,14 +333,32 @@ def swapped_caption(spec: ToyClipSpec) -> str:
     return " ".join(OPPOSITE[w] if w == spec.direction else w for w in spec.caption.split())
 
 
+def denoising_inputs(pipe, clip: np.ndarray):
+    """A clip [F, H, W, 3] uint8 as training feeds it to the UNet: its latents [1, F, 4, h, w], its
+    conditioning channels at the level measured on it, and frame 0's content tokens."""
+    import torch
+
+    from livephoto_core.encoding import encode_photo
+    from livephoto_core.intensity import measure_intensity
+
+    model = pipe.model
+    pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        latents = encode_photo(pipe.vae, pixels).to(model.dtype)[None]
+        content = model.encode_content(pixels[:1])
+    level = measure_intensity(clip, pipe.config.intensity_thresholds).level
+    channels = model.conditioning_channels(latents[:, 0], latents.shape[1], torch.tensor([float(level)]))
+    return latents, channels, content
+
+
 def caption_swap_gaps(pipe, workload: Workload, photo_set: str = "toy") -> dict[int, float]:
     """Per timestep, the mean relative increase of the denoising loss when a held-out translation clip's
     caption names the opposite direction. The noise and everything else are the same for both captions."""
     import torch
 
-    from livephoto_core.intensity import measure_intensity
-    from livephoto_core.encoding import encode_photo, tokenize
+    from livephoto_core.encoding import tokenize
     from livephoto_core.sampling import make_scheduler
+    from livephoto_core.training.batching import denoising_target
     from livephoto_core.training.toyworld import render_clip
 
     model, config = pipe.model, pipe.config
@@ -346,19 +369,14 @@ def caption_swap_gaps(pipe, workload: Workload, photo_set: str = "toy") -> dict[
     generator = torch.Generator().manual_seed(workload.seed)
     with torch.no_grad():
         for spec in specs:
-            clip = render_clip(spec)
-            pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
-            latents = encode_photo(pipe.vae, pixels).to(model.dtype)[None]  # [1, F, 4, h, w]
-            level = measure_intensity(clip, config.intensity_thresholds).level
-            channels = model.conditioning_channels(latents[:, 0], latents.shape[1], torch.tensor([float(level)]))
-            content = model.encode_content(pixels[:1])
+            latents, channels, content = denoising_inputs(pipe, render_clip(spec))
             contexts = [torch.cat([pipe.reweighted_text(tokenize(pipe.tokenizer, text)[0])[0], content], dim=1)
                         for text in (spec.caption, swapped_caption(spec))]
             for t in SWAP_TIMESTEPS:
                 timestep = torch.tensor([t])
                 noise = torch.randn(latents.shape, generator=generator).to(latents)
                 noisy = scheduler.add_noise(latents, noise, timestep)
-                target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timestep)
+                target = denoising_target(scheduler, config.prediction_type, latents, noise, timestep)
                 true_loss, swapped_loss = (
                     float(((model.unet(noisy, timestep, context, channels) - target) ** 2).mean()) for context in contexts
                 )

@@ -27,7 +27,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,11 +40,12 @@ from benchmarks.motion_control import (  # noqa: E402
     ZOOMS,
     Case,
     heldout_specs,
+    level_spearman,
     parse_models,
     pipeline_renderer,
 )
 from livephoto_core.intensity import measure_intensity  # noqa: E402
-from livephoto_core.training.toyworld import ToyClipSpec, render_clip  # noqa: E402
+from livephoto_core.training.toyworld import ToyClipSpec, render_clip, zoom_factor  # noqa: E402
 
 # Total travel of the ideal model's clips, as fractions of the frame: the slow toy data's lowest to
 # the toy world's highest (toyworld._TRAVEL_RANGE).
@@ -53,35 +53,36 @@ CEILING_TRAVELS = np.geomspace(0.03, 0.55, 12)
 
 
 def spearman(rows: list[list]) -> float | None:
-    asked, measured = [r[2] for r in rows], [r[3] for r in rows]
-    if len(set(asked)) < 2 or len(set(measured)) < 2:
-        return None
-    return float(spearmanr(asked, measured).statistic)
+    """level_spearman of rows [photo set, motion, photo index, level asked, level measured]."""
+    return level_spearman([r[3] for r in rows], [r[4] for r in rows])
 
 
 def summary(rows: list[list]) -> dict:
     """rows: [photo set, motion, photo index, level asked, level measured] -> Spearman figures."""
-    pairs = [[r[0], r[1], r[3], r[4]] for r in rows]
     photos = sorted({(r[0], r[2]) for r in rows})
-    per_photo = [spearman([p for p, r in zip(pairs, rows) if (r[0], r[2]) == photo]) for photo in photos]
+    per_photo = [spearman([r for r in rows if (r[0], r[2]) == photo]) for photo in photos]
     per_photo = [value for value in per_photo if value is not None]
     return {
-        "pooled": spearman(pairs),
-        "by_motion": {motion: spearman([p for p in pairs if p[1] == motion]) for motion in ("translate", "zoom")},
+        "pooled": spearman(rows),
+        "by_motion": {motion: spearman([r for r in rows if r[1] == motion]) for motion in ("translate", "zoom")},
         "mean_within_photo": float(np.mean(per_photo)) if per_photo else None,
     }
 
 
+def intensity_specs(seed: int, photos: int, size: int, frames: int, look: str) -> list[ToyClipSpec]:
+    """motion_control's intensity cases (its seed + 3: translations and zooms in turn), `photos` of them."""
+    return heldout_specs(seed + 3, TRANSLATIONS + ZOOMS, photos, False, size, frames, look)
+
+
 def reachable_levels(spec: ToyClipSpec, thresholds) -> set[int]:
     """The levels of the toy world's own clips of this scene and motion over CEILING_TRAVELS."""
-    steps, half = spec.frames - 1, spec.scene.size / 2
+    steps, size = spec.frames - 1, spec.scene.size
     levels = set()
-    for travel in CEILING_TRAVELS * spec.scene.size:
+    for travel in CEILING_TRAVELS * size:
         if spec.motion == "translate":
             speed = travel / steps
-        else:  # zoom: a point at the frame edge travels `travel` pixels, as toyworld draws it
-            total = 1.0 + travel / half
-            speed = (total if spec.direction == "in" else 1.0 / total) ** (1.0 / steps)
+        else:
+            speed = zoom_factor(travel, size, spec.direction) ** (1.0 / steps)
         levels.add(measure_intensity(render_clip(replace(spec, speed=speed)), thresholds).level)
     return levels
 
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, checkpoint in parse_models(args.model).items():
             config = load_pipeline(checkpoint).config
             for photo_set, look in PHOTO_SETS.items():
-                specs = heldout_specs(seed + 3, TRANSLATIONS + ZOOMS, args.photos, False, config.height,
-                                      config.num_frames, look)
+                specs = intensity_specs(seed, args.photos, config.height, config.num_frames, look)
                 rows = ceiling_rows(specs, photo_set, config.intensity_thresholds)
                 print(f"{name} {photo_set}: ceiling {summary(rows)['pooled']:.3f} ({args.split}, {args.photos} photos)")
         return 0
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         size, frames = pipe.config.height, pipe.config.num_frames
         rows, ceiling = [], []
         for photo_set, look in PHOTO_SETS.items():
-            # the same cases as motion_control's intensity rows (seed + 3), more of them
-            specs = heldout_specs(seed + 3, TRANSLATIONS + ZOOMS, args.photos, False, size, frames, look)
+            specs = intensity_specs(seed, args.photos, size, frames, look)
             ceiling += ceiling_rows(specs, photo_set, pipe.config.intensity_thresholds)
             for index, spec in enumerate(specs):
                 photo = Case(spec, photo_set != "toy").photo()

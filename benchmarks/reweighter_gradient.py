@@ -1,8 +1,7 @@
 """Which way does the training loss push the text reweighter's token weights?
 
 For training clips of a toy data set, the gradient of the denoising loss (at the model's own
-prediction type, timesteps drawn as the demo recipe draws them: half at t >= 900, half uniform) with
-respect to a multiplier on each reweighted token, at 1. Grouped by word class: motion words, content
+prediction type, timesteps drawn as the recipe recorded in the checkpoint draws them) with respect to a multiplier on each reweighted token, at 1. Grouped by word class: motion words, content
 words (split by whether the caption's content conflicts with the clip), other words, and the padding
 after the prompt. A negative mean says a larger weight lowers the loss; t is the mean over its
 standard error. On a trained model, means near zero with |t| < 2 say the weights sit where this
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.motion_control import CONTENT_WORDS, MOTION_WORDS, parse_models  # noqa: E402
+from benchmarks.motion_control import CONTENT_WORDS, MOTION_WORDS, denoising_inputs, parse_models  # noqa: E402
 
 CLASSES = ("motion words", "content words", "content words, conflicting", "other words", "padding")
 
@@ -31,34 +30,30 @@ CLASSES = ("motion words", "content words", "content words, conflicting", "other
 def token_gradients(pipe, data: Path, clips: int, seed: int = 0) -> dict[str, list[float]]:
     import torch
 
-    from livephoto_core.encoding import encode_photo, encode_text, tokenize
-    from livephoto_core.intensity import measure_intensity
+    from livephoto_core.encoding import encode_text, tokenize
     from livephoto_core.sampling import make_scheduler
+    from livephoto_core.training.batching import denoising_target, draw_timestep
     from livephoto_core.training.data import ClipSampling, load_clip
 
     model, config = pipe.model, pipe.config
     scheduler = make_scheduler("ddpm", pipe.scheduler_config, config.prediction_type)
+    recipe = config.extra.get("training", {}).get("config", {})  # the run's own timestep draw, if recorded
+    high_noise = recipe.get("high_noise_fraction", 0.0), recipe.get("high_noise_from", 0)
     sampling = ClipSampling(num_frames=config.num_frames, stride=1, size=config.height)
     generator = torch.Generator().manual_seed(seed)
     gradients = {name: [] for name in CLASSES}
     with open(data / "labels.jsonl") as handle:
         labels = [json.loads(line) for _, line in zip(range(clips), handle)]
     for label in labels:
-        clip = load_clip(data / label["path"], sampling)
-        pixels = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+        latents, channels, content = denoising_inputs(pipe, load_clip(data / label["path"], sampling))
         input_ids, tokens = tokenize(pipe.tokenizer, label["caption"])
         with torch.no_grad():
-            latents = encode_photo(pipe.vae, pixels).to(model.dtype)[None]
-            content = model.encode_content(pixels[:1])
             reweighted, _ = model.reweight_text(encode_text(pipe.text_encoder, input_ids))
-        level = measure_intensity(clip, config.intensity_thresholds).level
-        channels = model.conditioning_channels(latents[:, 0], latents.shape[1], torch.tensor([float(level)]))
         multiplier = torch.ones(reweighted.shape[:2], requires_grad=True)
-        high = bool(torch.rand(1, generator=generator) < 0.5)
-        timestep = torch.randint(900 if high else 0, 1000, (1,), generator=generator)
+        timestep = draw_timestep(generator, scheduler.config.num_train_timesteps, *high_noise)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         noisy = scheduler.add_noise(latents, noise, timestep)
-        target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timestep)
+        target = denoising_target(scheduler, config.prediction_type, latents, noise, timestep)
         context = torch.cat([reweighted * multiplier[..., None], content], dim=1)
         loss = ((model.unet(noisy, timestep, context, channels) - target) ** 2).mean()
         loss.backward()

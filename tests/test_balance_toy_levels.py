@@ -5,6 +5,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from livephoto_core.training import toyworld as tw
 from scripts.balance_toy_levels import balanced_rows, main
@@ -48,8 +49,6 @@ def test_writes_an_index_that_training_reads_and_refuses_to_overwrite(tmp_path, 
 
 
 def test_bad_arguments_get_one_clear_line(tmp_path, capsys):
-    import pytest
-
     out = str(tmp_path / "index.csv")
     assert main(["--data", str(tmp_path / "nothing"), "--out", out]) == 2
     assert "labels.jsonl" in capsys.readouterr().err

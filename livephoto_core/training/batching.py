@@ -41,6 +41,14 @@ def draw_timestep(generator: torch.Generator, num_train_timesteps: int, high_noi
     return torch.randint(0, num_train_timesteps, (1,), generator=generator)
 
 
+def denoising_target(scheduler, prediction_type: str, latents: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict from the noised latents: the noise, or the velocity."""
+    if prediction_type == "epsilon":
+        return noise
+    return scheduler.get_velocity(latents, noise, timesteps)
+
+
 def tokenize_captions(tokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids [B, 77], padded as the pipeline pads a prompt; captions longer than CLIP's window are cut."""
     return tokenizer(

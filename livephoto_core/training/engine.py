@@ -50,7 +50,8 @@ from ..pipeline import LivePhotoPipeline
 from ..sampling import make_scheduler
 from .base import TrainingBase, load_training_base
 from .batching import (
-    HELDOUT_STREAM, ClipStream, FrozenEncoders, clip_generator, draw_timestep, reference_features, tokenize_captions,
+    HELDOUT_STREAM, ClipStream, FrozenEncoders, clip_generator, denoising_target, draw_timestep, reference_features,
+    tokenize_captions,
 )
 from .data import ClipSampling, VideoCaptionDataset, label_videos, load_clip, read_index
 from .ema import EMA
@@ -534,10 +535,7 @@ class Trainer:
             content = {"reference": batch["reference"].to(device)}
         conditioning = self.model.conditioning_channels(latents[:, 0], num_frames, batch["level"].to(latents))
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.livephoto_config.prediction_type == "epsilon":
-            target = noise
-        else:
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = denoising_target(self.noise_scheduler, self.livephoto_config.prediction_type, latents, noise, timesteps)
         prediction = module(noisy, timesteps, text, conditioning, **content)
         return F.mse_loss(prediction.float(), target.float())
 

@@ -395,6 +395,13 @@ def _sample_stretch(rng: np.random.Generator, look: ToyLook) -> float:
     return fraction if rng.random() < 0.5 else 1.0 / fraction
 
 
+def zoom_factor(travel: float, size: int, direction: str) -> float:
+    """A zoom's total scale over the clip (> 1 in, < 1 out) when a point at the frame edge travels
+    `travel` pixels."""
+    total = 1.0 + travel / (size / 2)
+    return total if direction == "in" else 1.0 / total
+
+
 def sample_clip_spec(
     rng: np.random.Generator,
     size: int = 64,
@@ -446,12 +453,7 @@ def sample_clip_spec(
     )
     steps = frames - 1
 
-    # Total zoom: a point at the frame edge travels `travel` pixels over the clip.
-    zoom_total = 1.0
-    if motion == "zoom":
-        zoom_total = 1.0 + travel / half
-        if direction == "out":
-            zoom_total = 1.0 / zoom_total
+    zoom_total = zoom_factor(travel, size, direction) if motion == "zoom" else 1.0
     # Half-width of the box every shape centre+radius must stay in at frame 0 (zoom in grows them).
     reach = (half - margin) / max(zoom_total, 1.0)
 
