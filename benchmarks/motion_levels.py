@@ -14,7 +14,7 @@ cannot reach the top levels, nor a large textured one the bottom, at any speed, 
 ranks below 1.
 
     python benchmarks/motion_levels.py --model shipped=livephoto_core/demo_model/livephoto.safetensors \\
-        --split validation --json benchmarks/results_motion_levels_by_motion.json
+        --split validation --json levels.json
 """
 
 from __future__ import annotations
